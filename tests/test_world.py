@@ -1,0 +1,177 @@
+"""The embedded world: grammar round-trips, splits, scenes, detector accuracy and exact scoring."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from gotr1.chain import parse_chain
+from gotr1.world import (
+    CATEGORIES,
+    COLORS,
+    HELD_OUT_PAIRS,
+    HELD_OUT_RELATIONS,
+    SHAPES,
+    ObjectSpec,
+    PromptSpec,
+    Scene,
+    SceneObject,
+    benchmark_prompts,
+    detect,
+    parse_prompt,
+    relation_holds,
+    render_scene,
+    sample_examples,
+    sample_prompt,
+    sample_scene,
+    score_image,
+    summarize,
+)
+from gotr1.world.detector_check import detector_accuracy
+
+
+def test_every_sampled_prompt_parses_back_to_its_spec() -> None:
+    rng = random.Random(0)
+    for split in ("train", "test"):
+        for category in CATEGORIES:
+            for _ in range(150):
+                prompt, spec = sample_prompt(rng, category, split)
+                assert parse_prompt(prompt) == spec, prompt
+                assert spec.category == category
+
+
+def test_parse_prompt_reads_phrasings_and_rejects_foreign_text() -> None:
+    assert parse_prompt("a red circle to the left of a blue square") == PromptSpec(
+        "spatial", (ObjectSpec("circle", "red"), ObjectSpec("square", "blue")), "left"
+    )
+    assert parse_prompt("A circle beneath a triangle.").relation == "below"
+    assert parse_prompt("three green squares") == PromptSpec(
+        "counting", (ObjectSpec("square", "green", 3),)
+    )
+    assert parse_prompt("a red circle and a blue circle").category == "color_binding"
+    assert parse_prompt("a circle and a blue square").category == "two_objects"
+    complex_spec = parse_prompt("a red circle on top of a square, and a yellow triangle")
+    assert complex_spec.category == "complex" and len(complex_spec.objects) == 3
+    for bad in ("a dog", "three circle", "one circles", "", "a red circle left of"):
+        with pytest.raises(ValueError):
+            parse_prompt(bad)
+
+
+def test_world_has_the_required_vocabulary() -> None:
+    assert {"circle", "square", "triangle"} <= set(SHAPES)
+    assert len(COLORS) >= 5
+    colours = list(COLORS.values())
+    gaps = [
+        sum((a - b) ** 2 for a, b in zip(c1, c2, strict=True)) ** 0.5
+        for i, c1 in enumerate(colours)
+        for c2 in colours[i + 1 :]
+    ]
+    assert min(gaps) > 100  # well separated
+
+
+def test_splits_hold_out_compositions_deterministically() -> None:
+    train = sample_examples(2000, seed=3, split="train")
+    test = benchmark_prompts("test", n=300, seed=0)
+    assert len(test) == 300
+    assert all(not e.spec.is_unseen for e in train)
+    assert all(spec.is_unseen for _, spec in test)
+    train_pairs = {(o.color, o.shape) for e in train for o in e.spec.objects if o.color}
+    assert not train_pairs & HELD_OUT_PAIRS
+    test_pairs = {(o.color, o.shape) for _, s in test for o in s.objects if o.color}
+    test_triples = {
+        (s.objects[0].shape, s.relation, s.objects[1].shape) for _, s in test if s.relation
+    }
+    assert test_pairs & HELD_OUT_PAIRS and test_triples & HELD_OUT_RELATIONS
+    assert benchmark_prompts("test", n=300, seed=0) == test
+    assert benchmark_prompts("test", n=300, seed=1) != test
+    assert {spec.category for _, spec in test} == set(CATEGORIES)
+
+
+def test_examples_chains_name_every_object_with_its_true_box() -> None:
+    for example in sample_examples(300, seed=0):
+        chain = parse_chain(example.chain)
+        assert chain.errors == []
+        assert chain.boxes == [o.box for o in example.scene.objects]
+        wanted = [o.name for o in example.spec.objects for _ in range(o.count)]
+        assert chain.names == wanted
+    phrasings = {e.chain.split(".")[0].split()[0] for e in sample_examples(100, seed=1)}
+    assert len(phrasings) >= 3
+
+
+def test_sampled_scenes_satisfy_relations_and_objects_are_large_enough() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        _, spec = sample_prompt(rng, "spatial")
+        scene = sample_scene(spec, rng)
+        assert relation_holds(spec.relation, scene.objects[0].box, scene.objects[1].box)
+        for obj in scene.objects:
+            side = obj.box[2] - obj.box[0]
+            assert side >= 200  # >= 12.8 px of 64: more than one 8-px token each way
+
+
+def test_detector_exact_on_1000_clean_scenes_and_robust_to_degradation() -> None:
+    report = detector_accuracy(scenes=1000, seed=0)
+    assert report["clean_recall_iou0.9"] == 1.0
+    assert report["clean_spurious"] == 0
+    assert report["degraded_recall_iou0.7"] >= 0.98
+    assert report["degraded_spurious"] <= 0.01 * report["objects"]
+
+
+def test_detector_renders_at_other_sizes() -> None:
+    scene = Scene((SceneObject("triangle", "blue", (0, 0, 500, 500)),))
+    (detection,) = detect(render_scene(scene, 192))
+    assert (detection.shape, detection.color, detection.box) == (
+        "triangle",
+        "blue",
+        (0, 0, 500, 500),
+    )
+    assert 0.5 <= detection.confidence <= 1.0
+
+
+def test_ground_truth_scores_one_on_every_category() -> None:
+    rng = random.Random(11)
+    for prompt, spec in benchmark_prompts("test", n=120, seed=2):
+        result = score_image(prompt, render_scene(sample_scene(spec, rng)))
+        assert result.correct and result.soft == 1.0, (prompt, result)
+
+
+def _scene_for(prompt: str, seed: int = 0) -> tuple[PromptSpec, Scene]:
+    spec = parse_prompt(prompt)
+    return spec, sample_scene(spec, random.Random(seed))
+
+
+def test_wrong_colour_lowers_the_score() -> None:
+    spec, scene = _scene_for("a red circle and a blue square")
+    wrong = Scene((replace(scene.objects[0], color="green"), scene.objects[1]))
+    result = score_image(spec, render_scene(wrong))
+    assert not result.correct and 0 < result.soft < 1
+
+
+def test_wrong_count_lowers_the_score() -> None:
+    spec, scene = _scene_for("three yellow triangles")
+    too_few = Scene(scene.objects[:2])
+    _, too_many = _scene_for("four yellow triangles")
+    for wrong in (too_few, too_many):
+        result = score_image(spec, render_scene(wrong))
+        assert not result.correct and result.soft < 1
+
+
+def test_wrong_relation_lowers_the_score() -> None:
+    spec, scene = _scene_for("a red circle to the left of a blue square")
+    a, b = scene.objects
+    swapped = Scene((replace(a, box=b.box), replace(b, box=a.box)))
+    result = score_image(spec, render_scene(swapped))
+    assert not result.correct and result.soft == pytest.approx(0.8)
+
+
+def test_missing_object_and_blank_image() -> None:
+    spec, scene = _scene_for("a red circle on top of a square, and a yellow triangle")
+    assert score_image(spec, render_scene(Scene(scene.objects[:2]))).soft < 1
+    assert score_image(spec, render_scene(Scene(()))).soft == 0.0
+
+
+def test_summarize_means_category_means() -> None:
+    summary = summarize(["spatial", "spatial", "counting"], [1.0, 0.0, 1.0])
+    assert summary == {"counting": 1.0, "spatial": 0.5, "overall": 0.75}
