@@ -1,0 +1,276 @@
+"""Qwen2.5-VL (or any vision LLM) as a judge behind an OpenAI-compatible chat-completions server.
+
+The production case is ``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``; anything that speaks
+``POST {base_url}/chat/completions`` works. Only the standard library is used (``http.client``):
+
+- images travel as base64 PNG data URLs; with ``box_format="qwen2.5"`` each image is first resized
+  to the size Qwen2.5-VL's processor would give it (:func:`qwen_resized_size`), so the server's own
+  resize is the identity and the pixel boxes it answers refer to an image size we know;
+- at most ``max_concurrency`` requests are in flight (a thread pool of that size, one kept-alive
+  connection per thread);
+- every request has a socket timeout; refused connections, timeouts, HTTP 429/5xx, malformed or
+  truncated bodies are retried up to ``max_retries`` times with exponential backoff and full jitter;
+  other HTTP errors (400, 401, ...) are not retried. What still fails becomes a Reply without text,
+  which the shared judge logic counts as a failure — nothing raises;
+- the API key is read from the environment variable named by ``api_key_env`` at request time; it
+  is never stored on the judge, logged, or written into an error message or a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from gotr1.rewards import qwen_prompts as qp
+from gotr1.rewards.vlm import ChatRequest, Reply, VLMJudge, VLMJudgeConfig
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class OpenAIJudgeConfig(VLMJudgeConfig):
+    """Settings of the judge behind an OpenAI-compatible server."""
+
+    base_url: str = field(
+        default="http://127.0.0.1:8000/v1",
+        metadata={"help": "server root; requests go to {base_url}/chat/completions"},
+    )
+    model: str = field(
+        default="Qwen/Qwen2.5-VL-7B-Instruct",
+        metadata={"help": "model name sent with each request"},
+    )
+    api_key_env: str | None = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "environment variable holding the API key (unset or empty: no key sent)"},
+    )
+    max_concurrency: int = field(default=8, metadata={"help": "requests in flight at most"})
+    timeout: float = field(default=60.0, metadata={"help": "socket timeout per request, seconds"})
+    max_retries: int = field(
+        default=4, metadata={"help": "retries of a request after a transport error or HTTP 429/5xx"}
+    )
+    backoff_base: float = field(
+        default=0.5, metadata={"help": "first backoff ceiling, seconds; doubles on each retry"}
+    )
+    backoff_max: float = field(default=8.0, metadata={"help": "largest backoff ceiling, seconds"})
+    min_pixels: int = field(
+        default=qp.QWEN_MIN_PIXELS, metadata={"help": "the server processor's min_pixels"}
+    )
+    max_pixels: int = field(
+        default=qp.QWEN_MAX_PIXELS, metadata={"help": "the server processor's max_pixels"}
+    )
+    seed: int | None = field(default=0, metadata={"help": "sampling seed sent to the server"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parsed = urllib.parse.urlsplit(self.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be non-negative, got {self.max_retries}")
+
+
+class _TransportError(Exception):
+    """A failed exchange with the server; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def encode_png_data_url(image: Image.Image) -> str:
+    """The image as a ``data:image/png;base64,...`` URL."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class OpenAIJudge(VLMJudge):
+    """The four judge questions answered by an OpenAI-compatible chat-completions server."""
+
+    config: OpenAIJudgeConfig
+
+    def __init__(self, config: OpenAIJudgeConfig | None = None) -> None:
+        """Prepare the connection pool; nothing is sent until a question is asked."""
+        super().__init__(config or OpenAIJudgeConfig())
+        parsed = urllib.parse.urlsplit(self.config.base_url)
+        self._https = parsed.scheme == "https"
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or (443 if self._https else 80)
+        self._path = parsed.path.rstrip("/") + "/chat/completions"
+        self._local = threading.local()
+        self._executor: ThreadPoolExecutor | None = None
+        for key in ("http_requests", "http_retries", "http_failures"):
+            self.stats[key] = 0
+        self.error_counts: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIJudge(base_url={self.config.base_url!r}, model={self.config.model!r}, "
+            f"max_concurrency={self.config.max_concurrency})"
+        )
+
+    def close(self) -> None:
+        """Stop the worker threads (connections close with them)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> OpenAIJudge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- images ----------------------------------------------------------------------------------
+    def prepare_image(self, image: Any) -> Image.Image:
+        """Resize as the shared judge does, then (qwen2.5 boxes) to the server processor's size."""
+        prepared = super().prepare_image(image)
+        if self.config.box_format != "qwen2.5":
+            return prepared
+        size = qp.qwen_resized_size(
+            prepared.width, prepared.height, self.config.min_pixels, self.config.max_pixels
+        )
+        if size != prepared.size:
+            prepared = prepared.resize(size, Image.Resampling.BICUBIC)
+        return prepared
+
+    # -- transport -------------------------------------------------------------------------------
+    def _count_error(self, kind: str) -> None:
+        with self._lock:
+            self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
+
+    def _scrub(self, message: str) -> str:
+        """An error message with the API key (should one ever appear in it) blotted out."""
+        key = self._api_key()
+        return message.replace(key, "***") if key else message
+
+    def _api_key(self) -> str | None:
+        name = self.config.api_key_env
+        if not name:
+            return None
+        return os.environ.get(name) or None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            connection = cls(self._host, self._port, timeout=self.config.timeout)
+            self._local.connection = connection
+        return connection
+
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def _payload(self, request: ChatRequest) -> bytes:
+        if request.image is not None:
+            content: Any = [
+                {"type": "image_url", "image_url": {"url": encode_png_data_url(request.image)}},
+                {"type": "text", "text": request.text},
+            ]
+        else:
+            content = request.text
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": request.max_new_tokens,
+            "temperature": 0.0,
+        }
+        if self.config.seed is not None:
+            body["seed"] = self.config.seed
+        return json.dumps(body).encode("utf-8")
+
+    def _exchange(self, payload: bytes) -> str:
+        """One POST; the answer text, or a _TransportError."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        connection = self._connection()
+        try:
+            connection.request("POST", self._path, body=payload, headers=headers)
+            response = connection.getresponse()
+            status = response.status
+            raw = response.read()
+            if response.will_close:
+                self._drop_connection()
+        except TimeoutError as error:
+            self._drop_connection()
+            raise _TransportError(f"timeout after {self.config.timeout:g}s", True) from error
+        except (ConnectionError, http.client.HTTPException, OSError) as error:
+            self._drop_connection()
+            raise _TransportError(f"{type(error).__name__}: {error}", True) from error
+        if status != 200:
+            raise _TransportError(f"HTTP {status}", status in RETRYABLE_STATUS)
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            content = data["choices"][0]["message"]["content"]
+        except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
+            raise _TransportError(
+                f"malformed response body ({type(error).__name__})", True
+            ) from error
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise _TransportError("response content is not text", True)
+        return content
+
+    def _send(self, request: ChatRequest) -> Reply:
+        """POST with retries; never raises."""
+        payload = self._payload(request)
+        size = request.image.size if request.image is not None else None
+        attempt = 0
+        while True:
+            self._count("http_requests")
+            try:
+                return Reply(self._exchange(payload), size)
+            except _TransportError as error:
+                message = self._scrub(str(error))
+                self._count_error(message.split(":")[0].split(" after")[0])
+                if not error.retryable or attempt >= self.config.max_retries:
+                    self._count("http_failures")
+                    logger.warning("judge request failed after %d tries: %s", attempt + 1, message)
+                    return Reply(None, size, message)
+            except Exception as error:  # noqa: BLE001 - a judge must never crash the trainer
+                self._drop_connection()
+                message = self._scrub(f"{type(error).__name__}: {error}")
+                self._count_error(type(error).__name__)
+                self._count("http_failures")
+                logger.warning("judge request failed: %s", message)
+                return Reply(None, size, message)
+            ceiling = min(self.config.backoff_max, self.config.backoff_base * 2**attempt)
+            time.sleep(random.uniform(0.0, ceiling))
+            attempt += 1
+            self._count("http_retries")
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Reply]:
+        """Send every request, at most ``max_concurrency`` at a time; replies in request order."""
+        if not requests:
+            return []
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.config.max_concurrency, thread_name_prefix="gotr1-judge"
+            )
+        return list(self._executor.map(self._send, requests))
