@@ -1,0 +1,301 @@
+"""Build, load and save the policy as plain Hugging Face folders.
+
+A checkpoint is what `save_pretrained` writes: ``config.json``, ``generation_config.json``,
+``model.safetensors``, and the processor files (tokenizer, image processor, chat template).
+`JanusForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained` open it without
+gotr1. Loading works from a local folder or a hub id, adds the GoT markup tokens when the tokenizer
+lacks them (growing the embeddings when needed) and points the config's special-token ids at the
+tokenizer.
+
+Janus' text head: transformers ties ``lm_head`` to the input embeddings when
+``config.tie_word_embeddings`` is true; Janus-Pro's released weights are untied. Both cases are
+handled here: new rows are set in the input embeddings and, when untied, in ``lm_head`` too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE
+from gotr1.cli import UserError
+from gotr1.policy.tokenizer import (
+    CHAT_TEMPLATE,
+    GOT_R1_MARKUP_ORDER,
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    add_markup_to_tokenizer,
+    build_processor,
+    ensure_janus_token_attributes,
+    train_world_tokenizer,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import JanusForConditionalGeneration, JanusProcessor, PreTrainedTokenizerBase
+
+    from gotr1.policy.presets import PresetConfig
+
+MARKUP_INIT_CHOICES = ("mean", "keep")
+
+
+def _base(model: torch.nn.Module) -> JanusForConditionalGeneration:
+    """The JanusForConditionalGeneration inside a (possibly PEFT-wrapped) model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# --- special tokens and markup ---------------------------------------------------------------
+
+
+def configure_special_tokens(
+    model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Point the model's config and generation config at the tokenizer's special-token ids.
+
+    Sets pad/bos/eos, the image placeholder id, and ``generation_kwargs["boi_token_id"]``, which
+    transformers' ``generate(generation_mode="image")`` reads.
+    """
+    model = _base(model)
+    vocab = tokenizer.get_vocab()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab.get(PAD_TOKEN)
+    boi = vocab.get(BEGIN_OF_IMAGE)
+    if boi is None:
+        raise ValueError(f"the tokenizer has no {BEGIN_OF_IMAGE!r} token")
+    text_config = model.config.text_config
+    text_config.pad_token_id = pad
+    text_config.bos_token_id = tokenizer.bos_token_id
+    text_config.eos_token_id = tokenizer.eos_token_id
+    if IMAGE_TOKEN in vocab:
+        model.config.image_token_id = vocab[IMAGE_TOKEN]
+    generation = model.generation_config
+    generation.pad_token_id = pad
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.boi_token_id = boi
+    generation.eoi_token_id = vocab.get(END_OF_IMAGE)
+    generation.generation_kwargs = {
+        **(getattr(generation, "generation_kwargs", None) or {}),
+        "boi_token_id": boi,
+    }
+
+
+def resize_token_embeddings(
+    model: JanusForConditionalGeneration,
+    new_size: int,
+    init_rows: list[int] | None = None,
+    mean_over: int | None = None,
+) -> None:
+    """Grow (or keep) the text vocabulary to `new_size` rows and set new rows to the mean row.
+
+    The mean is taken over the first `mean_over` rows (default: all rows that existed), in the
+    input embeddings and (when untied) in ``lm_head`` separately. Existing rows listed in
+    `init_rows` are reset to the mean too.
+    """
+    import torch
+
+    model = _base(model)
+    embed = model.get_input_embeddings()
+    old_size = embed.weight.shape[0]
+    if new_size < old_size:
+        raise ValueError(f"refusing to shrink the vocabulary from {old_size} to {new_size} rows")
+    count = old_size if mean_over is None else mean_over
+    if not 0 < count <= old_size:
+        raise ValueError(f"mean_over must be in 1..{old_size}, got {mean_over}")
+    with torch.no_grad():
+        embed_mean = embed.weight[:count].float().mean(0)
+        head = model.get_output_embeddings()
+        tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+        head_mean = None if head is None or tied else head.weight[:count].float().mean(0)
+    if new_size > old_size:
+        model.resize_token_embeddings(new_size, mean_resizing=False)
+        init_rows = sorted(set(init_rows or []) | set(range(old_size, new_size)))
+    rows = sorted(set(init_rows or []))
+    if not rows:
+        return
+    if max(rows) >= new_size or min(rows) < 0:
+        raise ValueError(f"rows to initialise {rows} fall outside the vocabulary of {new_size}")
+    with torch.no_grad():
+        embed = model.get_input_embeddings()
+        embed.weight[rows] = embed_mean.to(embed.weight.dtype)
+        head = model.get_output_embeddings()
+        if head_mean is not None and head.weight.data_ptr() != embed.weight.data_ptr():
+            head.weight[rows] = head_mean.to(head.weight.dtype)
+            if getattr(head, "bias", None) is not None:
+                head.bias[rows] = 0.0
+
+
+def add_markup_tokens(
+    model: JanusForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    init: str = "mean",
+) -> list[int]:
+    """Add the GoT markup tokens the tokenizer lacks and make room for them in the model.
+
+    Tokens are added as GoT-R1 adds them (same order, so a released GoT-R1 checkpoint gets its own
+    ids back). When a new id lies beyond the embedding matrix, the matrix grows and the new rows
+    are set to the mean embedding. ``init="mean"`` also resets new ids that fall on existing rows
+    (Janus-Pro's matrix has ~1.8k unused rows past its tokenizer); ``init="keep"`` leaves such rows
+    as they are (use it for GoT-R1 weights, which were trained with those rows). Returns the ids of
+    the tokens added (empty when nothing was missing).
+    """
+    if init not in MARKUP_INIT_CHOICES:
+        raise ValueError(f"init must be one of {MARKUP_INIT_CHOICES}, got {init!r}")
+    known = len(tokenizer)  # the mean is over rows of tokens the tokenizer had before
+    added = add_markup_to_tokenizer(tokenizer)
+    if not added:
+        return []
+    ids = tokenizer.convert_tokens_to_ids(added)
+    rows = _base(model).get_input_embeddings().weight.shape[0]
+    reset = ids if init == "mean" else [i for i in ids if i >= rows]
+    resize_token_embeddings(
+        model, max(len(tokenizer), rows), init_rows=reset, mean_over=min(known, rows)
+    )
+    return list(ids)
+
+
+def check_vocabulary(
+    model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Raise a clear error when the tokenizer has ids the model cannot embed."""
+    rows = _base(model).get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}; "
+            "call add_markup_tokens / resize_token_embeddings"
+        )
+
+
+# --- new models -----------------------------------------------------------------------------
+
+
+def new_policy(
+    preset: str | PresetConfig = "world-tiny",
+    seed: int = 0,
+    processor: JanusProcessor | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
+    """A freshly initialised model of a preset with its processor, ready to train.
+
+    For world-tiny the processor defaults to a newly trained world tokenizer; the model's
+    vocabulary is sized to the tokenizer and its special-token ids are set from it.
+    """
+    from gotr1.policy.presets import build_model, get_preset
+
+    preset = get_preset(preset)
+    if processor is None:
+        tokenizer = train_world_tokenizer()
+        processor = build_processor(
+            tokenizer, image_size=preset.image_size, num_image_tokens=preset.num_image_tokens
+        )
+    model = build_model(preset, vocab_size=len(processor.tokenizer), seed=seed, device=device)
+    configure_special_tokens(model, processor.tokenizer)
+    return model, processor
+
+
+# --- load / save -----------------------------------------------------------------------------
+
+
+def _resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
+    """(source for from_pretrained, is_local). Local folders must hold a config.json."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path}: expected a model folder, found a file")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path}: not a model folder (no config.json)")
+        return str(path), True
+    text = str(name_or_path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise UserError(f"{text}: no such model folder")
+    return text, False
+
+
+def _janus_model_type(source: str, is_local: bool) -> str | None:
+    """The model_type in a local config.json (None for hub ids)."""
+    if not is_local:
+        return None
+    try:
+        return json.loads((Path(source) / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{source}/config.json: cannot be read as JSON ({error})") from None
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    add_markup: bool = True,
+    markup_init: str = "mean",
+) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
+    """Load an HF-format Janus checkpoint (a local folder or a hub id) and its processor.
+
+    Safetensors only, no remote code. Adds the GoT markup tokens when missing (see
+    `add_markup_tokens`), installs the GoT chat template, and syncs the special-token ids.
+    `dtype` is e.g. "bfloat16" or a torch dtype (default: float32).
+    """
+    import torch
+    from transformers import AutoProcessor, JanusForConditionalGeneration
+
+    source, is_local = _resolve_source(name_or_path)
+    model_type = _janus_model_type(source, is_local)
+    if model_type == "multi_modality":
+        raise UserError(
+            f"{source} is an original DeepSeek-format checkpoint; convert it first: "
+            f"gotr1 convert {source} OUT_DIR"
+        )
+    if model_type not in (None, "janus"):
+        raise UserError(f"{source}: model_type is {model_type!r}, expected 'janus'")
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise UserError(f"unknown dtype {dtype!r} (try float32, bfloat16 or float16)")
+        dtype = getattr(torch, dtype)
+    hub = dict(revision=revision, local_files_only=local_files_only)
+    try:
+        model = JanusForConditionalGeneration.from_pretrained(
+            source, dtype=dtype or torch.float32, use_safetensors=True, **hub
+        )
+        processor = AutoProcessor.from_pretrained(source, **hub)
+    except (OSError, ValueError) as error:
+        where = "folder" if is_local else "hub id"
+        raise UserError(f"cannot load model {where} {source}: {error}") from None
+    if device is not None:
+        model.to(device)
+    tokenizer = processor.tokenizer
+    ensure_janus_token_attributes(tokenizer)
+    if add_markup:
+        add_markup_tokens(model, tokenizer, init=markup_init)
+    check_vocabulary(model, tokenizer)
+    processor.chat_template = CHAT_TEMPLATE
+    configure_special_tokens(model, tokenizer)
+    return model.eval(), processor
+
+
+def save_pretrained(
+    model: JanusForConditionalGeneration, processor: JanusProcessor, path: str | Path
+) -> Path:
+    """Write model and processor as one plain HF folder (safetensors). Returns the folder.
+
+    A LoRA (PEFT) model is refused: save its adapter with `gotr1.policy.lora.save_adapter`, or
+    `merge_lora` it first.
+    """
+    if hasattr(model, "get_base_model"):
+        raise ValueError("save_pretrained got a PEFT model; use save_adapter, or merge_lora first")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    configure_special_tokens(model, processor.tokenizer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def markup_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The id of each GoT markup token (raises if one is missing)."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in GOT_R1_MARKUP_ORDER if t not in vocab]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the GoT markup tokens {missing}")
+    return {t: vocab[t] for t in GOT_R1_MARKUP_ORDER}
