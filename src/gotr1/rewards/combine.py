@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from gotr1.rewards.protocol import COMPONENTS, Judge, region_iou_reward
+from gotr1.rewards.protocol import COMPONENTS, Box, Judge, match_boxes
 
 COMBINATIONS: tuple[str, ...] = ("product", "sum", "weighted_sum")
 FAILURE_POLICIES: tuple[str, ...] = ("zero", "drop")
@@ -97,7 +97,9 @@ class Rewards:
     ``sem``, ``spa``, ``ri``, ``pi`` are float64 arrays of shape [B] in [0, 1], NaN where the
     component was not computed (not in the config) or the judge failed; ``extra`` likewise or None.
     ``total`` is NaN exactly where ``keep`` is False. ``failed[c]`` flags judge failures per
-    component; ``timings`` holds seconds per component (and ``layout_render``).
+    component; ``timings`` holds seconds per component (and ``layout_render``). When R_RI is
+    computed, ``object_ious[i][j]`` is the IoU behind it for planned object j of sample i and
+    ``grounded[i][j]`` the judge's candidate boxes for that object's name.
     """
 
     sem: np.ndarray
@@ -111,6 +113,8 @@ class Rewards:
     extra: np.ndarray | None = None
     reasons: dict[str, list[str | None]] = field(default_factory=dict)
     judge_stats: dict[str, float] = field(default_factory=dict)
+    object_ious: list[list[float]] = field(default_factory=list)
+    grounded: list[list[list[Box]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.total.shape[0])
@@ -185,6 +189,9 @@ class Rewards:
         }
         if reasons:
             row["failure_reasons"] = reasons
+        if self.object_ious:
+            row["object_ious"] = [round(v, 6) for v in self.object_ious[index]]
+            row["grounded"] = [[list(b) for b in boxes] for boxes in self.grounded[index]]
         return row
 
 
@@ -264,6 +271,8 @@ class DualStageReward:
             raise ValueError(f"{size} prompts, {len(chains)} chains and {len(images)} images")
         config = self.config
         values = {c: np.full(size, np.nan) for c in COMPONENTS}
+        object_ious: list[list[float]] = []
+        candidates: list[list[list[Box]]] = []
         failed = {c: np.zeros(size, dtype=bool) for c in config.components}
         reasons: dict[str, list[str | None]] = {}
         timings: dict[str, float] = {}
@@ -302,15 +311,13 @@ class DualStageReward:
             start = time.perf_counter()
             grounded = self.judge.ground(images, names)
             timings["ri"] = time.perf_counter() - start
-            ri = np.array(
-                [
-                    region_iou_reward(
-                        names[i], [o.box for o in chains[i].objects], grounded.candidates[i]
-                    )
-                    for i in range(size)
-                ]
-            )
+            object_ious = [
+                match_boxes(names[i], [o.box for o in chains[i].objects], grounded.candidates[i])
+                for i in range(size)
+            ]
+            ri = np.array([float(np.mean(ious)) if ious else 0.0 for ious in object_ious])
             ri[grounded.failed] = np.nan
+            candidates = grounded.candidates
             values["ri"], failed["ri"], reasons["ri"] = ri, grounded.failed, grounded.reasons
 
         if "pi" in config.components:
@@ -354,4 +361,6 @@ class DualStageReward:
             extra=extra,
             reasons=reasons,
             judge_stats={k: float(v) for k, v in stats.items() if isinstance(v, int | float)},
+            object_ious=object_ious,
+            grounded=candidates,
         )

@@ -1,0 +1,208 @@
+"""`gotr1 score`: judge one (prompt, chain, image) and print every reward component as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+JUDGES = ("world", "qwen", "openai")
+COMPONENT_NAMES = ("sem", "spa", "ri", "pi")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `score` subcommand (cheap: nothing heavy is imported here)."""
+    parser = subparsers.add_parser(
+        "score",
+        help="score one prompt, chain and image with a judge; print the reward components as JSON",
+        description=(
+            "Judge one sample the way GRPO does and print R_sem, R_spa, R_RI, R_PI, the total and "
+            "any judge failures as JSON, with the planned objects and where the judge found them."
+        ),
+    )
+    parser.add_argument("--judge", choices=JUDGES, default="world", help="which judge answers")
+    parser.add_argument("--prompt", required=True, help="the text prompt")
+    parser.add_argument(
+        "--chain", required=True, help="file holding the GoT chain text ('-': stdin)"
+    )
+    parser.add_argument("--image", required=True, help="the generated image file")
+    group = parser.add_argument_group("combination")
+    group.add_argument(
+        "--combination",
+        choices=("product", "sum", "weighted_sum"),
+        default="product",
+        help="product: R_PI*(R_sem+R_spa)*R_RI (the paper); sum; weighted_sum",
+    )
+    group.add_argument(
+        "--components",
+        default="sem,spa,ri,pi",
+        help="comma-separated subset of sem,spa,ri,pi to compute and combine",
+    )
+    group.add_argument(
+        "--weights", default=None, help="weighted_sum weights, e.g. sem=1,spa=1,ri=2,pi=1"
+    )
+    group.add_argument(
+        "--spatial-input",
+        choices=("canvas", "text"),
+        default="canvas",
+        help="R_spa judges the drawn layout (canvas) or the box coordinates as text",
+    )
+    group.add_argument(
+        "--layout-size", type=int, default=448, help="side of the drawn layout, pixels"
+    )
+    qwen = parser.add_argument_group("qwen and openai judges")
+    qwen.add_argument(
+        "--model", default=None, help="checkpoint folder / hub id (qwen) or model name (openai)"
+    )
+    qwen.add_argument("--box-format", choices=("qwen2.5", "grid1000", "unit"), default="qwen2.5")
+    qwen.add_argument(
+        "--judge-image-size", type=int, default=448, help="longer side of images sent to the judge"
+    )
+    qwen.add_argument(
+        "--device", default=None, help="qwen: torch device (default: cuda if available)"
+    )
+    qwen.add_argument("--dtype", default="auto", help="qwen: auto, bfloat16, float16 or float32")
+    qwen.add_argument("--local-files-only", action="store_true", help="qwen: never download")
+    qwen.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: server root")
+    qwen.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="openai: variable holding the key"
+    )
+    qwen.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
+    qwen.add_argument("--max-retries", type=int, default=4, help="openai: retries per request")
+    parser.set_defaults(func=run_score)
+
+
+def _read_inputs(args: argparse.Namespace) -> tuple[str, Any]:
+    from PIL import Image, UnidentifiedImageError
+
+    from gotr1.cli import UserError
+
+    if args.chain == "-":
+        chain_text = sys.stdin.read()
+    else:
+        path = Path(args.chain)
+        if not path.is_file():
+            raise UserError(f"--chain: no such file {path}")
+        try:
+            chain_text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"--chain: cannot read {path} as UTF-8 text ({error})") from error
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise UserError(f"--image: no such file {image_path}")
+    try:
+        with Image.open(image_path) as opened:
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"--image: {image_path} is not a readable image ({error})") from error
+    return chain_text, image
+
+
+def _reward_config(args: argparse.Namespace) -> Any:
+    from gotr1.cli import UserError
+    from gotr1.rewards import RewardConfig
+
+    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    weights = dict.fromkeys(COMPONENT_NAMES, 1.0)
+    if args.weights:
+        for item in args.weights.split(","):
+            name, _, value = item.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError as error:
+                raise UserError(f"--weights: {item!r} is not name=number") from error
+    try:
+        return RewardConfig(
+            components=components,
+            combination=args.combination,
+            weights=weights,
+            spatial_input=args.spatial_input,
+            layout_size=args.layout_size,
+        )
+    except ValueError as error:
+        raise UserError(f"--components/--weights/--layout-size: {error}") from error
+
+
+def _judge(args: argparse.Namespace) -> Any:
+    from gotr1.cli import UserError
+
+    try:
+        if args.judge == "world":
+            from gotr1.rewards import WorldJudge
+
+            return WorldJudge()
+        if args.judge == "qwen":
+            from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
+
+            config = QwenLocalConfig(
+                model=args.model or QwenLocalConfig.model,
+                device=args.device,
+                dtype=args.dtype,
+                box_format=args.box_format,
+                image_size=args.judge_image_size,
+                local_files_only=args.local_files_only,
+            )
+            try:
+                return QwenLocalJudge(config)
+            except OSError as error:
+                raise UserError(
+                    f"--model: cannot load a Qwen2.5-VL checkpoint from {config.model!r} ({error})"
+                ) from error
+        from gotr1.rewards import OpenAIJudge, OpenAIJudgeConfig
+
+        return OpenAIJudge(
+            OpenAIJudgeConfig(
+                base_url=args.base_url,
+                model=args.model or OpenAIJudgeConfig.model,
+                api_key_env=args.api_key_env,
+                box_format=args.box_format,
+                image_size=args.judge_image_size,
+                timeout=args.timeout,
+                max_retries=args.max_retries,
+                max_concurrency=4,
+            )
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Handler of `gotr1 score`: judge one sample and print a JSON report on stdout."""
+    from gotr1.chain import parse_chain
+    from gotr1.rewards import DualStageReward
+
+    chain_text, image = _read_inputs(args)
+    config = _reward_config(args)
+    judge = _judge(args)
+    chain = parse_chain(chain_text)
+    try:
+        rewards = DualStageReward(judge, config).score([args.prompt], [chain], [image])
+    finally:
+        close = getattr(judge, "close", None)
+        if close is not None:
+            close()
+    row = rewards.sample(0)
+    report: dict[str, Any] = {
+        "judge": args.judge,
+        "prompt": args.prompt,
+        "components": {name: row[name] for name in COMPONENT_NAMES},
+        "total": row["total"],
+        "combination": config.combination,
+        "included": list(config.components),
+        "failed": row["failed"],
+    }
+    if "failure_reasons" in row:
+        report["failure_reasons"] = row["failure_reasons"]
+    objects = []
+    for index, obj in enumerate(chain.objects):
+        entry: dict[str, Any] = {"name": obj.name, "box": list(obj.box)}
+        if "object_ious" in row:
+            entry["iou"] = row["object_ious"][index]
+            entry["grounded"] = row["grounded"][index]
+        objects.append(entry)
+    report["chain"] = {"objects": objects, "errors": chain.errors}
+    report["seconds"] = {k: round(v, 4) for k, v in rewards.timings.items()}
+    print(json.dumps(report, indent=2))
+    return 0
