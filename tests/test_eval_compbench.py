@@ -534,3 +534,17 @@ def test_summary_is_labelled_with_the_scorer(tmp_path: Path) -> None:
     json_path, md_path = layouts.write_summary(tmp_path, record, markdown, "compbench_summary")
     assert json.loads(json_path.read_text())["scores"] == {"color": 0.5, "spatial": 0.25}
     assert md_path.read_text() == markdown
+
+
+def test_evidence_boxes_and_grid_conversion() -> None:
+    from gotr1.eval.evidence import grid_to_pixels, pixels_to_grid
+
+    assert grid_to_pixels((0, 250, 500, 1000), 384, 200) == (0.0, 50.0, 192.0, 200.0)
+    assert pixels_to_grid((0.0, 50.0, 192.0, 200.0), 384, 200) == (0, 250, 500, 1000)
+    assert pixels_to_grid((-5, 0, 999, 10), 384, 384) == (0, 0, 1000, 26)  # clamped
+    d = Detection("dog", (1, 2, 3, 4), 1)
+    assert d.box == (1.0, 2.0, 3.0, 4.0) and isinstance(d.score, float)
+    with pytest.raises(ValueError, match="x1, y1, x2, y2"):
+        Detection("dog", (1, 2, 3), 0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        Detection("dog", (1, 2, 3, float("nan")), 0.5)

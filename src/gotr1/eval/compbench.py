@@ -15,9 +15,14 @@ scale), complex the 3-in-1 average of the three. 3D-spatial (depth-based) is not
 NOTES — what is left for the policy stage (issue 7):
 
 - ``gotr1 eval compbench`` CLI: generate ``--images-per-prompt`` images per prompt with the policy
-  (sharded under ``accelerate launch``, resumable through :func:`gotr1.eval.layouts.pending_compbench`,
-  seeds recorded), then score each category with :func:`score_image` and write the results with
-  :func:`gotr1.eval.layouts.write_compbench_results` and :func:`gotr1.eval.layouts.write_summary`.
+  (items from :func:`gotr1.eval.layouts.compbench_items`, split with
+  :func:`gotr1.eval.layouts.shard` under ``accelerate launch``, finished ones skipped with
+  :func:`gotr1.eval.layouts.pending`, written with :func:`gotr1.eval.layouts.write_compbench_sample`,
+  which records seeds and chains), then score each category with :func:`score_image` and write
+  the results into :func:`gotr1.eval.layouts.compbench_result_dir` with
+  :func:`gotr1.eval.layouts.write_compbench_results` (complex: metrics "blip", "spatial",
+  "spatial_3_in_1", "clip" and "3_in_1", as the official scripts write them) and the labelled
+  :func:`summary_record` / :func:`summary_markdown` with :func:`gotr1.eval.layouts.write_summary`.
 - The Qwen2.5-VL evidence scorer (grounding -> ``detect``, yes/no token probabilities ->
   ``yes_prob``, a colour question -> ``colour``) and the world-judge adapter.
 - An end-to-end test on world-tiny.

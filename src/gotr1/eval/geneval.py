@@ -13,7 +13,7 @@ NOTES — what is left for the policy stage (issue 7):
 - ``gotr1 eval geneval`` CLI: generate 4 images per prompt of
   :func:`gotr1.eval.layouts.load_geneval_metadata` into
   :func:`gotr1.eval.layouts.geneval_sample_path` (resumable through
-  :func:`gotr1.eval.layouts.pending_geneval`), score each with :func:`evaluate_image`, write
+  :func:`gotr1.eval.layouts.pending` over :func:`gotr1.eval.layouts.geneval_items`), score each with :func:`evaluate_image`, write
   ``results.jsonl`` (:func:`gotr1.eval.layouts.write_jsonl`) and the labelled summary
   (:func:`summary_record`).
 - The Qwen2.5-VL evidence scorer and the world-judge adapter; an end-to-end test on world-tiny.
