@@ -1,0 +1,818 @@
+"""Rollouts: sample a GoT chain, then an image, for every prompt — the two-stage sampler.
+
+Reading order (top to bottom):
+  1. `SamplingConfig` and `Rollouts`, the batch object handed to rewards and training (verl style).
+  2. `JanusParts`: the pieces of a `JanusForConditionalGeneration` (possibly inside a peft model).
+  3. `KVCache` and `transformer_forward`: a preallocated (static) KV cache and one forward pass of
+     the Llama decoder through it, with explicit slots, position ids and key masks.
+  4. `sample_from_logits`: temperature, optional top-p, Gumbel-max sampling on the device.
+  5. Stage 1, `sample_chains`: prompt prefix computed once per prompt, shared by its N samples,
+     then the chains until `<begin_of_image>` (or `max_chain_tokens`, then forced and flagged).
+  6. Stage 2, `sample_image_tokens`: the conditional rows reuse the stage-1 KV cache; the
+     unconditional rows (prompt and chain blanked to pad) get one prefill pass; then K image
+     tokens with classifier-free guidance, the CFG pair in one batch, no host sync per token.
+  7. `decode_images` and `rollout`, which ties it all together.
+
+Layout of one row in the cache: ``[left pad][prompt][chain ... <begin_of_image>][holes][image]``.
+Rows finish their chains at different steps; the slots after a row's `<begin_of_image>` are holes
+(masked keys). Position ids always count real tokens only, so a padded row computes exactly what
+the same row computes alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from gotr1.chain import Chain
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The sampling settings and the batch object
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingConfig:
+    """How rollouts are sampled (both stages) and how the decoding engine runs."""
+
+    text_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of the chain tokens; 0 means greedy."}
+    )
+    image_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of the image tokens; 0 means greedy."}
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling for chain tokens (1.0 = off)."}
+    )
+    cfg_weight: float = field(
+        default=5.0,
+        metadata={"help": "Classifier-free guidance w: uncond + w*(cond-uncond); 1 = no guidance."},
+    )
+    max_chain_tokens: int = field(
+        default=600,
+        metadata={"help": "Cap on chain tokens; a chain that reaches it gets <begin_of_image>."},
+    )
+    max_batch_rows: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows (samples, before CFG doubling) per engine pass; whole prompt groups are "
+            "kept together. None = all rows at once."
+        },
+    )
+    compile_decode: bool = field(
+        default=False,
+        metadata={
+            "help": "CUDA only: torch.compile (CUDA graphs) the stage-2 decode step. Ignored on CPU."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.text_temperature < 0 or self.image_temperature < 0:
+            raise ValueError("SamplingConfig: temperatures must be >= 0 (0 means greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.cfg_weight < 0:
+            raise ValueError(f"SamplingConfig.cfg_weight must be >= 0, got {self.cfg_weight}")
+        if self.max_chain_tokens < 1:
+            raise ValueError("SamplingConfig.max_chain_tokens must be >= 1")
+        if self.max_batch_rows is not None and self.max_batch_rows < 1:
+            raise ValueError("SamplingConfig.max_batch_rows must be >= 1 or None")
+
+    @property
+    def guided(self) -> bool:
+        """Whether stage 2 runs the unconditional branch (cfg_weight != 1)."""
+        return self.cfg_weight != 1.0
+
+
+@dataclass
+class Rollouts:
+    """One batch of sampled chains and images; B = num_prompts * num_generations rows.
+
+    Rows of a group (same prompt) are contiguous. Tensors: ids/masks long/bool-like ints as in
+    ROLLOUTS.md; log-probs float32 and 0 where masked. See notes/ROLLOUTS.md for the contract.
+    """
+
+    prompts: list[str]
+    group_ids: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    chain_ids: torch.Tensor
+    chain_mask: torch.Tensor
+    chain_logprobs: torch.Tensor
+    image_ids: torch.Tensor
+    image_logprobs: torch.Tensor
+    truncated: torch.Tensor
+    chain_texts: list[str]
+    chains: list[Chain]
+    images: list[Image.Image]
+    sampling: SamplingConfig
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def num_groups(self) -> int:
+        """Number of distinct prompt groups in this batch."""
+        return int(torch.unique(self.group_ids).numel())
+
+    def to(self, device: torch.device | str) -> Rollouts:
+        """A copy with every tensor on `device` (lists and images are shared)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **moved)
+
+    def select(self, indices: Sequence[int] | torch.Tensor) -> Rollouts:
+        """The rows `indices` (in that order), e.g. to drop a group or form a micro-batch.
+
+        Group ids are renumbered densely (0..G-1 in order of first appearance) so they stay valid
+        indices for per-group scatter operations.
+        """
+        index = torch.as_tensor(indices, dtype=torch.long).flatten()
+        rows = index.tolist()
+        if any(r < -len(self) or r >= len(self) for r in rows):
+            raise IndexError(f"Rollouts.select: index out of range for {len(self)} rows")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                values[f.name] = value[index.to(value.device)]
+            elif isinstance(value, list):
+                values[f.name] = [value[r] for r in rows]
+            else:
+                values[f.name] = value
+        first_seen: dict[int, int] = {}
+        groups = [first_seen.setdefault(int(g), len(first_seen)) for g in values["group_ids"]]
+        values["group_ids"] = torch.tensor(groups, dtype=torch.long, device=self.group_ids.device)
+        return Rollouts(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The pieces of a Janus model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JanusParts:
+    """Handles on the modules the sampler and the log-prob code call, peft wrappers removed."""
+
+    janus: Any  # JanusForConditionalGeneration (with LoRA layers injected, if any)
+    language_model: Any  # LlamaModel: embed_tokens, layers, norm, rotary_emb
+    lm_head: torch.nn.Module  # text head (tied to the input embeddings in Janus)
+    image_head: torch.nn.Module  # generation_head: hidden -> image-code logits
+
+    def text_embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of text token ids."""
+        return self.language_model.embed_tokens(ids)
+
+    def image_embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of image codes (generation_embeddings + generation_aligner)."""
+        return self.janus.prepare_embeddings_for_image_generation(codes)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per image (576 for Janus-Pro, 64 for world-tiny)."""
+        height, width = self.janus.model.vqmodel.quantize.quant_state_dims
+        return int(height) * int(width)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+
+def janus_parts(model: torch.nn.Module) -> JanusParts:
+    """Find the Janus pieces in `model` (a JanusForConditionalGeneration or a peft model of one)."""
+    janus = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(janus, "model", None)
+    needed = ("language_model", "generation_head", "generation_embeddings", "vqmodel")
+    if inner is None or not all(hasattr(inner, name) for name in needed):
+        raise TypeError(
+            f"expected a JanusForConditionalGeneration (or a peft model of one), got "
+            f"{type(model).__name__}"
+        )
+    language_model = inner.language_model
+    for layer in language_model.layers:
+        attention = layer.self_attn
+        if not all(hasattr(attention, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            raise NotImplementedError(
+                f"the rollout engine supports Llama-style decoders; got {type(layer).__name__}"
+            )
+    return JanusParts(janus, language_model, janus.lm_head, inner.generation_head)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (left pad and holes do not advance them)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def unconditional_ids(
+    ids: torch.Tensor, mask: torch.Tensor, pad_id: int, bos_id: int | None
+) -> torch.Tensor:
+    """The CFG unconditional row: every real token between BOS and <begin_of_image> becomes pad.
+
+    `ids`/`mask` hold prompt and chain (a row's last real token is its <begin_of_image>). The
+    first real token is kept if it is BOS, the last real token is kept; everything else real is
+    pad (the chain is blanked too, PAPER.md). The attention mask is unchanged.
+    """
+    real = mask.bool()
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    first = real.int().argmax(dim=1)
+    last = ids.shape[1] - 1 - real.flip(1).int().argmax(dim=1)
+    keep = torch.zeros_like(real)
+    keep[rows, last] = True
+    if bos_id is not None:
+        keep[rows, first] = ids[rows, first] == bos_id
+    blanked = torch.full_like(ids, pad_id)
+    return torch.where(keep & real, ids, blanked)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Static KV cache and one decoder pass through it
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values per layer, [rows, kv_heads, slots, head_dim], plus a key mask."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor  # [rows, slots] bool: the slot holds a real token
+
+    @classmethod
+    def allocate(
+        cls, parts: JanusParts, rows: int, slots: int, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """Zero-filled cache for `rows` sequences of up to `slots` tokens."""
+        config = parts.language_model.config
+        head_dim = parts.language_model.layers[0].self_attn.head_dim
+        shape = (rows, config.num_key_value_heads, slots, head_dim)
+        dtype = dtype or parts.dtype
+        device = parts.device
+        n = len(parts.language_model.layers)
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            valid=torch.zeros(rows, slots, dtype=torch.bool, device=device),
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.valid.shape[1]
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view on rows [start, stop) sharing storage."""
+        return KVCache(
+            [k[start:stop] for k in self.keys],
+            [v[start:stop] for v in self.values],
+            self.valid[start:stop],
+        )
+
+
+def transformer_forward(
+    parts: JanusParts,
+    cache: KVCache,
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    valid: torch.Tensor,
+    attend: int | None = None,
+) -> torch.Tensor:
+    """Run the Llama decoder on `embeds` [R, T, D] written at cache `slots` [T]; final-normed hidden.
+
+    `positions` [R, T] are the rotary position ids, `valid` [R, T] marks real tokens (written into
+    the key mask). Each query sees the valid keys at slots <= its own, plus itself (so a padded
+    query never has an empty row). `attend` limits attention to the first `attend` slots (eager
+    speed-up); None attends over the whole static cache (shape-stable, for CUDA graphs).
+    """
+    lm = parts.language_model
+    rows, length = embeds.shape[0], embeds.shape[1]
+    cache.valid.index_copy_(1, slots, valid)
+    span = cache.slots if attend is None else attend
+    key_slots = torch.arange(span, device=embeds.device)
+    causal = key_slots[None, :] <= slots[:, None]  # [T, span]
+    allowed = (cache.valid[:, None, None, :span] & causal) | (key_slots[None, :] == slots[:, None])
+    cos, sin = lm.rotary_emb(embeds, positions)
+    hidden = embeds
+    for index, layer in enumerate(lm.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        q = attn.q_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
+        q, k = _apply_rotary(q, k, cos, sin)
+        cache.keys[index].index_copy_(2, slots, k.to(cache.keys[index].dtype))
+        cache.values[index].index_copy_(2, slots, v.to(cache.values[index].dtype))
+        out = F.scaled_dot_product_attention(
+            q,
+            cache.keys[index][:, :, :span],
+            cache.values[index][:, :, :span],
+            attn_mask=allowed,
+            scale=attn.scaling,
+            enable_gqa=True,
+        )
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return lm.norm(hidden)
+
+
+def _apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding exactly as transformers' Llama applies it (rotate-half convention)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Sampling one token per row, on the device
+# ----------------------------------------------------------------------------------------------
+
+
+def gumbel_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Standard Gumbel noise; argmax(logp + noise) is an exact sample of softmax(logp)."""
+    noise_device = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=noise_device, dtype=torch.float32)
+    return (-torch.log(-torch.log(u.clamp_(min=1e-30)))).to(device, non_blocking=True)
+
+
+def log_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (float32) of the distribution sampled from: temperature, then top-p.
+
+    Temperature 0 (greedy) gives the temperature-1 distribution (its argmax is the greedy token).
+    """
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        sorted_p = sorted_logp.exp()
+        outside = (sorted_p.cumsum(dim=-1) - sorted_p) > top_p  # the top token always stays
+        sorted_logp = sorted_logp.masked_fill(outside, float("-inf"))
+        logp = torch.log_softmax(
+            torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp), dim=-1
+        )
+    return logp
+
+
+def sample_from_logits(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row of `logits` [R, V]; returns (tokens [R], log-probs [R] float32)."""
+    logp = log_probs(logits, temperature, top_p)
+    if temperature > 0:
+        token = (logp + gumbel_noise(tuple(logp.shape), generator, logp.device)).argmax(dim=-1)
+    else:
+        token = logp.argmax(dim=-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Stage 1: the chains
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpecialIds:
+    """Token ids the sampler needs."""
+
+    pad: int
+    bos: int | None
+    begin_of_image: int
+
+
+@dataclass
+class ChainSample:
+    """What stage 1 hands to stage 2: the conditional KV cache and the sampled chains."""
+
+    cache: KVCache  # rows B, slots [0, used) filled: prompt then chain (with holes)
+    used: int  # slots filled
+    slot_ids: torch.Tensor  # [B, used] the token in each slot (pad in holes)
+    chain_ids: torch.Tensor  # [B, C] right-padded chains, last real token <begin_of_image>
+    chain_mask: torch.Tensor  # [B, C]
+    chain_logprobs: torch.Tensor  # [B, C]
+    truncated: torch.Tensor  # [B] bool
+    boi_hidden: torch.Tensor  # [B, D] hidden state at each row's <begin_of_image>
+    next_positions: torch.Tensor  # [B] position id of each row's first image token
+
+
+def prefill(
+    parts: JanusParts, cache: KVCache, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Write a left-padded batch `ids`/`mask` [R, P] into cache slots [0, P); final hidden [R, P, D]."""
+    slots = torch.arange(ids.shape[1], device=ids.device)
+    return transformer_forward(
+        parts,
+        cache,
+        parts.text_embed(ids),
+        positions_from_mask(mask),
+        slots,
+        mask.bool(),
+        ids.shape[1],
+    )
+
+
+def sample_chains(
+    parts: JanusParts,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    num_generations: int,
+    sampling: SamplingConfig,
+    special: SpecialIds,
+    generator: torch.Generator | None,
+) -> ChainSample:
+    """Stage 1: sample `num_generations` chains per prompt until <begin_of_image>.
+
+    `prompt_ids`/`prompt_mask` [G, P] hold each prompt once (left-padded). Their prefix is
+    computed once and its KV copied to the N sample rows. A chain that reaches
+    `max_chain_tokens` gets <begin_of_image> forced as its last token (log-prob = the model's
+    log-prob of <begin_of_image> there, temperature applied, no top-p) and is flagged truncated.
+    """
+    device = prompt_ids.device
+    groups, prompt_len = prompt_ids.shape
+    rows = groups * num_generations
+    max_chain = sampling.max_chain_tokens
+
+    # The shared prefix, once per prompt, then its KV expanded to the N rows of each group.
+    prefix_cache = KVCache.allocate(parts, groups, prompt_len)
+    hidden = prefill(parts, prefix_cache, prompt_ids, prompt_mask)[:, -1]
+    cache = KVCache.allocate(parts, rows, prompt_len + max_chain)
+    for src, dst in zip(
+        prefix_cache.keys + prefix_cache.values, cache.keys + cache.values, strict=True
+    ):
+        dst[:, :, :prompt_len] = src.repeat_interleave(num_generations, dim=0)
+    cache.valid[:, :prompt_len] = prefix_cache.valid.repeat_interleave(num_generations, dim=0)
+    del prefix_cache
+    logits = parts.lm_head(hidden).float().repeat_interleave(num_generations, dim=0)
+    start_positions = prompt_mask.long().sum(dim=1).repeat_interleave(num_generations)
+
+    tokens, logprobs, masks = [], [], []
+    active = torch.ones(rows, dtype=torch.bool, device=device)
+    truncated = torch.zeros(rows, dtype=torch.bool, device=device)
+    boi_hidden = torch.zeros(rows, hidden.shape[-1], dtype=hidden.dtype, device=device)
+    pad = torch.full((rows,), special.pad, dtype=torch.long, device=device)
+    sync_every = 1 if device.type == "cpu" else 8
+    for step in range(max_chain):
+        token, logprob = sample_from_logits(
+            logits, sampling.text_temperature, sampling.top_p, generator
+        )
+        if step == max_chain - 1:  # out of budget: close the chain and flag it
+            forced = active & (token != special.begin_of_image)
+            boi_logprob = log_probs(logits, sampling.text_temperature)[:, special.begin_of_image]
+            token = torch.where(forced, special.begin_of_image, token)
+            logprob = torch.where(forced, boi_logprob, logprob)
+            truncated = forced
+        token = torch.where(active, token, pad)
+        tokens.append(token)
+        logprobs.append(torch.where(active, logprob, 0.0))
+        masks.append(active)
+        slot = torch.tensor([prompt_len + step], device=device)
+        positions = (start_positions + step)[:, None]
+        hidden = transformer_forward(
+            parts,
+            cache,
+            parts.text_embed(token[:, None]),
+            positions,
+            slot,
+            active[:, None],
+            prompt_len + step + 1,
+        )[:, -1]
+        is_boi = active & (token == special.begin_of_image)
+        boi_hidden = torch.where(is_boi[:, None], hidden, boi_hidden)
+        active = active & ~is_boi
+        if (step + 1) % sync_every == 0 and not bool(active.any()):
+            break
+        logits = parts.lm_head(hidden).float()
+
+    chain_ids = torch.stack(tokens, dim=1)
+    chain_mask = torch.stack(masks, dim=1).long()
+    chain_logprobs = torch.stack(logprobs, dim=1)
+    used = prompt_len + chain_ids.shape[1]
+    slot_ids = torch.cat([prompt_ids.repeat_interleave(num_generations, dim=0), chain_ids], dim=1)
+    lengths = chain_mask.sum(dim=1)
+    width = int(lengths.max())
+    return ChainSample(
+        cache=cache,
+        used=used,
+        slot_ids=slot_ids,
+        chain_ids=chain_ids[:, :width],
+        chain_mask=chain_mask[:, :width],
+        chain_logprobs=chain_logprobs[:, :width],
+        truncated=truncated,
+        boi_hidden=boi_hidden,
+        next_positions=start_positions + lengths,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Stage 2: the image tokens, with classifier-free guidance
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_image_tokens(
+    parts: JanusParts,
+    cond: KVCache,
+    used: int,
+    slot_ids: torch.Tensor,
+    boi_hidden: torch.Tensor,
+    next_positions: torch.Tensor,
+    sampling: SamplingConfig,
+    special: SpecialIds,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2: sample K image tokens per row; returns (image_ids [B, K], log-probs [B, K]).
+
+    `cond` holds the conditional rows' KV for slots [0, used) (prompt and chain, from stage 1);
+    it is copied, not recomputed, into a cache sized exactly for prefix + image tokens. With
+    guidance the unconditional rows (same slots, prompt and chain blanked to pad) are prefilled
+    once, and each step runs the cond/uncond pair as one batch of 2B rows. Logits are mixed as
+    uncond + w * (cond - uncond), divided by the image temperature and sampled with Gumbel-max on
+    the device: nothing in the loop waits for the host.
+    """
+    rows = boi_hidden.shape[0]
+    num_tokens = parts.num_image_tokens
+    guided = sampling.guided
+    total_rows = 2 * rows if guided else rows
+    device = boi_hidden.device
+
+    cache = KVCache.allocate(parts, total_rows, used + num_tokens - 1)
+    for src, dst in zip(cond.keys + cond.values, cache.keys + cache.values, strict=True):
+        dst[:rows, :, :used] = src[:, :, :used]
+    cache.valid[:rows, :used] = cond.valid[:, :used]
+    hidden = boi_hidden
+    if guided:
+        valid = cond.valid[:, :used]
+        uncond_ids = unconditional_ids(slot_ids, valid, special.pad, special.bos)
+        uncond_hidden = prefill(parts, cache.rows(rows, total_rows), uncond_ids, valid)
+        last_real = used - 1 - valid.flip(1).int().argmax(dim=1)
+        uncond_boi = uncond_hidden[torch.arange(rows, device=device), last_real]
+        hidden = torch.cat([boi_hidden, uncond_boi], dim=0)
+        next_positions = torch.cat([next_positions, next_positions])
+
+    step_fn = _decode_step_fn(sampling, device)
+    static = step_fn is not _decode_step  # compiled: attend over the whole cache, fixed shapes
+    image_ids = torch.empty(rows, num_tokens, dtype=torch.long, device=device)
+    image_logprobs = torch.empty(rows, num_tokens, dtype=torch.float32, device=device)
+    slot = torch.tensor([used], device=device)
+    positions = next_positions[:, None].clone()
+    real = torch.ones(total_rows, 1, dtype=torch.bool, device=device)
+    for k in range(num_tokens):
+        logits = parts.image_head(hidden).float()
+        if guided:
+            cond_logits, uncond_logits = logits.chunk(2)
+            logits = uncond_logits + sampling.cfg_weight * (cond_logits - uncond_logits)
+        token, logprob = sample_from_logits(logits, sampling.image_temperature, 1.0, generator)
+        image_ids[:, k] = token
+        image_logprobs[:, k] = logprob
+        if k == num_tokens - 1:
+            break
+        embeds = parts.image_embed(token[:, None])
+        if guided:
+            embeds = torch.cat([embeds, embeds], dim=0)
+        attend = None if static else used + k + 1
+        hidden = step_fn(parts, cache, embeds, positions, slot, real, attend)[:, -1]
+        slot += 1
+        positions += 1
+    return image_ids, image_logprobs
+
+
+def _decode_step(
+    parts: JanusParts,
+    cache: KVCache,
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+    slot: torch.Tensor,
+    real: torch.Tensor,
+    attend: int | None,
+) -> torch.Tensor:
+    """One stage-2 decode step (eager)."""
+    return transformer_forward(parts, cache, embeds, positions, slot, real, attend)
+
+
+_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _decode_step_fn(sampling: SamplingConfig, device: torch.device) -> Callable[..., torch.Tensor]:
+    """The decode step: eager, or on CUDA with `compile_decode` a CUDA-graph compiled version."""
+    if not (sampling.compile_decode and device.type == "cuda"):
+        return _decode_step
+    if "cuda" not in _COMPILED:
+        _COMPILED["cuda"] = torch.compile(_decode_step, mode="reduce-overhead", dynamic=False)
+    return _COMPILED["cuda"]
+
+
+def generate_image_tokens(
+    parts: JanusParts,
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    sampling: SamplingConfig,
+    special: SpecialIds,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2 alone from a given conditional prefix (left-padded, each row ending in
+    <begin_of_image>): prefill, then `sample_image_tokens`. Used by benchmarks and for fixed chains.
+    """
+    with torch.no_grad():
+        cache = KVCache.allocate(parts, prefix_ids.shape[0], prefix_ids.shape[1])
+        hidden = prefill(parts, cache, prefix_ids, prefix_mask)
+        return sample_image_tokens(
+            parts,
+            cache,
+            prefix_ids.shape[1],
+            prefix_ids,
+            hidden[:, -1],
+            prefix_mask.long().sum(dim=1),
+            sampling,
+            special,
+            generator,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Pixels, and the whole rollout
+# ----------------------------------------------------------------------------------------------
+
+
+def decode_images(
+    parts: JanusParts,
+    image_ids: torch.Tensor,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    batch_size: int = 16,
+) -> list[Image.Image]:
+    """Decode image codes [B, K] to PIL images with the VQ decoder (pixels un-normalised)."""
+    from PIL import Image
+
+    images = []
+    mean_t = torch.tensor(mean, device=image_ids.device)
+    std_t = torch.tensor(std, device=image_ids.device)
+    with torch.no_grad():
+        for start in range(0, image_ids.shape[0], batch_size):
+            pixels = parts.janus.decode_image_tokens(image_ids[start : start + batch_size])
+            pixels = (pixels.float() * std_t + mean_t).clamp(0, 1).mul(255).round()
+            for array in pixels.to(torch.uint8).cpu().numpy():
+                images.append(Image.fromarray(array))
+    return images
+
+
+def special_ids(tokenizer: Any) -> SpecialIds:
+    """Pad, BOS and <begin_of_image> ids of a tokenizer; a clear error when one is missing."""
+    from gotr1.chain import BEGIN_OF_IMAGE
+
+    boi = tokenizer.convert_tokens_to_ids(BEGIN_OF_IMAGE)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if boi is None or (unk is not None and boi == unk):
+        raise ValueError(f"the tokenizer has no {BEGIN_OF_IMAGE} token")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token (needed for padding and CFG)")
+    return SpecialIds(pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id, begin_of_image=boi)
+
+
+def chain_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Decoded chain with markup kept and image/pad/BOS/EOS special tokens removed."""
+    from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE
+
+    text = tokenizer.decode(list(ids), skip_special_tokens=False)
+    drop = [BEGIN_OF_IMAGE, END_OF_IMAGE, tokenizer.pad_token, tokenizer.bos_token]
+    drop.append(tokenizer.eos_token)
+    for token in drop:
+        if token:
+            text = text.replace(token, "")
+    return text.strip()
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into (ids [R, P], mask [R, P])."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
+            mask[row, width - len(sequence) :] = 1
+    return ids, mask
+
+
+def rollout(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    num_generations: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    encode: Callable[[str], list[int]] | None = None,
+    image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+    image_std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> Rollouts:
+    """Sample `num_generations` (chain, image) pairs for each prompt; see the module docstring.
+
+    `encode` turns a user prompt into the token ids of the prefix (BOS + chat template up to the
+    assistant turn); default `gotr1.policy.tokenizer.encode_prompt`. Runs without autograd and in
+    eval mode (restoring the previous mode), in chunks of `sampling.max_batch_rows` rows (whole
+    groups). Seeded through `generator` (on the model's device, or CPU).
+    """
+    from gotr1.chain import parse_chain
+
+    if num_generations < 1:
+        raise ValueError("num_generations must be >= 1")
+    if not prompts:
+        raise ValueError("rollout needs at least one prompt")
+    if encode is None:
+        from gotr1.policy.tokenizer import encode_prompt
+
+        def encode(prompt: str) -> list[int]:
+            return encode_prompt(tokenizer, prompt)
+
+    parts = janus_parts(model)
+    special = special_ids(tokenizer)
+    encoded = [encode(p) for p in prompts]
+    for prompt, ids in zip(prompts, encoded, strict=True):
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            per_pass = max(1, (sampling.max_batch_rows or 10**9) // num_generations)
+            pieces = []
+            for start in range(0, len(prompts), per_pass):
+                ids, mask = left_pad(encoded[start : start + per_pass], special.pad)
+                ids, mask = ids.to(parts.device), mask.to(parts.device)
+                stage1 = sample_chains(
+                    parts, ids, mask, num_generations, sampling, special, generator
+                )
+                image_ids, image_logprobs = sample_image_tokens(
+                    parts,
+                    stage1.cache,
+                    stage1.used,
+                    stage1.slot_ids,
+                    stage1.boi_hidden,
+                    stage1.next_positions,
+                    sampling,
+                    special,
+                    generator,
+                )
+                del stage1.cache
+                pieces.append((ids, mask, stage1, image_ids, image_logprobs))
+            images = decode_images(parts, torch.cat([p[3] for p in pieces]), image_mean, image_std)
+    finally:
+        model.train(was_training)
+
+    def cat_padded(tensors: list[torch.Tensor], left: bool, value: float = 0) -> torch.Tensor:
+        width = max(t.shape[1] for t in tensors)
+        padded = []
+        for t in tensors:
+            pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
+            padded.append(F.pad(t, pad, value=value))
+        return torch.cat(padded, dim=0)
+
+    n = num_generations
+    chain_ids = cat_padded([p[2].chain_ids for p in pieces], False, special.pad)
+    chain_mask = cat_padded([p[2].chain_mask for p in pieces], False)
+    image_ids = torch.cat([p[3] for p in pieces])
+    texts = [
+        chain_text(tokenizer, row[m.bool()].tolist())
+        for row, m in zip(chain_ids.cpu(), chain_mask.cpu(), strict=True)
+    ]
+    return Rollouts(
+        prompts=[p for p in prompts for _ in range(n)],
+        group_ids=torch.arange(len(prompts), device=parts.device).repeat_interleave(n),
+        prompt_ids=cat_padded([p[0].repeat_interleave(n, 0) for p in pieces], True, special.pad),
+        prompt_mask=cat_padded([p[1].repeat_interleave(n, 0) for p in pieces], True),
+        chain_ids=chain_ids,
+        chain_mask=chain_mask,
+        chain_logprobs=cat_padded([p[2].chain_logprobs for p in pieces], False),
+        image_ids=image_ids,
+        image_logprobs=torch.cat([p[4] for p in pieces]),
+        truncated=torch.cat([p[2].truncated for p in pieces]),
+        chain_texts=texts,
+        chains=[parse_chain(t) for t in texts],
+        images=images,
+        sampling=sampling,
+    )
