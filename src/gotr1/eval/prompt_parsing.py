@@ -154,7 +154,9 @@ _ADVERBS = _words(
     "very quite rather too so also just still even ever never always often together away back "
     "nearby around again already almost soon now then once yet well ahead apart aside"
 )
-_RELATION_NOUNS = _words("top bottom left right side front back middle center centre edge rear")
+_RELATION_NOUNS = _words(
+    "top bottom left right side front back middle center centre edge rear mid-air midair"
+)
 _COLOURS = _words(
     "red orange yellow green blue purple pink brown black white gray grey silver gold golden "
     "beige violet indigo cyan magenta turquoise teal maroon navy crimson scarlet ivory cream "
@@ -175,7 +177,8 @@ _ATTRIBUTES = _words(
     "calm quiet loud distant rich grand intricate sugary chilly lively cheerful happy sad angry "
     "sleepy tired curious playful friendly fierce wild tame busy lazy strong weak brave shy "
     "proud majestic towering miniature jagged curved straight bent hollow solid transparent "
-    "translucent opaque reflective sleek slender slim plump chubby stout lean thick-rimmed"
+    "translucent opaque reflective hardcover burlap satin suede tart spiky bumpy sleek slender slim plump chubby stout lean "
+    "thick-rimmed"
 )
 _NOT_VERB = _words(
     "bed red sled shed seed weed reed speed steed bread thread head need deed feed tweed ring "
@@ -194,6 +197,9 @@ _NOT_ADJECTIVE = _words(
     "spoonful mouthful cupful"
 )
 _OBJECT_ARTICLES = _words("a an the his her its their my our your")
+_ADJECTIVE_COMPOUNDS: frozenset[tuple[str, str]] = frozenset(
+    {("hot", "dog"), ("hot", "air"), ("hot", "tub"), ("sweet", "potato"), ("light", "bulb")}
+)
 _ADJECTIVE_SUFFIXES: tuple[str, ...] = (
     "ful",
     "ous",
@@ -547,6 +553,9 @@ def _make_chunk(
     k = 0
     while k < len(word_list) - 1 and is_adjective(word_list[k]):
         k += 1
+    # Lexicalised compounds whose first word looks like an attribute: "hot dog", "hot air balloon".
+    while k > 0 and (word_list[k - 1], word_list[k]) in _ADJECTIVE_COMPOUNDS:
+        k -= 1
     determiner = lowers[dets[0]] if dets else None
     # "all the", "the two": the number word, when there is one, is what counts.
     for d in dets:
