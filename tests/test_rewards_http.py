@@ -289,15 +289,15 @@ def test_timeouts_slow_replies_malformed_and_truncated_bodies(server):
     def respond(text, image, attempt):
         caption = caption_of(text)
         if caption == "timeout-once":
-            return ("sleep", 1.0, '{"score": 1}') if attempt == 0 else ("ok", '{"score": 8}')
+            return ("sleep", 1.2, '{"score": 1}') if attempt == 0 else ("ok", '{"score": 8}')
         if caption == "slow":
-            return ("sleep", 0.2, '{"score": 5}')  # slower than usual, inside the timeout
+            return ("sleep", 0.15, '{"score": 5}')  # slower than usual, inside the timeout
         if caption == "malformed-once":
             return ("malformed", "{'choices': [") if attempt == 0 else ("ok", '{"score": 2}')
         if caption == "truncated-once":
             return ("truncate", '{"score": 0}') if attempt == 0 else ("ok", '{"score": 3}')
         if caption == "always-timeout":
-            return ("sleep", 1.0, '{"score": 9}')
+            return ("sleep", 1.2, '{"score": 9}')
         return ("malformed", "<html>bad gateway</html>")
 
     server.respond = respond
@@ -310,7 +310,7 @@ def test_timeouts_slow_replies_malformed_and_truncated_bodies(server):
         "always-malformed",
     ]
     start = time.perf_counter()
-    with make_judge(server.base_url, timeout=0.4, max_retries=1) as judge:
+    with make_judge(server.base_url, timeout=0.5, max_retries=1) as judge:
         result = judge.image(captions, [Image.new("RGB", (56, 56))] * len(captions))
         errors = dict(judge.error_counts)
         stats = dict(judge.stats)
@@ -410,6 +410,39 @@ def test_dual_stage_reward_over_http_on_world_samples(server):
     np.testing.assert_allclose(planning.total, 0.6 * 1.8)
     assert np.isnan(planning.ri).all()
     assert set(product.timings) >= {"sem", "spa", "ri", "pi", "layout_render"}
+
+
+def test_text_coordinates_mode_sends_coordinates_not_a_canvas(server):
+    from gotr1.world import sample_examples
+
+    examples = sample_examples(3, seed=6)
+    layout_requests = []
+
+    def respond(text, image, attempt):
+        if "layout planned" in text:
+            layout_requests.append((image, text))
+            return ("ok", '{"score": 4}')
+        return ("ok", '{"score": 5}')
+
+    server.respond = respond
+    config = RewardConfig(components=("sem", "spa"), spatial_input="text")
+    with make_judge(server.base_url) as judge:
+        rewards = DualStageReward(judge, config).score(
+            [e.prompt for e in examples],
+            [e.chain for e in examples],
+            [e.render() for e in examples],
+        )
+    np.testing.assert_allclose(rewards.spa, 3 / 9)
+    np.testing.assert_allclose(rewards.total, 0.5 + 3 / 9)
+    assert "layout_render" not in rewards.timings
+    assert len(layout_requests) == 3
+    by_caption = {caption_of(text): (image, text) for image, text in layout_requests}
+    for example in examples:  # requests run concurrently: match them by caption
+        image, text = by_caption[example.prompt]
+        assert image is None
+        first = parse_chain(example.chain).objects[0]
+        box = first.box
+        assert f"- {first.name}: ({box[0]},{box[1]}),({box[2]},{box[3]})" in text
 
 
 def test_config_rejects_bad_values():

@@ -299,6 +299,19 @@ def test_injected_valid_answers_score_correctly(judge):
     assert all(box_iou(c[0][0], b) > 0.95 for c, b in zip(grounded.candidates, boxes, strict=True))
 
 
+def test_pixel_bounds_override_changes_the_resize_and_the_reported_size(judge):
+    from gotr1.rewards.vlm import ChatRequest
+
+    config = QwenLocalConfig(**{**judge.config.__dict__, "max_pixels": 28 * 28 * 8})
+    small = QwenLocalJudge(config, judge.model, judge.tokenizer, judge.image_processor)
+    image = Image.new("RGB", (400, 300), "white")
+    (reply,) = small.generate([ChatRequest("Locate the cat.", image, 2)])
+    (default,) = judge.generate([ChatRequest("Locate the cat.", image, 2)])
+    assert reply.image_size == qp.qwen_resized_size(400, 300, MIN_PIXELS, 28 * 28 * 8)
+    assert default.image_size == qp.qwen_resized_size(400, 300, MIN_PIXELS, MAX_PIXELS)
+    assert reply.image_size != default.image_size
+
+
 def test_config_and_checkpoint_errors(checkpoint, judge):
     with pytest.raises(ValueError, match="batch_size"):
         QwenLocalConfig(batch_size=0)
