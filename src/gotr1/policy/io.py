@@ -284,6 +284,7 @@ def save_pretrained(
     """
     if hasattr(model, "get_base_model"):
         raise ValueError("save_pretrained got a PEFT model; use save_adapter, or merge_lora first")
+    check_vocabulary(model, processor.tokenizer)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     configure_special_tokens(model, processor.tokenizer)
