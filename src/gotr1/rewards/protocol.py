@@ -17,6 +17,9 @@ for a whole batch at once, every score in [0, 1]:
   :func:`match_boxes`);
 - ``image(prompts, images)``: does the image match the prompt (R_PI, prompt → image).
 
+A judge may set ``reads_layout_images = False`` (the world judge does: it reads the boxes that the
+canvas would show); the reward then skips drawing layouts for it.
+
 A question a judge could not answer for a sample (an unusable reply after a retry, a server that
 never answered) is a *failure*: the score is NaN and ``failed[i]`` is True. What a failure costs
 (score 0, or dropping the sample) is the reward's policy, not the judge's.
