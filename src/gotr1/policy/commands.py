@@ -11,7 +11,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the policy subcommands to the `gotr1` parser."""
     register_convert(subparsers)
-    # `generate` is registered here by the rollout work: add `register_generate(subparsers)`.
+    register_generate(subparsers)
 
 
 # --- convert -----------------------------------------------------------------------------------
@@ -62,5 +62,10 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 # --- generate (rollout work) ---------------------------------------------------------------------
-# def register_generate(subparsers) -> None: ...
-# def run_generate(args) -> int: ...
+
+
+def register_generate(subparsers: argparse._SubParsersAction) -> None:
+    """``gotr1 generate --model DIR PROMPT --out OUT``: chains and images (gotr1.policy.generate)."""
+    from gotr1.policy.generate import add_generate_parser
+
+    add_generate_parser(subparsers)
