@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,22 @@ def run_cli(*argv: str) -> int:
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(list(argv))
     return args.func(args)
+
+
+def test_registering_the_command_stays_light():
+    script = (
+        "import argparse, sys\n"
+        "from gotr1.policy import commands\n"
+        "parser = argparse.ArgumentParser(prog='gotr1')\n"
+        "commands.register(parser.add_subparsers(dest='command'))\n"
+        "args = parser.parse_args(['convert', 'a', 'b', '--dtype', 'bfloat16'])\n"
+        "assert args.func is commands.run_convert and args.markup_init == 'keep'\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_hf_to_deepseek_and_back_is_bit_exact(hf_model):

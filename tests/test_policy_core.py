@@ -99,18 +99,18 @@ def test_world_tiny_is_a_few_million_parameters_with_8x8_image_tokens():
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert WORLD_TINY.num_image_tokens == 64
     assert model.config.vision_config.num_image_tokens == 64
-    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        codes = model.model.vqmodel.encode(pixels).image_tokens.view(2, -1)
-        assert codes.shape == (2, 64)
+        codes = model.model.vqmodel.encode(pixels).image_tokens.view(1, -1)
+        assert codes.shape == (1, 64)
         assert int(codes.max()) < WORLD_TINY.vq["num_embeddings"]
         decoded = model.decode_image_tokens(codes)
-        assert decoded.shape == (2, 64, 64, 3)
-        hidden = torch.randn(2, WORLD_TINY.text["hidden_size"])
+        assert decoded.shape == (1, 64, 64, 3)
+        hidden = torch.randn(1, WORLD_TINY.text["hidden_size"])
         logits = model.model.generation_head(hidden)
-        assert logits.shape == (2, WORLD_TINY.vq["num_embeddings"])
+        assert logits.shape == (1, WORLD_TINY.vq["num_embeddings"])
         embeds = model.prepare_embeddings_for_image_generation(codes[:, :1])
-        assert embeds.shape == (2, 1, WORLD_TINY.text["hidden_size"])
+        assert embeds.shape == (1, 1, WORLD_TINY.text["hidden_size"])
 
 
 def test_janus_pro_shapes_match_the_published_checkpoints():
@@ -287,6 +287,11 @@ def test_load_pretrained_round_trip_is_exact(policy, tmp_path):
     assert all(torch.equal(value, original[key]) for key, value in loaded.state_dict().items())
     assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert loaded_processor.num_image_tokens == 64
+    assert loaded_processor.use_default_system_prompt is False
+    text = loaded_processor.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == "User: hi\n\nAssistant:"
 
 
 def test_markup_tokens_are_added_with_mean_rows(small_corpus):

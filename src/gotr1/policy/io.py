@@ -234,7 +234,8 @@ def load_pretrained(
     """Load an HF-format Janus checkpoint (a local folder or a hub id) and its processor.
 
     Safetensors only, no remote code. Adds the GoT markup tokens when missing (see
-    `add_markup_tokens`), installs the GoT chat template, and syncs the special-token ids.
+    `add_markup_tokens`), installs the GoT chat template (no default system prompt), and syncs
+    the special-token ids.
     `dtype` is e.g. "bfloat16" or a torch dtype (default: float32).
     """
     import torch
@@ -269,7 +270,8 @@ def load_pretrained(
     if add_markup:
         add_markup_tokens(model, tokenizer, init=markup_init)
     check_vocabulary(model, tokenizer)
-    processor.chat_template = CHAT_TEMPLATE
+    processor.chat_template = CHAT_TEMPLATE  # GoT format: roles User/Assistant, no system prompt
+    processor.use_default_system_prompt = False  # (transformers' Janus-Pro folders turn it on)
     configure_special_tokens(model, tokenizer)
     return model.eval(), processor
 
