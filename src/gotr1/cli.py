@@ -10,7 +10,11 @@ from collections.abc import Sequence
 # Each module here defines `register(subparsers)`, adding its subcommands with a `func` default
 # that takes the parsed namespace and returns an exit code. Registration must stay cheap (no
 # torch import): handlers import what they need when they run.
-COMMAND_MODULES: tuple[str, ...] = ("gotr1.world.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "gotr1.world.commands",
+    "gotr1.policy.commands",
+    "gotr1.rewards.commands",
+)
 
 
 class UserError(Exception):
