@@ -238,8 +238,11 @@ def test_prefix_once_per_prompt_kv_reused_and_cfg_pairs_batched(policy, cfg):
     expected = groups * prompt_len  # the shared prefix, once per prompt
     expected += b * chain_steps  # one token per row per chain step
     if cfg != 1.0:
-        expected += b * (prompt_len + chain_steps)  # the blanked unconditional prefix, once
-        expected += 2 * b * (k - 1)  # cond + uncond image steps (cond prefix KV reused)
+        # The unconditional rows share one blanked prefix [BOS, pad, ...] as long as the longest
+        # row's prompt + chain without its <begin_of_image>, computed once; then each row runs
+        # its own <begin_of_image>, then cond + uncond image steps (the cond prefix KV is reused).
+        longest = int((rollouts.prompt_mask.sum(1) + rollouts.chain_mask.sum(1)).max())
+        expected += (longest - 1) + b + 2 * b * (k - 1)
         assert set(counter.image_head_rows) == {2 * b}
     else:
         expected += b * (k - 1)  # no unconditional rows at all

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from gotr1.policy.rollout import JanusParts, janus_parts, positions_from_mask, unconditional_ids
+from gotr1.policy.rollout import (
+    JanusParts,
+    janus_parts,
+    positions_from_mask,
+    real_bounds,
+    unconditional_ids,
+)
 
 if TYPE_CHECKING:
     from gotr1.policy.rollout import Rollouts
@@ -125,7 +131,7 @@ def _hidden_states(
 def _image_hidden(hidden: torch.Tensor, text_mask: torch.Tensor, num_image: int) -> torch.Tensor:
     """The hidden states that predict the image tokens: each row's <begin_of_image>, then codes."""
     text_len = text_mask.shape[1]
-    last_real = text_len - 1 - text_mask.flip(1).long().argmax(dim=1)
+    _, last_real = real_bounds(text_mask)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     boi = hidden[rows, last_real][:, None]
     return torch.cat([boi, hidden[:, text_len : text_len + num_image - 1]], dim=1)

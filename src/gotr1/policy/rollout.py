@@ -9,8 +9,9 @@ Reading order (top to bottom):
   5. Stage 1, `sample_chains`: prompt prefix computed once per prompt, shared by its N samples,
      then the chains until `<begin_of_image>` (or `max_chain_tokens`, then forced and flagged).
   6. Stage 2, `sample_image_tokens`: the conditional rows reuse the stage-1 KV cache; the
-     unconditional rows (prompt and chain blanked to pad) get one prefill pass; then K image
-     tokens with classifier-free guidance, the CFG pair in one batch, no host sync per token.
+     unconditional rows (prompt and chain blanked to pad) all read the same [BOS, pad, ...]
+     prefix, computed once and shared; then K image tokens with classifier-free guidance, the
+     CFG pair in one batch, sampled on the device with no host sync per token.
   7. `decode_images` and `rollout`, which ties it all together.
 
 Layout of one row in the cache: ``[left pad][prompt][chain ... <begin_of_image>][holes][image]``.
@@ -220,6 +221,12 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def real_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the first and of the last real (mask 1) slot of each row of `mask` [R, S]."""
+    real = mask.bool().int()
+    return real.argmax(dim=1), mask.shape[1] - 1 - real.flip(1).argmax(dim=1)
+
+
 def unconditional_ids(
     ids: torch.Tensor, mask: torch.Tensor, pad_id: int, bos_id: int | None
 ) -> torch.Tensor:
@@ -231,8 +238,7 @@ def unconditional_ids(
     """
     real = mask.bool()
     rows = torch.arange(ids.shape[0], device=ids.device)
-    first = real.int().argmax(dim=1)
-    last = ids.shape[1] - 1 - real.flip(1).int().argmax(dim=1)
+    first, last = real_bounds(mask)
     keep = torch.zeros_like(real)
     keep[rows, last] = True
     if bos_id is not None:
@@ -248,65 +254,78 @@ def unconditional_ids(
 
 @dataclass
 class KVCache:
-    """Preallocated keys/values per layer, [rows, kv_heads, slots, head_dim], plus a key mask."""
+    """Preallocated keys and values of every layer, plus a key mask.
+
+    keys[layer] is [rows, kv_heads, head_dim, slots] (stored transposed, so a decode step reads
+    them as one matrix-vector product per head), values[layer] is [rows, kv_heads, slots,
+    head_dim], `valid` [rows, slots] marks slots holding a real token. `prefix` is an optional
+    one-row cache that every row sees before its own slots, row r its first `prefix_len[r]` prefix
+    slots: the unconditional rows of CFG all share their [BOS, pad, pad, ...] prefix this way.
+    """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    valid: torch.Tensor  # [rows, slots] bool: the slot holds a real token
+    valid: torch.Tensor
+    prefix: KVCache | None = None
+    prefix_len: torch.Tensor | None = None
 
     @classmethod
     def allocate(
-        cls, parts: JanusParts, rows: int, slots: int, dtype: torch.dtype | None = None
+        cls,
+        parts: JanusParts,
+        rows: int,
+        slots: int,
+        prefix: KVCache | None = None,
+        prefix_len: torch.Tensor | None = None,
     ) -> KVCache:
-        """Zero-filled cache for `rows` sequences of up to `slots` tokens."""
-        config = parts.language_model.config
-        head_dim = parts.language_model.layers[0].self_attn.head_dim
-        shape = (rows, config.num_key_value_heads, slots, head_dim)
-        dtype = dtype or parts.dtype
-        device = parts.device
-        n = len(parts.language_model.layers)
+        """Zero-filled cache for `rows` sequences of up to `slots` tokens (model dtype/device)."""
+        lm = parts.language_model
+        kv_heads, head_dim = lm.config.num_key_value_heads, lm.layers[0].self_attn.head_dim
+        like = dict(dtype=parts.dtype, device=parts.device)
+        layers = range(len(lm.layers))
         return cls(
-            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
-            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
-            valid=torch.zeros(rows, slots, dtype=torch.bool, device=device),
+            keys=[torch.zeros(rows, kv_heads, head_dim, slots, **like) for _ in layers],
+            values=[torch.zeros(rows, kv_heads, slots, head_dim, **like) for _ in layers],
+            valid=torch.zeros(rows, slots, dtype=torch.bool, device=parts.device),
+            prefix=prefix,
+            prefix_len=prefix_len,
         )
+
+    @property
+    def rows(self) -> int:
+        return self.valid.shape[0]
 
     @property
     def slots(self) -> int:
         return self.valid.shape[1]
 
-    def rows(self, start: int, stop: int) -> KVCache:
-        """A view on rows [start, stop) sharing storage."""
-        return KVCache(
-            [k[start:stop] for k in self.keys],
-            [v[start:stop] for v in self.values],
-            self.valid[start:stop],
-        )
+
+@dataclass
+class Block:
+    """Consecutive rows of one forward pass that share a cache.
+
+    The new tokens go to cache `slots` [T]; `valid` [rows, T] marks the real ones. Attention reads
+    the first `span` slots (an eager speed-up; None reads all of them: fixed shapes for graphs).
+    """
+
+    cache: KVCache
+    slots: torch.Tensor
+    valid: torch.Tensor
+    span: int | None = None
 
 
 def transformer_forward(
-    parts: JanusParts,
-    cache: KVCache,
-    embeds: torch.Tensor,
-    positions: torch.Tensor,
-    slots: torch.Tensor,
-    valid: torch.Tensor,
-    attend: int | None = None,
+    parts: JanusParts, embeds: torch.Tensor, positions: torch.Tensor, blocks: Sequence[Block]
 ) -> torch.Tensor:
-    """Run the Llama decoder on `embeds` [R, T, D] written at cache `slots` [T]; final-normed hidden.
+    """Run the Llama decoder on `embeds` [R, T, D] at rotary `positions` [R, T]; final-normed hidden.
 
-    `positions` [R, T] are the rotary position ids, `valid` [R, T] marks real tokens (written into
-    the key mask). Each query sees the valid keys at slots <= its own, plus itself (so a padded
-    query never has an empty row). `attend` limits attention to the first `attend` slots (eager
-    speed-up); None attends over the whole static cache (shape-stable, for CUDA graphs).
+    The rows are split into `blocks` (in order), each writing to and attending over its own
+    cache; projections and MLPs run on all rows at once. A query sees the valid keys at slots up
+    to its own, plus itself (so a padding query never has an empty row).
     """
     lm = parts.language_model
     rows, length = embeds.shape[0], embeds.shape[1]
-    cache.valid.index_copy_(1, slots, valid)
-    span = cache.slots if attend is None else attend
-    key_slots = torch.arange(span, device=embeds.device)
-    causal = key_slots[None, :] <= slots[:, None]  # [T, span]
-    allowed = (cache.valid[:, None, None, :span] & causal) | (key_slots[None, :] == slots[:, None])
+    masks = [_attention_mask(block) for block in blocks]
     cos, sin = lm.rotary_emb(embeds, positions)
     hidden = embeds
     for index, layer in enumerate(lm.layers):
@@ -316,19 +335,78 @@ def transformer_forward(
         k = attn.k_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
         q, k = _apply_rotary(q, k, cos, sin)
-        cache.keys[index].index_copy_(2, slots, k.to(cache.keys[index].dtype))
-        cache.values[index].index_copy_(2, slots, v.to(cache.values[index].dtype))
-        out = F.scaled_dot_product_attention(
-            q,
-            cache.keys[index][:, :, :span],
-            cache.values[index][:, :, :span],
-            attn_mask=allowed,
-            scale=attn.scaling,
-            enable_gqa=True,
-        )
+        outs, start = [], 0
+        for block, allowed in zip(blocks, masks, strict=True):
+            stop = start + block.cache.rows
+            part = slice(start, stop)
+            outs.append(_attend(block, index, q[part], k[part], v[part], allowed, attn.scaling))
+            start = stop
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return lm.norm(hidden)
+
+
+def _attention_mask(block: Block) -> torch.Tensor:
+    """Record the new tokens in the key mask; [rows, 1, T, span] bool of the keys each sees."""
+    cache = block.cache
+    cache.valid.index_copy_(1, block.slots, block.valid)
+    span = block.span or cache.slots
+    key_slots = torch.arange(span, device=cache.valid.device)
+    causal = key_slots[None, :] <= block.slots[:, None]  # [T, span]
+    itself = key_slots[None, :] == block.slots[:, None]
+    return (cache.valid[:, None, None, :span] & causal) | itself
+
+
+def _attend(
+    block: Block,
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Write k/v [rows, kv_heads, T, d] into the block's cache, attend with q [rows, heads, T, d].
+
+    Several tokens per row (prefill) use PyTorch's fused attention. One token per row (decode)
+    uses two batched matmuls against the transposed keys, plus the shared prefix if any; grouped
+    query heads share their key/value head (head h reads kv head h // (heads / kv_heads)).
+    """
+    cache = block.cache
+    keys, values = cache.keys[layer], cache.values[layer]
+    keys.index_copy_(3, block.slots, k.transpose(-1, -2).to(keys.dtype))
+    values.index_copy_(2, block.slots, v.to(values.dtype))
+    span = block.span or cache.slots
+    keys, values = keys[..., :span], values[:, :, :span]
+    rows, heads, length, dim = q.shape
+    if length > 1:
+        if cache.prefix is not None:
+            raise ValueError("rows with a shared prefix take one token per forward pass")
+        return F.scaled_dot_product_attention(
+            q, keys.transpose(-1, -2), values, attn_mask=allowed, scale=scale, enable_gqa=True
+        )
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    grouped = q.reshape(rows, kv_heads, group, dim)
+    scores = torch.matmul(grouped, keys).mul_(scale).masked_fill_(~allowed, float("-inf"))
+    if cache.prefix is None:
+        probs = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+        return torch.matmul(probs, values).reshape(rows, heads, 1, dim)
+    # Shared prefix: one [kv_heads, rows * group, d] x [kv_heads, d, P] product for all rows.
+    prefix_keys, prefix_values = cache.prefix.keys[layer][0], cache.prefix.values[layer][0]
+    seen = prefix_keys.shape[-1]
+    by_head = grouped.transpose(0, 1).reshape(kv_heads, rows * group, dim)
+    prefix_scores = torch.matmul(by_head, prefix_keys).view(kv_heads, rows, group, seen)
+    prefix_scores = prefix_scores.transpose(0, 1).mul(scale)
+    hidden_slots = torch.arange(seen, device=q.device)[None, :] >= cache.prefix_len[:, None]
+    prefix_scores = prefix_scores.masked_fill(hidden_slots[:, None, None, :], float("-inf"))
+    probs = torch.softmax(torch.cat([prefix_scores, scores], dim=-1).float(), dim=-1)
+    probs = probs.to(values.dtype)
+    prefix_probs = probs[..., :seen].transpose(0, 1).reshape(kv_heads, rows * group, seen)
+    out = torch.matmul(prefix_probs, prefix_values).view(kv_heads, rows, group, dim).transpose(0, 1)
+    out = out + torch.matmul(probs[..., seen:], values)
+    return out.reshape(rows, heads, 1, dim)
 
 
 def _apply_rotary(
@@ -419,7 +497,6 @@ class ChainSample:
     chain_logprobs: torch.Tensor  # [B, C]
     truncated: torch.Tensor  # [B] bool
     boi_hidden: torch.Tensor  # [B, D] hidden state at each row's <begin_of_image>
-    next_positions: torch.Tensor  # [B] position id of each row's first image token
 
 
 def prefill(
@@ -427,15 +504,21 @@ def prefill(
 ) -> torch.Tensor:
     """Write a left-padded batch `ids`/`mask` [R, P] into cache slots [0, P); final hidden [R, P, D]."""
     slots = torch.arange(ids.shape[1], device=ids.device)
-    return transformer_forward(
-        parts,
-        cache,
-        parts.text_embed(ids),
-        positions_from_mask(mask),
-        slots,
-        mask.bool(),
-        ids.shape[1],
-    )
+    block = Block(cache, slots, mask.bool(), span=ids.shape[1])
+    return transformer_forward(parts, parts.text_embed(ids), positions_from_mask(mask), [block])
+
+
+def copy_slots(source: KVCache, target: KVCache, slots: int, repeat: int = 1) -> None:
+    """Copy the first `slots` slots of `source` into `target`, each source row `repeat` times."""
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t if repeat == 1 else t.repeat_interleave(repeat, dim=0)
+
+    for src, dst in zip(source.keys, target.keys, strict=True):
+        dst[..., :slots] = rows(src[..., :slots])
+    for src, dst in zip(source.values, target.values, strict=True):
+        dst[:, :, :slots] = rows(src[:, :, :slots])
+    target.valid[:, :slots] = rows(source.valid[:, :slots])
 
 
 def sample_chains(
@@ -453,22 +536,19 @@ def sample_chains(
     computed once and its KV copied to the N sample rows. A chain that reaches
     `max_chain_tokens` gets <begin_of_image> forced as its last token (log-prob = the model's
     log-prob of <begin_of_image> there, temperature applied, no top-p) and is flagged truncated.
+    A row that has finished leaves holes (masked slots) while the others go on.
     """
     device = prompt_ids.device
     groups, prompt_len = prompt_ids.shape
     rows = groups * num_generations
     max_chain = sampling.max_chain_tokens
 
-    # The shared prefix, once per prompt, then its KV expanded to the N rows of each group.
-    prefix_cache = KVCache.allocate(parts, groups, prompt_len)
-    hidden = prefill(parts, prefix_cache, prompt_ids, prompt_mask)[:, -1]
+    # The prompt prefix once per prompt, then its KV copied to the N rows of its group.
+    prefix = KVCache.allocate(parts, groups, prompt_len)
+    hidden = prefill(parts, prefix, prompt_ids, prompt_mask)[:, -1]
     cache = KVCache.allocate(parts, rows, prompt_len + max_chain)
-    for src, dst in zip(
-        prefix_cache.keys + prefix_cache.values, cache.keys + cache.values, strict=True
-    ):
-        dst[:, :, :prompt_len] = src.repeat_interleave(num_generations, dim=0)
-    cache.valid[:, :prompt_len] = prefix_cache.valid.repeat_interleave(num_generations, dim=0)
-    del prefix_cache
+    copy_slots(prefix, cache, prompt_len, repeat=num_generations)
+    del prefix
     logits = parts.lm_head(hidden).float().repeat_interleave(num_generations, dim=0)
     start_positions = prompt_mask.long().sum(dim=1).repeat_interleave(num_generations)
 
@@ -477,7 +557,7 @@ def sample_chains(
     truncated = torch.zeros(rows, dtype=torch.bool, device=device)
     boi_hidden = torch.zeros(rows, hidden.shape[-1], dtype=hidden.dtype, device=device)
     pad = torch.full((rows,), special.pad, dtype=torch.long, device=device)
-    sync_every = 1 if device.type == "cpu" else 8
+    sync_every = 1 if device.type == "cpu" else 8  # "all chains done?" needs the host
     for step in range(max_chain):
         token, logprob = sample_from_logits(
             logits, sampling.text_temperature, sampling.top_p, generator
@@ -492,17 +572,11 @@ def sample_chains(
         tokens.append(token)
         logprobs.append(torch.where(active, logprob, 0.0))
         masks.append(active)
-        slot = torch.tensor([prompt_len + step], device=device)
+        slot = prompt_len + step
+        block = Block(cache, torch.tensor([slot], device=device), active[:, None], span=slot + 1)
         positions = (start_positions + step)[:, None]
-        hidden = transformer_forward(
-            parts,
-            cache,
-            parts.text_embed(token[:, None]),
-            positions,
-            slot,
-            active[:, None],
-            prompt_len + step + 1,
-        )[:, -1]
+        hidden = transformer_forward(parts, parts.text_embed(token[:, None]), positions, [block])
+        hidden = hidden[:, -1]
         is_boi = active & (token == special.begin_of_image)
         boi_hidden = torch.where(is_boi[:, None], hidden, boi_hidden)
         active = active & ~is_boi
@@ -513,20 +587,16 @@ def sample_chains(
     chain_ids = torch.stack(tokens, dim=1)
     chain_mask = torch.stack(masks, dim=1).long()
     chain_logprobs = torch.stack(logprobs, dim=1)
-    used = prompt_len + chain_ids.shape[1]
-    slot_ids = torch.cat([prompt_ids.repeat_interleave(num_generations, dim=0), chain_ids], dim=1)
-    lengths = chain_mask.sum(dim=1)
-    width = int(lengths.max())
+    width = int(chain_mask.sum(dim=1).max())
     return ChainSample(
         cache=cache,
-        used=used,
-        slot_ids=slot_ids,
+        used=prompt_len + chain_ids.shape[1],
+        slot_ids=torch.cat([prompt_ids.repeat_interleave(num_generations, 0), chain_ids], 1),
         chain_ids=chain_ids[:, :width],
         chain_mask=chain_mask[:, :width],
         chain_logprobs=chain_logprobs[:, :width],
         truncated=truncated,
         boi_hidden=boi_hidden,
-        next_positions=start_positions + lengths,
     )
 
 
@@ -535,13 +605,47 @@ def sample_chains(
 # ----------------------------------------------------------------------------------------------
 
 
+def unconditional_rows(
+    parts: JanusParts,
+    slot_ids: torch.Tensor,
+    valid: torch.Tensor,
+    special: SpecialIds,
+    num_tokens: int,
+) -> tuple[KVCache, torch.Tensor]:
+    """The CFG unconditional rows: their cache and the hidden state at their <begin_of_image>.
+
+    An unconditional row is its conditional row (`slot_ids`/`valid` [B, S]: prompt and chain)
+    with every real token between BOS and <begin_of_image> replaced by pad. So before its
+    <begin_of_image> every row reads the same [BOS, pad, pad, ...] at positions 0, 1, 2, ...:
+    that prefix is computed once, as a single row as long as the longest one, and shared. Each
+    row's own cache holds its <begin_of_image> (position n - 1 for n real tokens) and image tokens.
+    """
+    rows = torch.arange(slot_ids.shape[0], device=slot_ids.device)
+    blanked = unconditional_ids(slot_ids, valid, special.pad, special.bos)
+    first, last = real_bounds(valid)
+    lengths = valid.long().sum(dim=1)
+    longest = int(lengths.argmax())
+    shared_ids = blanked[longest, first[longest] : last[longest]]  # [BOS, pad, ...], no BOI
+    if len(shared_ids) and bool(((blanked[rows, first] != shared_ids[0]) & (lengths > 1)).any()):
+        raise ValueError("the prefixes disagree on a leading BOS; cannot share the uncond prefix")
+    shared = KVCache.allocate(parts, 1, max(1, len(shared_ids)))
+    if len(shared_ids):
+        prefill(parts, shared, shared_ids[None], torch.ones_like(shared_ids)[None])
+
+    own = KVCache.allocate(parts, len(rows), num_tokens, prefix=shared, prefix_len=lengths - 1)
+    first_slot = torch.zeros(1, dtype=torch.long, device=rows.device)
+    block = Block(own, first_slot, valid.new_ones(len(rows), 1, dtype=torch.bool), span=1)
+    boi = parts.text_embed(slot_ids[rows, last][:, None])
+    hidden = transformer_forward(parts, boi, (lengths - 1)[:, None], [block])
+    return own, hidden[:, -1]
+
+
 def sample_image_tokens(
     parts: JanusParts,
     cond: KVCache,
     used: int,
     slot_ids: torch.Tensor,
     boi_hidden: torch.Tensor,
-    next_positions: torch.Tensor,
     sampling: SamplingConfig,
     special: SpecialIds,
     generator: torch.Generator | None,
@@ -550,41 +654,37 @@ def sample_image_tokens(
 
     `cond` holds the conditional rows' KV for slots [0, used) (prompt and chain, from stage 1);
     it is copied, not recomputed, into a cache sized exactly for prefix + image tokens. With
-    guidance the unconditional rows (same slots, prompt and chain blanked to pad) are prefilled
-    once, and each step runs the cond/uncond pair as one batch of 2B rows. Logits are mixed as
-    uncond + w * (cond - uncond), divided by the image temperature and sampled with Gumbel-max on
-    the device: nothing in the loop waits for the host.
+    guidance the unconditional rows come from `unconditional_rows`, and every step runs the
+    cond/uncond pair as one batch of 2B rows. Logits are mixed as uncond + w * (cond - uncond),
+    divided by the image temperature and sampled with Gumbel-max on the device: nothing in the
+    loop waits for the host.
     """
     rows = boi_hidden.shape[0]
     num_tokens = parts.num_image_tokens
-    guided = sampling.guided
-    total_rows = 2 * rows if guided else rows
     device = boi_hidden.device
+    valid = cond.valid[:, :used]
+    positions = valid.long().sum(dim=1)  # of the first image token: real tokens so far
 
-    cache = KVCache.allocate(parts, total_rows, used + num_tokens - 1)
-    for src, dst in zip(cond.keys + cond.values, cache.keys + cache.values, strict=True):
-        dst[:rows, :, :used] = src[:, :, :used]
-    cache.valid[:rows, :used] = cond.valid[:, :used]
-    hidden = boi_hidden
-    if guided:
-        valid = cond.valid[:, :used]
-        uncond_ids = unconditional_ids(slot_ids, valid, special.pad, special.bos)
-        uncond_hidden = prefill(parts, cache.rows(rows, total_rows), uncond_ids, valid)
-        last_real = used - 1 - valid.flip(1).int().argmax(dim=1)
-        uncond_boi = uncond_hidden[torch.arange(rows, device=device), last_real]
-        hidden = torch.cat([boi_hidden, uncond_boi], dim=0)
-        next_positions = torch.cat([next_positions, next_positions])
+    cache = KVCache.allocate(parts, rows, used + num_tokens - 1)
+    copy_slots(cond, cache, used)
+    caches, first_slots, hidden = [cache], [used], boi_hidden
+    if sampling.guided:
+        uncond, uncond_boi = unconditional_rows(parts, slot_ids, valid, special, num_tokens)
+        caches.append(uncond)
+        first_slots.append(1)
+        hidden = torch.cat([boi_hidden, uncond_boi])
+        positions = torch.cat([positions, positions])
 
-    step_fn = _decode_step_fn(sampling, device)
-    static = step_fn is not _decode_step  # compiled: attend over the whole cache, fixed shapes
+    step = _decode_step_fn(sampling, device)
+    static = step is not transformer_forward  # compiled: attend over whole caches, fixed shapes
+    slots = [torch.tensor([s], device=device) for s in first_slots]
+    real = [torch.ones(c.rows, 1, dtype=torch.bool, device=device) for c in caches]
+    positions = positions[:, None].clone()
     image_ids = torch.empty(rows, num_tokens, dtype=torch.long, device=device)
     image_logprobs = torch.empty(rows, num_tokens, dtype=torch.float32, device=device)
-    slot = torch.tensor([used], device=device)
-    positions = next_positions[:, None].clone()
-    real = torch.ones(total_rows, 1, dtype=torch.bool, device=device)
     for k in range(num_tokens):
         logits = parts.image_head(hidden).float()
-        if guided:
+        if sampling.guided:
             cond_logits, uncond_logits = logits.chunk(2)
             logits = uncond_logits + sampling.cfg_weight * (cond_logits - uncond_logits)
         token, logprob = sample_from_logits(logits, sampling.image_temperature, 1.0, generator)
@@ -593,26 +693,17 @@ def sample_image_tokens(
         if k == num_tokens - 1:
             break
         embeds = parts.image_embed(token[:, None])
-        if guided:
-            embeds = torch.cat([embeds, embeds], dim=0)
-        attend = None if static else used + k + 1
-        hidden = step_fn(parts, cache, embeds, positions, slot, real, attend)[:, -1]
-        slot += 1
+        if sampling.guided:
+            embeds = torch.cat([embeds, embeds])
+        blocks = [
+            Block(c, slot, r, None if static else first + k + 1)
+            for c, slot, r, first in zip(caches, slots, real, first_slots, strict=True)
+        ]
+        hidden = step(parts, embeds, positions, blocks)[:, -1]
+        for slot in slots:
+            slot += 1
         positions += 1
     return image_ids, image_logprobs
-
-
-def _decode_step(
-    parts: JanusParts,
-    cache: KVCache,
-    embeds: torch.Tensor,
-    positions: torch.Tensor,
-    slot: torch.Tensor,
-    real: torch.Tensor,
-    attend: int | None,
-) -> torch.Tensor:
-    """One stage-2 decode step (eager)."""
-    return transformer_forward(parts, cache, embeds, positions, slot, real, attend)
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
@@ -621,9 +712,11 @@ _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
 def _decode_step_fn(sampling: SamplingConfig, device: torch.device) -> Callable[..., torch.Tensor]:
     """The decode step: eager, or on CUDA with `compile_decode` a CUDA-graph compiled version."""
     if not (sampling.compile_decode and device.type == "cuda"):
-        return _decode_step
+        return transformer_forward
     if "cuda" not in _COMPILED:
-        _COMPILED["cuda"] = torch.compile(_decode_step, mode="reduce-overhead", dynamic=False)
+        _COMPILED["cuda"] = torch.compile(
+            transformer_forward, mode="reduce-overhead", dynamic=False
+        )
     return _COMPILED["cuda"]
 
 
@@ -635,22 +728,15 @@ def generate_image_tokens(
     special: SpecialIds,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 2 alone from a given conditional prefix (left-padded, each row ending in
-    <begin_of_image>): prefill, then `sample_image_tokens`. Used by benchmarks and for fixed chains.
+    """Stage 2 alone from given conditional prefixes (left-padded, each row ending in
+    <begin_of_image>): one prefill pass, then `sample_image_tokens`. For benchmarks and for
+    drawing fixed chains.
     """
     with torch.no_grad():
         cache = KVCache.allocate(parts, prefix_ids.shape[0], prefix_ids.shape[1])
-        hidden = prefill(parts, cache, prefix_ids, prefix_mask)
+        hidden = prefill(parts, cache, prefix_ids, prefix_mask)[:, -1]
         return sample_image_tokens(
-            parts,
-            cache,
-            prefix_ids.shape[1],
-            prefix_ids,
-            hidden[:, -1],
-            prefix_mask.long().sum(dim=1),
-            sampling,
-            special,
-            generator,
+            parts, cache, prefix_ids.shape[1], prefix_ids, hidden, sampling, special, generator
         )
 
 
@@ -773,7 +859,6 @@ def rollout(
                     stage1.used,
                     stage1.slot_ids,
                     stage1.boi_hidden,
-                    stage1.next_positions,
                     sampling,
                     special,
                     generator,
