@@ -14,6 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gotr1.world.commands",
     "gotr1.policy.commands",
     "gotr1.rewards.commands",
+    "gotr1.eval.commands",
 )
 
 

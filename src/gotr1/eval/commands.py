@@ -1,0 +1,718 @@
+"""``gotr1 eval compbench|geneval|world``: generate benchmark images with a policy and score them.
+
+    gotr1 eval compbench --model DIR --out OUT [--categories color spatial] [--images-per-prompt 10]
+                         [--scorer qwen|openai|world ...] [--limit N]
+    gotr1 eval geneval   --model DIR --out OUT [--scorer ...] [--limit N]
+    gotr1 eval world     --model DIR [--out OUT]
+
+Generation writes the official folder layouts (:mod:`gotr1.eval.layouts`), sharded over the
+processes of ``accelerate launch`` and resumable (:mod:`gotr1.eval.generation`); scoring runs on the
+main process after all images exist, applying the official rules (:mod:`gotr1.eval.compbench`,
+:mod:`gotr1.eval.geneval`) to evidence from the chosen scorers (:mod:`gotr1.eval.scorers`). Every
+result file and summary names the scorer that judged it ("judged-by-<scorer>"): these are not the
+official BLIP/UniDet/CLIP/Mask2Former numbers; for those, run the official evaluators on the same
+folders, which they read unchanged.
+
+Registration imports nothing heavy; handlers import torch/transformers when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gotr1.eval.evidence import EvidenceScorer
+    from gotr1.eval.layouts import CompbenchItem, GenevalItem
+
+SCORERS: tuple[str, ...] = ("qwen", "openai", "world")
+"""Evidence scorers: the local Qwen2.5-VL judge, an OpenAI-compatible server, the world detector."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``gotr1 eval compbench``, ``gotr1 eval geneval`` and ``gotr1 eval world``."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="benchmarks: T2I-CompBench and GenEval protocols, the world benchmark",
+        description="Generate benchmark images with a policy in the official layouts and score "
+        "them with the official rules over a chosen scorer's evidence.",
+    )
+    sub = parser.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
+
+    compbench = sub.add_parser(
+        "compbench",
+        help="T2I-CompBench: images per category, official rules, judged by a scorer",
+        description="Generate --images-per-prompt images per T2I-CompBench val prompt into "
+        "OUT/<category>/samples/<prompt>_<index:06d>.png (chains in OUT/<category>/chains/), then "
+        "score them with the official rules over the scorer's evidence: "
+        "OUT/<category>/judged-by-<scorer>/.../vqa_result.json and "
+        "OUT/summary.judged-by-<scorer>.json/.md.",
+    )
+    _add_model_args(compbench, default_seed=42)
+    compbench.add_argument(
+        "--categories",
+        nargs="+",
+        default=None,
+        metavar="CATEGORY",
+        help="categories to run (default: color shape texture spatial non_spatial complex numeracy)",
+    )
+    compbench.add_argument(
+        "--images-per-prompt", type=int, default=10, help="images per prompt (official: 10)"
+    )
+    compbench.add_argument(
+        "--prompts-dir",
+        type=Path,
+        default=None,
+        help="folder of <category>_val.txt prompt files to use instead of the shipped val files",
+    )
+    _add_scorer_args(compbench)
+    compbench.set_defaults(func=run_compbench)
+
+    geneval = sub.add_parser(
+        "geneval",
+        help="GenEval: 4 images per prompt in GenEval's layout, its rules, judged by a scorer",
+        description="Generate images into OUT/<00000>/samples/NNNN.png with "
+        "OUT/<00000>/metadata.jsonl (the layout the official evaluator reads), then score them "
+        "with GenEval's rules over the scorer's detections: OUT/judged-by-<scorer>/results.jsonl "
+        "and OUT/summary.judged-by-<scorer>.json/.md.",
+    )
+    _add_model_args(geneval, default_seed=42)
+    geneval.add_argument(
+        "--images-per-prompt", type=int, default=4, help="images per prompt (official: 4)"
+    )
+    geneval.add_argument(
+        "--metadata",
+        type=Path,
+        default=None,
+        help="evaluation_metadata.jsonl to use instead of the shipped one",
+    )
+    _add_scorer_args(geneval)
+    geneval.set_defaults(func=run_geneval)
+
+    world = sub.add_parser(
+        "world",
+        help="the world benchmark per category, judged exactly",
+        description="Generate images for the world benchmark prompts and score them with the "
+        "exact world judge: per-category soft score and accuracy; writes summary.json, "
+        "summary.md, samples.jsonl and images/ under --out.",
+    )
+    _add_model_args(world, default_seed=0, out_required=False)
+    world.add_argument("--split", choices=("test", "train"), default="test", help="prompt split")
+    world.add_argument(
+        "--num-prompts", type=int, default=300, help="benchmark prompts (balanced over categories)"
+    )
+    world.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt set")
+    world.add_argument(
+        "--categories", nargs="+", default=None, metavar="CATEGORY", help="world categories to run"
+    )
+    world.add_argument("--images-per-prompt", type=int, default=1, help="images per prompt")
+    world.add_argument(
+        "--no-rewards", action="store_true", help="skip the per-sample world-judge rewards"
+    )
+    world.set_defaults(func=run_world)
+
+
+def _add_model_args(
+    parser: argparse.ArgumentParser, default_seed: int, out_required: bool = True
+) -> None:
+    parser.add_argument(
+        "--model", default=None, help="policy folder: HF Janus-Pro / GoT-R1 folder or LoRA adapter"
+    )
+    if out_required:
+        parser.add_argument("--out", type=Path, required=True, help="output folder")
+    else:
+        parser.add_argument(
+            "--out",
+            type=Path,
+            default=Path("eval-world"),
+            help="output folder (default eval-world)",
+        )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (each)")
+    parser.add_argument("--seed", type=int, default=default_seed, help="base sampling seed")
+    parser.add_argument(
+        "--cfg-weight", type=float, default=5.0, help="classifier-free guidance (default 5)"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="chain temperature")
+    parser.add_argument(
+        "--image-temperature", type=float, default=1.0, help="image-token temperature"
+    )
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling of the chain")
+    parser.add_argument(
+        "--max-chain-tokens", type=int, default=600, help="chain length cap (default 600)"
+    )
+    parser.add_argument(
+        "--prompts-per-batch", type=int, default=8, help="prompts per rollout batch"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="policy dtype (default bfloat16 on CUDA, float32 on CPU)",
+    )
+
+
+def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scorer",
+        nargs="+",
+        default=["qwen"],
+        metavar="SCORER",
+        help="evidence scorers, each scored and summarised on its own: qwen (local Qwen2.5-VL, "
+        "default), openai (an OpenAI-compatible server such as vLLM), world (world detector)",
+    )
+    parser.add_argument(
+        "--judge-model",
+        default="Qwen/Qwen2.5-VL-7B-Instruct",
+        help="Qwen2.5-VL folder or hub id (qwen), or the model name sent to the server (openai)",
+    )
+    parser.add_argument(
+        "--judge-url", default="http://127.0.0.1:8000/v1", help="server root (openai scorer)"
+    )
+    parser.add_argument("--judge-device", default=None, help="device of the local judge")
+    parser.add_argument(
+        "--judge-dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="dtype of the local judge",
+    )
+    parser.add_argument(
+        "--judge-batch-size", type=int, default=16, help="requests per local judge batch"
+    )
+    parser.add_argument(
+        "--judge-concurrency", type=int, default=8, help="requests in flight (openai scorer)"
+    )
+    parser.add_argument(
+        "--judge-local-files-only", action="store_true", help="never download the local judge"
+    )
+    parser.add_argument(
+        "--score-chunk", type=int, default=64, help="images scored per batched round"
+    )
+    parser.add_argument(
+        "--skip-generation", action="store_true", help="only score the images already in --out"
+    )
+    parser.add_argument(
+        "--skip-scoring", action="store_true", help="only generate (score later, e.g. elsewhere)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="resume into an --out written with other settings (model, sampling, seed)",
+    )
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _user_error() -> type[Exception]:
+    from gotr1.cli import UserError
+
+    return UserError
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    UserError = _user_error()
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.images_per_prompt < 1:
+        raise UserError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
+    if args.prompts_per_batch < 1:
+        raise UserError(f"--prompts-per-batch must be at least 1, got {args.prompts_per_batch}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a folder")
+    if not getattr(args, "skip_generation", False) and not args.model:
+        raise UserError("--model is required (unless --skip-generation)")
+    scorers = getattr(args, "scorer", None)
+    if scorers is not None:
+        unknown = [s for s in scorers if s not in SCORERS]
+        if unknown:
+            raise UserError(
+                f"unknown --scorer {', '.join(unknown)}; choose from {', '.join(SCORERS)}"
+            )
+        if getattr(args, "score_chunk", 1) < 1:
+            raise UserError(f"--score-chunk must be at least 1, got {args.score_chunk}")
+
+
+def _sampling(args: argparse.Namespace) -> Any:
+    from gotr1.policy.rollout import SamplingConfig
+
+    try:
+        return SamplingConfig(
+            text_temperature=args.temperature,
+            image_temperature=args.image_temperature,
+            top_p=args.top_p,
+            cfg_weight=args.cfg_weight,
+            max_chain_tokens=args.max_chain_tokens,
+        )
+    except ValueError as error:
+        raise _user_error()(str(error)) from None
+
+
+def _processes(args: argparse.Namespace) -> tuple[int, int, str | None, Callable[[], None]]:
+    """(process_index, num_processes, device, barrier): from accelerate under a multi-process
+    launch, else a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, args.device, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.device == "cpu")
+    return (
+        state.process_index,
+        state.num_processes,
+        args.device or str(state.device),
+        (state.wait_for_everyone),
+    )
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.\-]+", "-", name).strip("-") or "scorer"
+
+
+def _manifest(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
+    return {
+        "benchmark": benchmark,
+        "model": str(Path(args.model).expanduser().resolve())
+        if Path(args.model).expanduser().exists()
+        else str(args.model),
+        "images_per_prompt": args.images_per_prompt,
+        "seed": args.seed,
+        "sampling": {
+            "text_temperature": args.temperature,
+            "image_temperature": args.image_temperature,
+            "top_p": args.top_p,
+            "cfg_weight": args.cfg_weight,
+            "max_chain_tokens": args.max_chain_tokens,
+        },
+    }
+
+
+def _check_manifest(out: Path, manifest: dict[str, Any], force: bool, write: bool) -> None:
+    """Refuse to resume into a folder generated with other settings (unless ``force``)."""
+    path = out / "generation.json"
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise _user_error()(f"{path}: unreadable ({error}); remove it or use --force") from None
+        differs = [k for k in manifest if previous.get(k) != manifest[k]]
+        if differs and not force:
+            raise _user_error()(
+                f"{out} holds images generated with other settings ({', '.join(differs)} differ, "
+                f"see {path}); use another --out, or --force to add to it anyway"
+            )
+        if not differs:
+            return
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
+    """The evidence scorer ``name`` (qwen, openai, world) configured from the judge flags."""
+    UserError = _user_error()
+    from gotr1.eval.scorers import LogprobOpenAIJudge, QwenEvidenceScorer, WorldEvidenceScorer
+
+    if name == "world":
+        return WorldEvidenceScorer()
+    if name == "openai":
+        from gotr1.rewards import OpenAIJudgeConfig
+
+        try:
+            config = OpenAIJudgeConfig(
+                base_url=args.judge_url,
+                model=args.judge_model,
+                max_concurrency=args.judge_concurrency,
+            )
+        except ValueError as error:
+            raise UserError(f"--judge-url/--judge-concurrency: {error}") from None
+        return QwenEvidenceScorer(
+            LogprobOpenAIJudge(config), name=f"{_slug(args.judge_model)}-http"
+        )
+    from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
+
+    try:
+        config = QwenLocalConfig(
+            model=args.judge_model,
+            device=args.judge_device,
+            dtype=args.judge_dtype,
+            batch_size=args.judge_batch_size,
+            local_files_only=args.judge_local_files_only,
+        )
+        judge = QwenLocalJudge(config)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"--judge-model {args.judge_model}: cannot load a Qwen2.5-VL judge ({error})"
+        ) from None
+    try:
+        return QwenEvidenceScorer(judge)
+    except ValueError as error:
+        raise UserError(f"--judge-model {args.judge_model}: {error}") from None
+
+
+def _close(scorer: Any) -> None:
+    judge = getattr(scorer, "judge", None)
+    close = getattr(judge, "close", None)
+    if close is not None:
+        close()
+
+
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+# --------------------------------------------------------------------------- T2I-CompBench
+
+
+def compbench_prompts(
+    categories: Sequence[str], prompts_dir: Path | None = None, limit: int | None = None
+) -> dict[str, list[str]]:
+    """Prompts per category: the shipped val files (or ``prompts_dir/<category>_val.txt``),
+    the first ``limit`` of each. Unknown categories and missing files raise UserError."""
+    from gotr1.eval.compbench import CATEGORIES
+    from gotr1.eval.layouts import COMPBENCH_PROMPT_FILES, load_compbench_prompts
+
+    UserError = _user_error()
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise UserError(
+            f"unknown T2I-CompBench categor{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(unknown)}; choose from {', '.join(CATEGORIES)}"
+        )
+    out: dict[str, list[str]] = {}
+    for category in dict.fromkeys(categories):
+        if prompts_dir is None:
+            prompts = load_compbench_prompts(category)
+        else:
+            path = Path(prompts_dir) / COMPBENCH_PROMPT_FILES[category]
+            if not path.is_file():
+                raise UserError(f"--prompts-dir: {path} is missing")
+            text = path.read_text(encoding="utf-8")
+            prompts = [line.split("\t")[0] for line in text.splitlines() if line.strip()]
+            if not prompts:
+                raise UserError(f"{path}: no prompts")
+        out[category] = prompts[:limit] if limit else prompts
+    return out
+
+
+def _complex_splits(prompts_dir: Path | None) -> tuple[list[str], list[str]]:
+    from gotr1.eval.layouts import load_complex_splits
+
+    spatial, action = load_complex_splits()
+    if prompts_dir is not None:
+        for name, target in (
+            ("complex_val_spatial.txt", spatial),
+            ("complex_val_action.txt", action),
+        ):
+            path = Path(prompts_dir) / name
+            if path.is_file():
+                target[:] = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    return spatial, action
+
+
+def score_compbench_category(
+    items: Sequence[CompbenchItem],
+    scorer: EvidenceScorer,
+    result_dir: Path,
+    complex_splits: tuple[Sequence[str], Sequence[str]] | None = None,
+    chunk: int = 64,
+) -> dict[str, Any]:
+    """Score one category's generated images with the official rule over ``scorer``'s evidence
+    and write the official result files under ``result_dir``. Images not on disk are counted as
+    missing and left out. Returns {"score", "images", "missing"}."""
+    from gotr1.eval.compbench import CATEGORY_METRIC, category_mean, complex_kind, score_image
+    from gotr1.eval.layouts import write_compbench_results
+    from gotr1.eval.scorers import run_batched
+
+    if not items:
+        return {"score": 0.0, "images": 0, "missing": 0}
+    category = items[0].category
+    present = [item for item in items if Path(item.image_path).is_file()]
+    results: list[Any] = []
+    for start in range(0, len(present), chunk):
+        part = present[start : start + chunk]
+        jobs = []
+        for item in part:
+            image = _open_rgb(Path(item.image_path))
+            kind = None
+            if category == "complex":
+                spatial, action = complex_splits or ([], [])
+                kind = complex_kind(item.prompt, spatial, action)
+            jobs.append(
+                lambda s, image=image, prompt=item.prompt, kind=kind: score_image(
+                    s, category, image, prompt, kind
+                )
+            )
+        results.extend(run_batched(scorer, jobs))
+    ids = [item.index for item in present]
+    names = [Path(item.image_path).name for item in present]
+    if category == "complex":
+        blip = [f"{r.parts['attribute']:.4f}" for r in results]
+        spatial_scores = [r.parts["spatial"] for r in results]
+        write_compbench_results(result_dir, "blip", blip, ids)
+        write_compbench_results(result_dir, "spatial", spatial_scores, ids, names)
+        write_compbench_results(result_dir, "spatial_3_in_1", spatial_scores, ids)
+        write_compbench_results(result_dir, "clip", [r.parts["action"] for r in results], ids)
+        answers: list[Any] = [r.score for r in results]
+        write_compbench_results(result_dir, "3_in_1", answers, ids)
+    else:
+        answers = [r.answer for r in results]
+        metric = CATEGORY_METRIC[category]
+        write_compbench_results(
+            result_dir, metric, answers, ids, names if metric == "spatial" else None
+        )
+    return {
+        "score": category_mean(answers),
+        "images": len(present),
+        "missing": len(items) - len(present),
+    }
+
+
+def run_compbench(args: argparse.Namespace) -> int:
+    """Handler of ``gotr1 eval compbench``."""
+    from gotr1.eval.compbench import CATEGORIES, summary_markdown, summary_record
+    from gotr1.eval.layouts import compbench_items, compbench_result_dir, write_summary
+
+    UserError = _user_error()
+    _check_common(args)
+    prompts = compbench_prompts(args.categories or list(CATEGORIES), args.prompts_dir, args.limit)
+    try:
+        items = {
+            category: compbench_items(args.out, category, texts, args.images_per_prompt, args.seed)
+            for category, texts in prompts.items()
+        }
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    rank, world, device, barrier = _processes(args)
+    if not args.skip_generation:
+        _generate(
+            args,
+            [i for group in items.values() for i in group],
+            "T2I-CompBench",
+            rank,
+            world,
+            device,
+        )
+    barrier()
+    if rank != 0 or args.skip_scoring:
+        return 0
+    splits = _complex_splits(args.prompts_dir)
+    for name in args.scorer:
+        start = time.perf_counter()
+        scorer = build_scorer(name, args)
+        try:
+            per_category = {
+                category: score_compbench_category(
+                    category_items,
+                    scorer,
+                    compbench_result_dir(args.out, category, scorer.name),
+                    splits,
+                    args.score_chunk,
+                )
+                for category, category_items in items.items()
+            }
+        finally:
+            _close(scorer)
+        scores = {c: r["score"] for c, r in per_category.items()}
+        record = summary_record(
+            scores, scorer.name, {c: r["images"] for c, r in per_category.items()}
+        )
+        record.update(
+            {
+                "missing_images": {c: r["missing"] for c, r in per_category.items()},
+                "model": args.model,
+                "images_per_prompt": args.images_per_prompt,
+                "limit": args.limit,
+                "prompts_dir": str(args.prompts_dir) if args.prompts_dir else None,
+                "scorer_stats": dict(getattr(scorer, "stats", {})),
+                "scoring_seconds": time.perf_counter() - start,
+            }
+        )
+        markdown = summary_markdown(record)
+        paths = write_summary(args.out, record, markdown, f"summary.judged-by-{_slug(scorer.name)}")
+        print(markdown)
+        print(f"wrote {paths[0]} and {paths[1]}")
+        if sum(record["missing_images"].values()):
+            print(
+                f"warning: {sum(record['missing_images'].values())} images were missing and not "
+                "scored",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _generate(
+    args: argparse.Namespace,
+    items: Sequence[Any],
+    benchmark: str,
+    rank: int,
+    world: int,
+    device: str | None,
+) -> None:
+    """Load the policy and generate this process's share of ``items``."""
+    from gotr1.eval.generation import generate_items, load_policy
+
+    sampling = _sampling(args)
+    policy = load_policy(args.model, device=device, dtype=args.dtype)
+    manifest = _manifest(args, benchmark)
+    _check_manifest(args.out, manifest, args.force, write=rank == 0)
+    report = generate_items(
+        policy,
+        items,
+        sampling,
+        prompts_per_batch=args.prompts_per_batch,
+        process_index=rank,
+        num_processes=world,
+        progress=_progress(),
+        extra_record={"model": manifest["model"]},
+    )
+    report_path = args.out / f"generation.process{rank}.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(
+        f"[process {rank}/{world}] generated {report.generated} images, skipped "
+        f"{report.skipped} existing, {report.batches} batches, {report.seconds:.1f}s"
+    )
+
+
+# --------------------------------------------------------------------------- GenEval
+
+
+def score_geneval_items(
+    items: Sequence[GenevalItem], scorer: EvidenceScorer, chunk: int = 64
+) -> tuple[list[dict[str, Any]], int]:
+    """GenEval results rows (official results.jsonl format) of the generated images, scored with
+    GenEval's rules over ``scorer``'s evidence; and how many images were missing."""
+    from gotr1.eval.geneval import evaluate_image
+    from gotr1.eval.scorers import run_batched
+
+    present = [item for item in items if Path(item.image_path).is_file()]
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(present), chunk):
+        jobs = []
+        for item in present[start : start + chunk]:
+            image = _open_rgb(Path(item.image_path))
+            jobs.append(
+                lambda s, image=image, item=item: evaluate_image(
+                    s, image, item.metadata, str(item.image_path)
+                )
+            )
+        rows.extend(run_batched(scorer, jobs))
+    return rows, len(items) - len(present)
+
+
+def run_geneval(args: argparse.Namespace) -> int:
+    """Handler of ``gotr1 eval geneval``."""
+    from gotr1.eval.geneval import summarize, summary_markdown, summary_record
+    from gotr1.eval.layouts import geneval_items, load_geneval_metadata, write_jsonl, write_summary
+
+    UserError = _user_error()
+    _check_common(args)
+    if args.metadata is not None and not args.metadata.is_file():
+        raise UserError(f"--metadata {args.metadata}: no such file")
+    try:
+        metadata = load_geneval_metadata(args.metadata)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not metadata:
+        raise UserError(f"--metadata {args.metadata}: no prompts")
+    metadata = metadata[: args.limit] if args.limit else metadata
+    items = geneval_items(args.out, metadata, args.images_per_prompt, args.seed)
+    rank, world, device, barrier = _processes(args)
+    if not args.skip_generation:
+        _generate(args, items, "GenEval", rank, world, device)
+    barrier()
+    if rank != 0 or args.skip_scoring:
+        return 0
+    for name in args.scorer:
+        start = time.perf_counter()
+        scorer = build_scorer(name, args)
+        try:
+            rows, missing = score_geneval_items(items, scorer, args.score_chunk)
+        finally:
+            _close(scorer)
+        slug = _slug(scorer.name)
+        results_path = write_jsonl(args.out / f"judged-by-{slug}" / "results.jsonl", rows)
+        record = summary_record(summarize(rows), scorer.name)
+        record.update(
+            {
+                "missing_images": missing,
+                "results": str(results_path),
+                "model": args.model,
+                "images_per_prompt": args.images_per_prompt,
+                "limit": args.limit,
+                "metadata": str(args.metadata) if args.metadata else None,
+                "scorer_stats": dict(getattr(scorer, "stats", {})),
+                "scoring_seconds": time.perf_counter() - start,
+            }
+        )
+        markdown = summary_markdown(record)
+        paths = write_summary(args.out, record, markdown, f"summary.judged-by-{slug}")
+        print(markdown)
+        print(f"wrote {paths[0]}, {paths[1]} and {results_path}")
+        if missing:
+            print(f"warning: {missing} images were missing and not scored", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- world
+
+
+def run_world(args: argparse.Namespace) -> int:
+    """Handler of ``gotr1 eval world``."""
+    from gotr1.eval.generation import load_policy
+    from gotr1.eval.world_bench import evaluate_world, world_summary_markdown, write_world_results
+    from gotr1.world import CATEGORIES, benchmark_prompts
+
+    UserError = _user_error()
+    _check_common(args)
+    if args.num_prompts < 1:
+        raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
+    categories = args.categories or list(CATEGORIES)
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise UserError(
+            f"unknown world categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+            f"choose from {', '.join(CATEGORIES)}"
+        )
+    prompts = benchmark_prompts(args.split, args.num_prompts, args.prompt_seed)
+    chosen: list[Any] = []
+    taken: dict[str, int] = {}
+    for text, spec in prompts:
+        if spec.category in categories and taken.get(spec.category, 0) < (args.limit or 10**9):
+            taken[spec.category] = taken.get(spec.category, 0) + 1
+            chosen.append((text, spec))
+    if not chosen:
+        raise UserError("no prompts left after --categories/--limit/--num-prompts")
+    sampling = _sampling(args)
+    policy = load_policy(args.model, device=args.device, dtype=args.dtype)
+    result = evaluate_world(
+        policy,
+        chosen,
+        seed=args.seed,
+        num_generations=args.images_per_prompt,
+        sampling=sampling,
+        prompts_per_batch=args.prompts_per_batch,
+        with_rewards=not args.no_rewards,
+        progress=_progress(),
+    )
+    result["model"] = args.model
+    result["settings"]["split"] = args.split
+    result["settings"]["prompt_seed"] = args.prompt_seed
+    paths = write_world_results(result, args.out)
+    print(world_summary_markdown(result))
+    print(f"wrote {paths['summary']}, {paths['markdown']} and {paths['samples']}")
+    return 0

@@ -1,0 +1,295 @@
+"""Sharded, resumable generation of benchmark images into the official folder layouts.
+
+    items = compbench_items(out, "color", prompts, images_per_prompt=10)   # gotr1.eval.layouts
+    report = generate_items(policy, items, sampling, process_index=rank, num_processes=world)
+
+How the work is cut:
+
+- items are grouped by prompt (a prompt's images stay together: one rollout samples them as one
+  group, ``num_generations`` = the prompt's pending images);
+- the prompt groups are sharded over processes (:func:`shard_groups`: every ``num_processes``-th
+  group from ``process_index``), so under ``accelerate launch`` each process writes its own
+  images and no image is written twice;
+- images that already exist are skipped (resume); the remaining groups are batched,
+  ``prompts_per_batch`` prompts with the same number of pending images per
+  :meth:`gotr1.policy.policy.Policy.rollout` call;
+- each batch is sampled with its own ``torch.Generator`` seeded with the seed of the batch's
+  first item (``base_seed + index`` from :mod:`gotr1.eval.layouts`); every image's record (JSON
+  beside its chain) holds that seed, the batch's items as [prompt_index, sample_index] pairs in
+  row order (``batch_items``) and its own ``row``, so the
+  batch can be re-sampled exactly on the same device. (A resumed or differently sharded run forms
+  other batches, hence other samples; the records always say which.)
+
+Images are written atomically (:func:`gotr1.eval.layouts.save_image_atomic`) after their chain
+and record, so an existing image always has its chain and record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gotr1.eval.layouts import (
+    CompbenchItem,
+    GenevalItem,
+    _write_text_atomic,
+    geneval_prompt_dir,
+    save_image_atomic,
+    shard,
+    write_geneval_grid,
+    write_geneval_metadata,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from gotr1.policy.policy import Policy
+    from gotr1.policy.rollout import SamplingConfig
+
+__all__ = [
+    "GenerationReport",
+    "generate_items",
+    "item_prompt",
+    "load_policy",
+    "plan_batches",
+    "prompt_groups",
+    "sampling_record",
+    "shard_groups",
+    "write_item",
+]
+
+Item = CompbenchItem | GenevalItem
+
+
+@dataclass
+class GenerationReport:
+    """What one process did: images generated and skipped, batches, time."""
+
+    generated: int = 0
+    skipped: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    process_index: int = 0
+    num_processes: int = 1
+    truncated_chains: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+    def add(self, other: GenerationReport) -> None:
+        """Accumulate another report's counts (same process)."""
+        self.generated += other.generated
+        self.skipped += other.skipped
+        self.batches += other.batches
+        self.seconds += other.seconds
+        self.truncated_chains += other.truncated_chains
+
+
+def load_policy(
+    model: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+) -> Policy:
+    """Load a policy folder (HF Janus / GoT-R1 folder, or a LoRA adapter folder) for generation.
+
+    Missing or malformed folders raise :class:`gotr1.cli.UserError` naming the folder, as
+    ``gotr1 generate`` does. ``dtype`` defaults to bfloat16 on CUDA, float32 elsewhere.
+    """
+    import torch
+
+    from gotr1.cli import UserError
+    from gotr1.policy.policy import Policy
+
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available")
+    dtype = dtype or ("bfloat16" if resolved.type == "cuda" else "float32")
+    try:
+        return Policy.load(model, dtype=dtype, device=resolved)
+    except UserError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise UserError(f"--model {model}: cannot load a policy from it ({error})") from None
+
+
+def sampling_record(sampling: SamplingConfig) -> dict[str, Any]:
+    """The sampling settings that decide the samples (recorded beside every image)."""
+    return {
+        "text_temperature": sampling.text_temperature,
+        "image_temperature": sampling.image_temperature,
+        "top_p": sampling.top_p,
+        "cfg_weight": sampling.cfg_weight,
+        "max_chain_tokens": sampling.max_chain_tokens,
+    }
+
+
+def item_prompt(item: Item) -> str:
+    """The text prompt an item is generated from."""
+    if isinstance(item, CompbenchItem):
+        return item.prompt
+    return str(item.metadata["prompt"])
+
+
+def _group_key(item: Item) -> tuple[str, int]:
+    return (getattr(item, "category", ""), item.prompt_index)
+
+
+def prompt_groups(items: Sequence[Item]) -> list[list[Item]]:
+    """Items grouped by prompt (category and prompt index), in order of first appearance."""
+    groups: dict[tuple[str, int], list[Item]] = {}
+    for item in items:
+        groups.setdefault(_group_key(item), []).append(item)
+    return list(groups.values())
+
+
+def shard_groups(
+    groups: Sequence[list[Item]], process_index: int, num_processes: int
+) -> list[list[Item]]:
+    """This process's prompt groups: every ``num_processes``-th group from ``process_index``."""
+    return shard(groups, process_index, num_processes)
+
+
+def plan_batches(groups: Sequence[list[Item]], prompts_per_batch: int) -> list[list[list[Item]]]:
+    """Batches of pending work: each batch holds up to ``prompts_per_batch`` prompt groups of
+    pending items (images not on disk yet), all with the same number of pending items."""
+    if prompts_per_batch < 1:
+        raise ValueError(f"prompts_per_batch must be >= 1, got {prompts_per_batch}")
+    batches: list[list[list[Item]]] = []
+    current: list[list[Item]] = []
+    for group in groups:
+        todo = [item for item in group if not Path(item.image_path).is_file()]
+        if not todo:
+            continue
+        if current and (len(current) == prompts_per_batch or len(current[0]) != len(todo)):
+            batches.append(current)
+            current = []
+        current.append(todo)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def write_item(
+    item: Item,
+    image: Image.Image,
+    chain: str,
+    record: dict[str, Any],
+) -> None:
+    """Write one generated image where the official evaluators look for it, with its chain text
+    and a JSON record beside the chain (outside ``samples/``); the image is written last."""
+    if isinstance(item, CompbenchItem):
+        base = {
+            "category": item.category,
+            "prompt": item.prompt,
+            "prompt_index": item.prompt_index,
+            "sample_index": item.sample_index,
+            "index": item.index,
+            "image": item.image_path.name,
+        }
+    else:
+        out = item.image_path.parents[2]
+        if not (geneval_prompt_dir(out, item.prompt_index) / "metadata.jsonl").is_file():
+            write_geneval_metadata(out, item.prompt_index, item.metadata)
+        base = {
+            "prompt": item.metadata.get("prompt"),
+            "prompt_index": item.prompt_index,
+            "sample_index": item.sample_index,
+            "image": f"samples/{item.image_path.name}",
+        }
+    full = {**base, **record, "chain": chain}
+    _write_text_atomic(Path(item.chain_path), chain)
+    _write_text_atomic(Path(item.chain_path).with_suffix(".json"), json.dumps(full) + "\n")
+    save_image_atomic(image, item.image_path)
+
+
+def _maybe_grid(group: Sequence[Item]) -> None:
+    """GenEval's optional grid.png once every image of a prompt exists."""
+    from PIL import Image as PILImage
+
+    first = group[0]
+    if not isinstance(first, GenevalItem):
+        return
+    paths = [Path(i.image_path) for i in group]
+    if all(p.is_file() for p in paths):
+        images = []
+        for p in paths:
+            with PILImage.open(p) as opened:
+                images.append(opened.convert("RGB"))
+        write_geneval_grid(first.image_path.parents[2], first.prompt_index, images)
+
+
+def generate_items(
+    policy: Policy,
+    items: Sequence[Item],
+    sampling: SamplingConfig,
+    prompts_per_batch: int = 8,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: bool = False,
+    writer: Callable[[Item, Image.Image, str, dict[str, Any]], None] = write_item,
+    extra_record: dict[str, Any] | None = None,
+) -> GenerationReport:
+    """Generate this process's share of ``items`` (see the module docstring); returns a report.
+
+    ``extra_record`` is merged into every image's record (e.g. the model path).
+    """
+    import torch
+
+    start = time.perf_counter()
+    groups = shard_groups(prompt_groups(items), process_index, num_processes)
+    total = sum(len(g) for g in groups)
+    batches = plan_batches(groups, prompts_per_batch)
+    pending = sum(len(g) for batch in batches for g in batch)
+    report = GenerationReport(
+        skipped=total - pending, process_index=process_index, num_processes=num_processes
+    )
+    bar = None
+    if progress and pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=pending, desc=f"generate[{process_index}]", unit="img")
+    settings = sampling_record(sampling)
+    device = policy.device
+    group_of = {_group_key(g[0]): g for g in groups}
+    for batch in batches:
+        n = len(batch[0])
+        prompts = [item_prompt(group[0]) for group in batch]
+        rows = [item for group in batch for item in group]
+        seed = int(rows[0].seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        rollouts = policy.rollout(prompts, n, sampling, generator)
+        if len(rollouts) != len(rows):
+            raise RuntimeError(f"rollout returned {len(rollouts)} samples for {len(rows)} images")
+        indices = [[item.prompt_index, item.sample_index] for item in rows]
+        for row, item in enumerate(rows):
+            truncated = bool(rollouts.truncated[row])
+            record = {
+                "seed": seed,
+                "batch_items": indices,
+                "row": row,
+                "device": str(device),
+                "process_index": process_index,
+                "num_processes": num_processes,
+                "truncated": truncated,
+                "sampling": settings,
+                **(extra_record or {}),
+            }
+            writer(item, rollouts.images[row], rollouts.chain_texts[row], record)
+            report.truncated_chains += int(truncated)
+        for group in batch:
+            _maybe_grid(group_of[_group_key(group[0])])
+        report.generated += len(rows)
+        report.batches += 1
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    report.seconds = time.perf_counter() - start
+    return report
