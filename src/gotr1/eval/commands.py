@@ -367,6 +367,15 @@ def _close(scorer: Any) -> None:
         close()
 
 
+def _require_images(items: Sequence[Any], out: Path) -> None:
+    """Refuse to score when none of the expected images exists (nothing generated yet)."""
+    if not any(Path(item.image_path).is_file() for item in items):
+        raise _user_error()(
+            f"{out}: none of the {len(items)} expected images exists; generate them first "
+            "(drop --skip-generation)"
+        )
+
+
 def _open_rgb(path: Path) -> Any:
     from PIL import Image
 
@@ -509,6 +518,7 @@ def run_compbench(args: argparse.Namespace) -> int:
     barrier()
     if rank != 0 or args.skip_scoring:
         return 0
+    _require_images([i for group in items.values() for i in group], args.out)
     splits = _complex_splits(args.prompts_dir)
     for name in args.scorer:
         start = time.perf_counter()
@@ -637,6 +647,7 @@ def run_geneval(args: argparse.Namespace) -> int:
     barrier()
     if rank != 0 or args.skip_scoring:
         return 0
+    _require_images(items, args.out)
     for name in args.scorer:
         start = time.perf_counter()
         scorer = build_scorer(name, args)

@@ -14,8 +14,11 @@ Two families implement :class:`gotr1.eval.evidence.EvidenceScorer`:
   server through :class:`LogprobOpenAIJudge`):
 
   * boxes from the judge's grounding question (the paper's "Locate the <object>, report the bbox
-    coordinates in JSON format."); every grounded box gets the confidence ``detection_score``
-    (default 1.0), since the judge reports none;
+    coordinates in JSON format."); every grounded box gets the confidence ``detection_score``,
+    since the judge reports none. The default, 0.95, lies above every threshold the rules apply
+    (GenEval 0.3, and 0.9 for counting; UniDet 0.5) and below 1, so that in T2I-CompBench's 2D
+    rule two found objects in the wrong relation score 0.25 * (0.95 + 0.95) < 0.5, hence 0, as
+    they do with UniDet's confidences (which are never exactly 1); with 1.0 they would keep 0.5;
   * yes/no questions as ``Does this image show "<question>"? Answer with yes or no.``: the local
     judge reads P(yes) and P(no) from the logits of the first generated token (the summed
     softmax mass of the single-token spellings Yes/yes/YES and No/no/NO); the HTTP judge asks
@@ -470,7 +473,7 @@ class QwenEvidenceScorer:
         self,
         judge: VLMJudge,
         name: str | None = None,
-        detection_score: float = 1.0,
+        detection_score: float = 0.95,
         crop_padding: float = 0.1,
     ) -> None:
         """Wrap a judge: :class:`gotr1.rewards.QwenLocalJudge` (yes/no from first-token logits),
