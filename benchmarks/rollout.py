@@ -29,6 +29,10 @@ for K steps. Bandwidth: `--bandwidth-gbs`, else the spec figure for known GPUs (
 A100, L40S), else measured with a large device copy (the default on CPU: read + write bytes of
 a 256 MiB clone, best of 5).
 
+Threads: on CPU the default is one torch thread for both samplers. The tiny model's matrices are
+too small to gain from a second thread, and on a shared machine OpenMP's spinning threads can make
+both samplers many times slower (we saw 40 s runs instead of 1 s with 2 threads under load).
+
 Prints both samplers' image tokens per second, the roofline and, last, `speedup_vs_hf`; writes
 JSON under benchmarks/results/.
 """
@@ -79,7 +83,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each sampler first")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on GPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU, see above)"
+    )
     parser.add_argument("--compile", action="store_true", help="CUDA graphs for our decode step")
     parser.add_argument(
         "--bandwidth-gbs",
@@ -155,8 +161,8 @@ def main() -> None:
     args = parse_args()
     preset = get_preset(args.preset)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     if device.type == "cpu" and preset.name.startswith("janus") and not args.allow_large_cpu:
         raise SystemExit(f"{preset.name} on CPU needs --allow-large-cpu (tens of GB of weights)")
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -223,7 +229,10 @@ def main() -> None:
             seconds = timed(fn)
             if repeat >= args.warmup:
                 times[name].append(seconds)
-        print(f"run {repeat}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if v))
+        if repeat >= args.warmup:
+            print(
+                f"run {repeat - args.warmup}: ours {times['ours'][-1]:.3f}s, hf {times['hf'][-1]:.3f}s"
+            )
 
     images_per_run = args.prompts * num_tokens
     median = {k: statistics.median(v) for k, v in times.items()}

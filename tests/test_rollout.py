@@ -325,3 +325,40 @@ def test_sampling_config_rejects_bad_values():
 def test_rollout_rejects_models_that_are_not_janus():
     with pytest.raises(TypeError, match="JanusForConditionalGeneration"):
         janus_parts(torch.nn.Linear(2, 2))
+
+
+def _static_decode(monkeypatch, step):
+    """Make stage 2 take its graph path (whole-cache attention, static addresses) with `step`."""
+    import gotr1.policy.rollout as rollout_module
+
+    monkeypatch.setattr(rollout_module, "_decode_step_fn", lambda sampling, device: step)
+
+
+def test_fixed_shape_decode_path_matches_eager(policy, monkeypatch):
+    from gotr1.policy.rollout import transformer_forward
+
+    greedy = dict(text_temperature=0.0, image_temperature=0.0)
+    eager = run(policy, n=2, seed=None, **greedy)
+    _static_decode(monkeypatch, lambda *args: transformer_forward(*args))
+    static = run(policy, n=2, seed=None, **greedy)
+    assert torch.equal(static.image_ids, eager.image_ids)
+    assert (static.image_logprobs - eager.image_logprobs).abs().max() < 1e-5
+
+
+def test_compile_flag_is_ignored_on_cpu(policy):
+    plain = run(policy, n=2, seed=3)
+    flagged = run(policy, n=2, seed=3, compile_decode=True)
+    assert torch.equal(plain.image_ids, flagged.image_ids)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_matches_eager(policy, monkeypatch):
+    """The decode step traces under torch.compile (inductor on CPU here; CUDA graphs on GPU)."""
+    from gotr1.policy.rollout import transformer_forward
+
+    greedy = dict(text_temperature=0.0, image_temperature=0.0, max_chain_tokens=4)
+    eager = run(policy, n=2, seed=None, **greedy)
+    _static_decode(monkeypatch, torch.compile(transformer_forward, dynamic=False))
+    compiled = run(policy, n=2, seed=None, **greedy)
+    assert torch.equal(compiled.image_ids, eager.image_ids)
+    assert (compiled.image_logprobs - eager.image_logprobs).abs().max() < 1e-4

@@ -295,6 +295,11 @@ class KVCache:
     def rows(self) -> int:
         return self.valid.shape[0]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the cache (and of its prefix), e.g. to mark them static for graphs."""
+        own = [*self.keys, *self.values, self.valid]
+        return own + (self.prefix.tensors() if self.prefix is not None else [])
+
     @property
     def slots(self) -> int:
         return self.valid.shape[1]
@@ -677,6 +682,9 @@ def sample_image_tokens(
 
     step = _decode_step_fn(sampling, device)
     static = step is not transformer_forward  # compiled: attend over whole caches, fixed shapes
+    if static:  # the graph updates the caches in place: their addresses must not change
+        for tensor in (t for c in caches for t in c.tensors()):
+            torch._dynamo.mark_static_address(tensor)
     slots = [torch.tensor([s], device=device) for s in first_slots]
     real = [torch.ones(c.rows, 1, dtype=torch.bool, device=device) for c in caches]
     positions = positions[:, None].clone()
