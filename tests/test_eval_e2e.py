@@ -390,3 +390,34 @@ def test_unknown_categories_and_bad_inputs_are_user_errors(tmp_path, model_dir):
         )
     with pytest.raises(UserError, match="--cfg-weight|cfg_weight"):
         run_cli(*cb, "--categories", "color", "--cfg-weight", "-1", "--scorer", "world")
+
+
+@pytest.mark.slow
+def test_two_process_launch_shards_generation_and_scores_once(tmp_path, model_dir):
+    """A real 2-process launch (torchrun, which `accelerate launch` uses for multi-process runs):
+    each process writes its own prompts' images, the main process scores them once."""
+    import os
+    import subprocess
+    import sys
+
+    prompts_dir = tmp_path / "prompts"
+    write_world_compbench_prompts(prompts_dir, benchmark_prompts("test", 12, seed=3))
+    out = tmp_path / "cb"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "gotr1", "eval", "compbench", "--model", str(model_dir), "--out", str(out)]
+    command += ["--prompts-dir", str(prompts_dir), "--categories", "color", "numeracy"]
+    command += ["--images-per-prompt", "2", "--limit", "2", "--scorer", "world", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((out / f"generation.process{r}.json").read_text()) for r in (0, 1)]
+    assert [r["num_processes"] for r in reports] == [2, 2]
+    groups = [(c, p) for c in ("color", "numeracy") for p in range(2)]
+    assert sum(r["generated"] for r in reports) == 2 * len(groups)
+    for index, (category, prompt_index) in enumerate(groups):
+        for k in range(2):
+            name = next((out / category / "chains").glob(f"*_{prompt_index * 2 + k:06d}.json"))
+            assert json.loads(name.read_text())["process_index"] == index % 2
+    summary = json.loads((out / "summary.judged-by-world-detector.json").read_text())
+    assert summary["images"] == {"color": 4, "numeracy": 4}
+    assert done.stdout.count("judged by world-detector") == 1  # scored once, on process 0

@@ -8,6 +8,13 @@
   summary), exact to the official evaluator.
 - :mod:`gotr1.eval.prompt_parsing`: rule-based prompt parsing (no spaCy model needed).
 - :mod:`gotr1.eval.layouts`: shipped prompt files, official image-folder layouts, result writers.
+- :mod:`gotr1.eval.scorers`: evidence scorers — the world's pixel detector
+  (:class:`~gotr1.eval.scorers.WorldEvidenceScorer`) and Qwen2.5-VL, local or over HTTP
+  (:class:`~gotr1.eval.scorers.QwenEvidenceScorer`) — and batched scoring (``run_batched``).
+- :mod:`gotr1.eval.generation`: sharded, resumable generation of benchmark images with a policy.
+- :mod:`gotr1.eval.world_bench`: the world benchmark (``evaluate_world``) and world prompts phrased
+  for the two official protocols.
+- :mod:`gotr1.eval.commands`: ``gotr1 eval compbench|geneval|world``.
 
 Importing this package is cheap (no torch).
 """

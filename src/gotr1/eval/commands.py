@@ -5,6 +5,11 @@
     gotr1 eval geneval   --model DIR --out OUT [--scorer ...] [--limit N]
     gotr1 eval world     --model DIR [--out OUT]
 
+Several processes (one per GPU) split the generation:
+
+    accelerate launch --multi_gpu --num_processes 8 -m gotr1 eval compbench --model DIR --out OUT
+    torchrun --nproc_per_node 2 -m gotr1 eval geneval --model DIR --out OUT   (also on CPU)
+
 Generation writes the official folder layouts (:mod:`gotr1.eval.layouts`), sharded over the
 processes of ``accelerate launch`` and resumable (:mod:`gotr1.eval.generation`); scoring runs on the
 main process after all images exist, applying the official rules (:mod:`gotr1.eval.compbench`,
@@ -258,11 +263,16 @@ def _sampling(args: argparse.Namespace) -> Any:
 def _processes(args: argparse.Namespace) -> tuple[int, int, str | None, Callable[[], None]]:
     """(process_index, num_processes, device, barrier): from accelerate under a multi-process
     launch, else a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    sizes = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if max(int(os.environ.get(name, "1") or 1) for name in sizes) <= 1:
         return 0, 1, args.device, lambda: None
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    state = PartialState(cpu=args.device == "cpu")
+    # The barrier before scoring waits for the slowest shard (hours on a full benchmark), far past
+    # the default collective timeout.
+    state = PartialState(cpu=args.device == "cpu", timeout=timedelta(hours=72))
     return (
         state.process_index,
         state.num_processes,
