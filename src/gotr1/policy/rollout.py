@@ -330,7 +330,7 @@ def transformer_forward(
     """
     lm = parts.language_model
     rows, length = embeds.shape[0], embeds.shape[1]
-    masks = [_attention_mask(block) for block in blocks]
+    masks = [_attention_bias(block, embeds.dtype) for block in blocks]
     cos, sin = lm.rotary_emb(embeds, positions)
     hidden = embeds
     for index, layer in enumerate(lm.layers):
@@ -341,10 +341,10 @@ def transformer_forward(
         v = attn.v_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
         q, k = _apply_rotary(q, k, cos, sin)
         outs, start = [], 0
-        for block, allowed in zip(blocks, masks, strict=True):
+        for block, bias in zip(blocks, masks, strict=True):
             stop = start + block.cache.rows
             part = slice(start, stop)
-            outs.append(_attend(block, index, q[part], k[part], v[part], allowed, attn.scaling))
+            outs.append(_attend(block, index, q[part], k[part], v[part], bias, attn.scaling))
             start = stop
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
@@ -352,15 +352,28 @@ def transformer_forward(
     return lm.norm(hidden)
 
 
-def _attention_mask(block: Block) -> torch.Tensor:
-    """Record the new tokens in the key mask; [rows, 1, T, span] bool of the keys each sees."""
+def _attention_bias(block: Block, dtype: torch.dtype) -> torch.Tensor:
+    """Record the block's new tokens in its key mask; return the additive attention bias.
+
+    [rows, 1, T, keys]: 0 where a query may look, -inf elsewhere. The keys are the shared prefix
+    slots (if any, the first `prefix_len` visible to each row) followed by the block's own slots.
+    """
     cache = block.cache
     cache.valid.index_copy_(1, block.slots, block.valid)
     span = block.span or cache.slots
     key_slots = torch.arange(span, device=cache.valid.device)
     causal = key_slots[None, :] <= block.slots[:, None]  # [T, span]
     itself = key_slots[None, :] == block.slots[:, None]
-    return (cache.valid[:, None, None, :span] & causal) | itself
+    allowed = (cache.valid[:, None, None, :span] & causal) | itself
+    if cache.prefix is not None:
+        prefix_slots = torch.arange(cache.prefix.slots, device=cache.valid.device)
+        seen = prefix_slots[None, :] < cache.prefix_len[:, None]  # [rows, P]
+        allowed = torch.cat(
+            [seen[:, None, None, :].expand(-1, 1, len(block.slots), -1), allowed], -1
+        )
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
 
 
 def _attend(
@@ -369,7 +382,7 @@ def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    allowed: torch.Tensor,
+    bias: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
     """Write k/v [rows, kv_heads, T, d] into the block's cache, attend with q [rows, heads, T, d].
@@ -389,25 +402,22 @@ def _attend(
         if cache.prefix is not None:
             raise ValueError("rows with a shared prefix take one token per forward pass")
         return F.scaled_dot_product_attention(
-            q, keys.transpose(-1, -2), values, attn_mask=allowed, scale=scale, enable_gqa=True
+            q, keys.transpose(-1, -2), values, attn_mask=bias, scale=scale, enable_gqa=True
         )
     kv_heads = keys.shape[1]
     group = heads // kv_heads
-    grouped = q.reshape(rows, kv_heads, group, dim)
-    scores = torch.matmul(grouped, keys).mul_(scale).masked_fill_(~allowed, float("-inf"))
+    grouped = (q * scale).reshape(rows, kv_heads, group, dim)
+    scores = torch.matmul(grouped, keys)  # [rows, kv_heads, group, span]
     if cache.prefix is None:
-        probs = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+        probs = torch.softmax((scores + bias).float(), dim=-1).to(values.dtype)
         return torch.matmul(probs, values).reshape(rows, heads, 1, dim)
     # Shared prefix: one [kv_heads, rows * group, d] x [kv_heads, d, P] product for all rows.
     prefix_keys, prefix_values = cache.prefix.keys[layer][0], cache.prefix.values[layer][0]
     seen = prefix_keys.shape[-1]
     by_head = grouped.transpose(0, 1).reshape(kv_heads, rows * group, dim)
     prefix_scores = torch.matmul(by_head, prefix_keys).view(kv_heads, rows, group, seen)
-    prefix_scores = prefix_scores.transpose(0, 1).mul(scale)
-    hidden_slots = torch.arange(seen, device=q.device)[None, :] >= cache.prefix_len[:, None]
-    prefix_scores = prefix_scores.masked_fill(hidden_slots[:, None, None, :], float("-inf"))
-    probs = torch.softmax(torch.cat([prefix_scores, scores], dim=-1).float(), dim=-1)
-    probs = probs.to(values.dtype)
+    scores = torch.cat([prefix_scores.transpose(0, 1), scores], dim=-1)
+    probs = torch.softmax((scores + bias).float(), dim=-1).to(values.dtype)
     prefix_probs = probs[..., :seen].transpose(0, 1).reshape(kv_heads, rows * group, seen)
     out = torch.matmul(prefix_probs, prefix_values).view(kv_heads, rows, group, dim).transpose(0, 1)
     out = out + torch.matmul(probs[..., seen:], values)
