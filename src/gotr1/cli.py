@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gotr1.policy.commands",
     "gotr1.rewards.commands",
     "gotr1.eval.commands",
+    "gotr1.train.commands",
 )
 
 

@@ -1,0 +1,266 @@
+"""Checkpoints: everything a run needs to continue exactly, written atomically, last M kept.
+
+A checkpoint is a folder ``checkpoint-<step>/`` in the run folder:
+
+    model/                  the policy: a plain HF folder, or a PEFT adapter folder (+ processor)
+    optimizer.safetensors   optimizer tensors (AdamW moments, step counts)
+    optimizer.json          the rest of the optimizer state (param groups, hyper-parameters)
+    scheduler.json          the learning-rate scheduler's state
+    rng-<process>.json      Python, NumPy and torch (CPU, CUDA) RNG states of each process
+    trainer_state.json      step, data position, world size, last metrics — written last
+
+It is first written to ``.tmp-checkpoint-<step>`` and renamed when complete, so a run killed at
+any moment leaves either a whole checkpoint or none. Only safetensors and JSON, no pickle (under
+FSDP / DeepSpeed the sharded states are saved with accelerate's ``save_state`` in
+``accelerate/`` instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+PREFIX = "checkpoint-"
+TMP_PREFIX = ".tmp-checkpoint-"
+STATE_FILE = "trainer_state.json"
+_PATTERN = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _PATTERN.match(child.name)
+        if match and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(output_dir: str | Path, resume: bool | str | Path | None) -> Path | None:
+    """The checkpoint to resume from: None (fresh run), the latest (``True``) or a given folder."""
+    from gotr1.cli import UserError
+
+    if not resume:
+        return None
+    if resume is True or str(resume) == "latest":
+        path = latest_checkpoint(output_dir)
+        if path is None:
+            raise UserError(f"--resume: no complete checkpoint in {output_dir}")
+        return path
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"--resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer and RNG states as safetensors + JSON
+# ----------------------------------------------------------------------------------------------
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Write an optimizer's state dict as optimizer.safetensors + optimizer.json."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        entry = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                entry[key] = {"tensor": f"{index}.{key}"}
+            else:
+                entry[key] = {"value": value}
+        meta["state"][str(index)] = entry
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Restore an optimizer written by `save_optimizer`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state = {
+        int(index): {
+            key: tensors[item["tensor"]] if "tensor" in item else item["value"]
+            for key, item in entry.items()
+        }
+        for index, entry in meta["state"].items()
+    }
+    groups = meta["param_groups"]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU and CUDA) as JSON-ready data."""
+    numpy_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _listify(random.getstate()),
+        "numpy": [
+            numpy_state[0],
+            numpy_state[1].tolist(),
+            int(numpy_state[2]),
+            int(numpy_state[3]),
+            float(numpy_state[4]),
+        ],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states from `rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_listify(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Save / load
+# ----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    save_model: Callable[[Path], None],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int,
+    accelerate_state: bool = False,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically and delete all but the newest `keep` checkpoints.
+
+    Every process must call it. `save_model(folder)` is called on every process (it writes the
+    policy from the main process, gathering shards first where parameters are sharded); `state`
+    (step, data position, metrics...) goes into trainer_state.json. With `accelerate_state`
+    (FSDP, DeepSpeed: partitioned optimizer states) the optimizer goes through accelerate's
+    ``save_state`` instead of optimizer.safetensors.
+    """
+    output_dir = Path(output_dir)
+    tmp = output_dir / f"{TMP_PREFIX}{step}"
+    final = output_dir / f"{PREFIX}{step}"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_model(tmp / "model")
+    if accelerate_state:
+        accelerator.save_state(str(tmp / "accelerate"), safe_serialization=True)
+    elif main:
+        save_optimizer(optimizer, tmp)
+    (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
+    accelerator.wait_for_everyone()
+    if main:
+        (tmp / "scheduler.json").write_text(json.dumps(_json_safe(scheduler.state_dict())))
+        full_state = {**state, "step": step, "world_size": accelerator.num_processes}
+        _write_json_synced(tmp / STATE_FILE, full_state)
+        if final.exists():  # re-saving a step (e.g. the end of a resumed run): swap it out
+            trash = output_dir / f"{TMP_PREFIX}{step}.old"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(
+    accelerator: Accelerator,
+    path: str | Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerate_state: bool = False,
+) -> dict[str, Any]:
+    """Restore optimizer, scheduler and this process's RNG states; return trainer_state.json.
+
+    (The model is loaded from ``path/model`` by the trainer before the optimizer is built.)
+    """
+    path = Path(path)
+    state = json.loads((path / STATE_FILE).read_text())
+    if accelerate_state:
+        accelerator.load_state(str(path / "accelerate"))
+    else:
+        load_optimizer(optimizer, path)
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    rng_file = path / f"rng-{accelerator.process_index}.json"
+    if rng_file.is_file():
+        set_rng_state(json.loads(rng_file.read_text()))
+    elif accelerator.is_main_process:
+        print(f"note: {path} has no RNG state for process {accelerator.process_index}")
+    return state
+
+
+def clean_stale(output_dir: str | Path) -> None:
+    """Remove half-written checkpoints left by a killed run."""
+    folder = Path(output_dir)
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.name.startswith(TMP_PREFIX):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def _write_json_synced(path: Path, data: dict[str, Any]) -> None:
+    with path.open("w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return None

@@ -1,0 +1,605 @@
+"""GRPO for GoT-R1: sample chains and images, judge them, push up what the judge liked.
+
+One step, the arrows of DESIGN.md:
+
+    prompts ─▶ policy.rollout ─▶ Rollouts ─▶ DualStageReward ─▶ Rewards
+            ─▶ group_advantages ─▶ (reference / old log-probs) ─▶ grpo_loss ─▶ optimizer step
+
+The math is in two short functions, `group_advantages` and `grpo_loss`; `train_grpo` only moves
+data between them. Under ``accelerate launch`` every process gets whole prompt groups
+(``num_prompts / num_processes`` prompts, all N samples of each), so advantages are always
+normalised over complete groups without communication; batch-level numbers (the batch std of
+``scale_rewards="batch"``, token counts of the ``dapo`` / ``grpo`` normalisers, metrics) are
+gathered across processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from gotr1.train.config import ConfigError, GRPOConfig
+
+if TYPE_CHECKING:
+    from gotr1.policy.policy import Policy
+    from gotr1.rewards import DualStageReward
+
+ZERO_STD = 1e-6
+"""A group whose reward std is below this has no learning signal: its advantages are exactly 0."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The math
+# ----------------------------------------------------------------------------------------------
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    scale_rewards: str = "group",
+    batch_std: float | torch.Tensor | None = None,
+    eps: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A_i = r_i - mean(r of i's group), divided by the group's std ("group"), by `batch_std`
+    ("batch") or by nothing ("none"). Every group must be complete in `rewards`.
+
+    Returns (advantages [B], zero_std [B] bool — the row's group has all-equal rewards, group_std
+    [G]). Rows of zero-variance groups get an advantage of exactly 0 (never NaN).
+    """
+    rewards = rewards.float()
+    groups = int(group_ids.max()) + 1
+    count = torch.zeros(groups, device=rewards.device).index_add_(
+        0, group_ids, torch.ones_like(rewards)
+    )
+    mean = torch.zeros(groups, device=rewards.device).index_add_(0, group_ids, rewards) / count
+    centred = rewards - mean[group_ids]
+    variance = torch.zeros(groups, device=rewards.device).index_add_(0, group_ids, centred**2)
+    group_std = (variance / (count - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
+    if scale_rewards == "group":
+        advantages = centred / (group_std[group_ids] + eps)
+    elif scale_rewards == "batch":
+        if batch_std is None:
+            raise ValueError('scale_rewards="batch" needs batch_std')
+        advantages = centred / (torch.as_tensor(batch_std, dtype=torch.float32) + eps)
+    elif scale_rewards == "none":
+        advantages = centred
+    else:
+        raise ValueError(f"unknown scale_rewards {scale_rewards!r}")
+    zero_std = group_std[group_ids] < ZERO_STD
+    return advantages.masked_fill(zero_std, 0.0), zero_std, group_std
+
+
+def grpo_loss(
+    new: torch.Tensor,
+    old: torch.Tensor,
+    ref: torch.Tensor | None,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    normaliser: float,
+    epsilon: float = 0.2,
+    epsilon_high: float = 0.2,
+    beta: float = 0.0,
+    loss_type: str = "grpo",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped GRPO objective (+ beta * KL) of some rows, as their share of the batch loss.
+
+    new / old / ref: [B, T] per-token log-probs (chain tokens, then image tokens) under the
+    current, the sampling-time and the reference policy. advantages: [B]. weights: [B, T], 0 on
+    padding and on rows left out of the loss, otherwise the token's chain or image weight.
+    normaliser: the batch's divisor for `loss_type` (see `loss_normaliser`).
+    Returns (loss, sums for metrics).
+    """
+    ratio = torch.exp(new - old)  # pi_theta / pi_old per token (1 when old = new.detach())
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    adv = advantages[:, None]
+    per_token = -torch.min(ratio * adv, clipped * adv)  # minimise the negative surrogate
+    kl = torch.zeros_like(per_token)
+    if beta > 0:
+        log_ref_ratio = ref - new
+        kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3 estimator of KL(pi_theta || pi_ref)
+        per_token = per_token + beta * kl
+
+    if loss_type == "grpo":  # each sequence's token mean, then summed over sequences
+        per_row = (per_token * weights).sum(1) / weights.sum(1).clamp(min=1e-8)
+        loss = per_row.sum() / normaliser
+    else:  # bnpo, dapo: over tokens; dr_grpo: over rows * max length (normaliser says which)
+        loss = (per_token * weights).sum() / normaliser
+
+    with torch.no_grad():
+        active = (weights > 0).float()
+        low = (ratio < 1 - epsilon) & (adv < 0)
+        high = (ratio > 1 + epsilon_high) & (adv > 0)
+        stats = {
+            "tokens": active.sum(),
+            "kl": (kl * active).sum(),
+            "clip_low": (low.float() * active).sum(),
+            "clip_high": (high.float() * active).sum(),
+        }
+    return loss, stats
+
+
+def loss_normaliser(
+    loss_type: str,
+    weights: torch.Tensor,
+    max_length: int,
+    global_sum: Any = None,
+    num_processes: int = 1,
+) -> float:
+    """The divisor of `grpo_loss` for this process's whole batch `weights` [B, T].
+
+    grpo: rows in the loss; bnpo: this process's weighted tokens; dapo: weighted tokens of all
+    processes; dr_grpo: rows * max_length (a constant). Across processes (`global_sum` sums a
+    number over them) grpo and dapo divide the global count by `num_processes`, because DDP
+    averages the processes' gradients: the result is the mean over the whole batch.
+    """
+    if loss_type == "grpo":
+        count = float((weights.sum(1) > 0).sum())
+    elif loss_type in ("bnpo", "dapo"):
+        count = float(weights.sum())
+    elif loss_type == "dr_grpo":
+        return float(weights.shape[0] * max_length)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    if loss_type in ("grpo", "dapo") and global_sum is not None:
+        count = global_sum(count) / num_processes
+    return count if count > 0 else 1.0  # nothing in the loss anywhere: any divisor gives 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def make_reward(config: GRPOConfig) -> DualStageReward:
+    """The dual-stage reward with the configured judge and combination."""
+    from gotr1.rewards import DualStageReward, RewardConfig
+
+    weights = {c: 1.0 for c in ("sem", "spa", "ri", "pi")} | dict(config.reward_weights)
+    reward_config = RewardConfig(
+        components=tuple(config.reward_components),
+        combination=config.reward_combination,
+        weights=weights,
+        spatial_input=config.spatial_input,
+        on_failure=config.reward_on_failure,
+    )
+    return DualStageReward(make_judge(config), reward_config)
+
+
+def make_judge(config: GRPOConfig) -> Any:
+    """The configured judge: the world's exact judge, local Qwen2.5-VL, or an HTTP server."""
+    if config.judge == "world":
+        from gotr1.rewards import WorldJudge
+
+        return WorldJudge()
+    if config.judge == "qwen":
+        from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
+
+        return QwenLocalJudge(
+            QwenLocalConfig(
+                model=config.judge_model or QwenLocalConfig.model, device=config.judge_device
+            )
+        )
+    from gotr1.rewards import OpenAIJudge, OpenAIJudgeConfig
+
+    return OpenAIJudge(
+        OpenAIJudgeConfig(
+            base_url=config.judge_base_url,
+            model=config.judge_model or OpenAIJudgeConfig.model,
+            api_key_env=config.judge_api_key_env,
+        )
+    )
+
+
+def build_policy(config: GRPOConfig, resume_from: Path | None = None) -> Policy:
+    """The policy to train: LoRA adapters on the start model (reference = adapters off), or the
+    full model with a frozen reference copy (only when beta > 0). Resumes the trained weights
+    from ``resume_from/model``."""
+    from gotr1.policy.io import load_pretrained
+    from gotr1.policy.lora import apply_lora, load_adapter, unwrap_model
+    from gotr1.policy.policy import Policy
+    from gotr1.train.runtime import freeze_modules
+
+    model, processor = load_pretrained(config.model, dtype=config.dtype)
+    reference = None
+    if config.use_lora:
+        torch.manual_seed(config.seed)
+        if resume_from is not None:
+            model = load_adapter(model, resume_from / "model", is_trainable=True)
+        else:
+            model = apply_lora(
+                model,
+                config.lora_r,
+                config.lora_alpha,
+                config.lora_dropout,
+                config.lora_target_modules,
+                config.lora_train_image_head,
+            )
+    else:
+        if config.beta > 0:
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if resume_from is not None:
+            model, _ = load_pretrained(resume_from / "model", dtype=config.dtype)
+        freeze_modules(model, config.freeze)
+    if config.gradient_checkpointing:
+        unwrap_model(model).gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    return Policy(model, processor, reference_model=reference)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def train_grpo(
+    config: GRPOConfig,
+    resume: bool | str | Path = False,
+    reward_fn: Any = None,
+) -> Path:
+    """Run GRPO as configured; returns the folder of the final policy (``<output_dir>/final``:
+    an HF folder, or a PEFT adapter folder under LoRA).
+
+    `resume` = True continues from the newest checkpoint in output_dir (or give a checkpoint
+    folder). `reward_fn` replaces the configured reward (anything called with Rollouts that
+    returns `Rewards`). Works under ``accelerate launch``.
+    """
+    from gotr1.policy.rollout import SamplingConfig
+    from gotr1.train import checkpoint as ckpt
+    from gotr1.train.config import save_config
+    from gotr1.train.data import PromptSource
+    from gotr1.train.runlog import RunLog, progress_bar
+    from gotr1.train.runtime import (
+        TrainingModule,
+        make_accelerator,
+        make_optimizer,
+        make_scheduler,
+        save_policy,
+        uses_accelerate_state,
+    )
+    from gotr1.train.sft import _prepare_output_dir
+
+    config.check_files()
+    accelerator = make_accelerator(config)
+    processes = accelerator.num_processes
+    if config.num_prompts % processes:
+        raise ConfigError(
+            f"num_prompts ({config.num_prompts}) must be a multiple of the number of processes "
+            f"({processes}): every process holds whole groups"
+        )
+    rows = config.num_prompts // processes * config.num_generations
+    if config.gradient_accumulation_steps > rows:
+        raise ConfigError(
+            f"gradient_accumulation_steps ({config.gradient_accumulation_steps}) exceeds the "
+            f"{rows} rollout rows each process holds per step"
+        )
+    out = Path(config.output_dir)
+    resume_from = _prepare_output_dir(accelerator, config, resume)
+
+    policy = build_policy(config, resume_from)
+    optimizer = make_optimizer(policy.model, config)
+    scheduler = make_scheduler(optimizer, config, config.max_steps * config.num_iterations)
+    wrapped, optimizer = accelerator.prepare(TrainingModule(policy.model), optimizer)
+    policy.model = accelerator.unwrap_model(wrapped).model  # the same module, for rollouts
+    if policy.reference_model is not None:
+        policy.reference_model.to(accelerator.device)
+
+    start_step = 0
+    if resume_from is not None:
+        start_step = int(
+            ckpt.load_checkpoint(
+                accelerator, resume_from, optimizer, scheduler, uses_accelerate_state(accelerator)
+            )["step"]
+        )
+    if accelerator.is_main_process:
+        save_config(config, out / "config.yaml")
+
+    reward_fn = reward_fn or make_reward(config)
+    prompts = PromptSource(config.prompts, config.seed, config.world_split)
+    sampling = SamplingConfig(
+        text_temperature=config.text_temperature,
+        image_temperature=config.image_temperature,
+        top_p=config.top_p,
+        cfg_weight=config.cfg_weight,
+        max_chain_tokens=config.max_chain_tokens,
+        max_batch_rows=config.max_batch_rows,
+    )
+    log = RunLog(
+        out, accelerator, config.to_dict(), start_step if resume_from else None, "gotr1-grpo"
+    )
+    bar = progress_bar(accelerator, config.max_steps, start_step, config.progress, "grpo")
+
+    def save(step: int, metrics: dict[str, float]) -> None:
+        ckpt.save_checkpoint(
+            accelerator,
+            out,
+            step,
+            lambda folder: save_policy(accelerator, wrapped, policy, folder),
+            optimizer,
+            scheduler,
+            {"data_position": step * config.num_prompts, "metrics": metrics, "kind": "grpo"},
+            config.save_total_limit,
+            uses_accelerate_state(accelerator),
+        )
+
+    metrics: dict[str, float] = {}
+    for step in range(start_step, config.max_steps):
+        metrics, rollouts, rewards, advantages = grpo_step(
+            config,
+            accelerator,
+            wrapped,
+            optimizer,
+            scheduler,
+            policy,
+            reward_fn,
+            prompts,
+            sampling,
+            step,
+        )
+        done = step + 1
+        if config.sample_steps and (done % config.sample_steps == 0 or done == config.max_steps):
+            _dump(accelerator, config, done, rollouts, rewards, advantages)
+        if done % config.logging_steps == 0 or done == config.max_steps:
+            log.log(done, metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", step_time=f"{metrics['step_time']:.1f}s")
+        if done % config.save_steps == 0 and done != config.max_steps:
+            save(done, metrics)
+    bar.close()
+
+    save(config.max_steps, metrics)
+    final = out / "final"
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+    save_policy(accelerator, wrapped, policy, final)
+    accelerator.wait_for_everyone()
+    log.close()
+    return final
+
+
+def grpo_step(
+    config: GRPOConfig,
+    accelerator: Any,
+    wrapped: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    policy: Policy,
+    reward_fn: Any,
+    prompts: Any,
+    sampling: Any,
+    step: int,
+) -> tuple[dict[str, float], Any, Any, torch.Tensor]:
+    """One GRPO step on this process's whole groups; returns (metrics, rollouts, rewards,
+    advantages). Metrics are over all processes."""
+    from gotr1.policy.lora import is_lora
+    from gotr1.train.runtime import clip_gradients, gathered_parameters, step_seed
+
+    started = time.perf_counter()
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    per_process = config.num_prompts // processes
+    device = accelerator.device
+
+    def gather(values: torch.Tensor) -> torch.Tensor:
+        return accelerator.gather(values.to(device)).cpu() if processes > 1 else values.cpu()
+
+    def global_sum(value: float) -> float:
+        return float(gather(torch.tensor([float(value)], dtype=torch.float64)).sum())
+
+    # 1. Rollouts: this process's prompts, N samples each (no autograd graph is built).
+    local_prompts = prompts.take(step * config.num_prompts + rank * per_process, per_process)
+    generator = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
+    with gathered_parameters(accelerator, wrapped):
+        rollouts = policy.rollout(local_prompts, config.num_generations, sampling, generator)
+    rollout_time = time.perf_counter() - started
+
+    # 2. Rewards. A judge failure under on_failure="drop" takes its whole group out of the loss.
+    mark = time.perf_counter()
+    rewards = reward_fn(rollouts)
+    reward_time = time.perf_counter() - mark
+    group_ids = rollouts.group_ids.cpu()
+    keep = torch.as_tensor(rewards.group_keep(group_ids), dtype=torch.bool)
+    total = torch.as_tensor(np.nan_to_num(rewards.total, nan=0.0), dtype=torch.float32)
+
+    # 3. Advantages over complete groups (all on this process); the batch std is over all of them.
+    all_total, all_keep = gather(total), gather(keep)
+    batch_std = all_total[all_keep].std() if int(all_keep.sum()) > 1 else torch.tensor(0.0)
+    advantages, zero_std, group_std = group_advantages(
+        total, group_ids, config.scale_rewards, batch_std
+    )
+    row_weight = keep.float()
+    if config.filter_zero_std_groups:
+        row_weight = row_weight * (~zero_std).float()
+
+    # 4. Which tokens count, and how much: chain tokens (minus truncated chains, if asked), then
+    #    the image tokens, times the row's weight.
+    chain_weight = rollouts.chain_mask.cpu().float() * config.chain_token_weight
+    if config.mask_truncated_chains:
+        chain_weight[rollouts.truncated.cpu()] = 0.0
+    image_weight = torch.full(rollouts.image_ids.shape, config.image_token_weight)
+    weights = torch.cat([chain_weight, image_weight], dim=1) * row_weight[:, None]
+    max_length = config.max_chain_tokens + rollouts.image_ids.shape[1]
+    normaliser = loss_normaliser(config.loss_type, weights, max_length, global_sum, processes)
+    weights, advantages = weights.to(device), advantages.to(device)
+
+    # 5. Reference and old log-probs, without gradients (no reference forward when beta == 0;
+    #    old log-probs only when a rollout batch is reused, else old = new.detach(): ratio 1).
+    mark = time.perf_counter()
+    kwargs = dict(
+        special=policy.special,
+        image_logprob=config.image_logprob,
+        micro_batch_size=config.logprob_micro_batch_size,
+    )
+    ref = old = None
+    with torch.no_grad():
+        if config.beta > 0:
+            if is_lora(policy.model):
+                lp = wrapped("reference", rollouts, **kwargs)
+            else:  # full fine-tuning: the frozen copy, under the same autocast as the policy
+                with accelerator.autocast():
+                    lp = policy.reference_logprobs(
+                        rollouts, config.image_logprob, config.logprob_micro_batch_size
+                    )
+            ref = torch.cat([lp.chain, lp.image], dim=1)
+        if config.num_iterations > 1:
+            lp = wrapped("logprobs", rollouts, **kwargs)
+            old = torch.cat([lp.chain, lp.image], dim=1)
+    logprob_time = time.perf_counter() - mark
+
+    # 6. num_iterations updates, each over gradient_accumulation_steps micro-batches of rows.
+    mark = time.perf_counter()
+    wrapped.train()
+    sums = {"tokens": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0}
+    entropy = {"chain": 0.0, "chain_n": 0.0, "image": 0.0, "image_n": 0.0}
+    gap = torch.zeros(2, dtype=torch.float64)
+    grad_norm = float("nan")
+    accumulation = config.gradient_accumulation_steps
+    learning_rate = scheduler.get_last_lr()[0]
+    for iteration in range(config.num_iterations):
+        for rows in torch.arange(len(rollouts)).tensor_split(accumulation):
+            batch = rollouts.select(rows)
+            with accelerator.accumulate(wrapped):
+                lp = wrapped(
+                    "logprobs",
+                    batch,
+                    special=policy.special,
+                    image_logprob=config.image_logprob,
+                    with_entropy=config.log_entropy and iteration == 0,
+                )
+                new = torch.cat([lp.chain, lp.image], dim=1)
+                loss, stats = grpo_loss(
+                    new,
+                    new.detach() if old is None else old[rows],
+                    None if ref is None else ref[rows],
+                    advantages[rows],
+                    weights[rows],
+                    normaliser,
+                    config.epsilon,
+                    config.clip_high,
+                    config.beta,
+                    config.loss_type,
+                )
+                accelerator.backward(loss * accumulation)  # accelerate divides by accumulation
+                if accelerator.sync_gradients:
+                    grad_norm = clip_gradients(accelerator, wrapped, config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            if iteration == 0:
+                for key in sums:
+                    sums[key] += float(stats[key])
+                mask = batch.chain_mask.bool()
+                sampled = torch.cat([batch.chain_logprobs[mask], batch.image_logprobs.flatten()])
+                scored = torch.cat([lp.chain[mask], lp.image.flatten()]).detach().float()
+                gap += torch.tensor(
+                    [float((scored - sampled.to(scored)).abs().sum()), sampled.numel()]
+                )
+                if lp.chain_entropy is not None:
+                    entropy["chain"] += float(lp.chain_entropy.detach()[mask].sum())
+                    entropy["chain_n"] += float(mask.sum())
+                    entropy["image"] += float(lp.image_entropy.detach().sum())
+                    entropy["image_n"] += float(lp.image_entropy.numel())
+        scheduler.step()
+    update_time = time.perf_counter() - mark
+
+    # 7. Metrics over all processes (TRL's names where they exist).
+    lengths = rollouts.chain_mask.sum(1).float().cpu()
+    per_row = {
+        name: torch.as_tensor(rewards.component(name), dtype=torch.float32)
+        for name in ("sem", "spa", "ri", "pi")
+    }
+    gathered = {name: gather(values) for name, values in per_row.items()}
+    counts = gather(
+        torch.tensor(
+            [
+                sums["tokens"],
+                sums["kl"],
+                sums["clip_low"],
+                sums["clip_high"],
+                entropy["chain"],
+                entropy["chain_n"],
+                entropy["image"],
+                entropy["image_n"],
+                float(sum(rewards.failure_counts.values())),
+                float(gap[0]),
+                float(gap[1]),
+                float(sum(bool(c.objects) and not c.errors for c in rollouts.chains)),
+            ],
+            dtype=torch.float64,
+        )[None]
+    ).sum(0)
+    all_lengths = gather(lengths)
+    all_truncated = gather(rollouts.truncated.cpu().float())
+    groups_zero = gather((group_std < ZERO_STD).float())
+    all_group_std = gather(group_std)
+    tokens = max(float(counts[0]), 1.0)
+    kept_total = all_total[all_keep]
+    metrics: dict[str, float] = {
+        "reward": float(kept_total.mean()) if kept_total.numel() else float("nan"),
+        "reward_std": float(all_group_std.mean()),
+        "frac_reward_zero_std": float(groups_zero.mean()),
+        "completions/mean_length": float(all_lengths.mean()),
+        "completions/min_length": float(all_lengths.min()),
+        "completions/max_length": float(all_lengths.max()),
+        "completions/clipped_ratio": float(all_truncated.mean()),
+        "clip_ratio/low_mean": float(counts[2]) / tokens,
+        "clip_ratio/high_mean": float(counts[3]) / tokens,
+        "clip_ratio/region_mean": float(counts[2] + counts[3]) / tokens,
+        "grad_norm": grad_norm,
+        "learning_rate": learning_rate,
+        "judge/failures": float(counts[8]),
+        "judge/dropped_rows": float((~all_keep).sum()),
+        "chains/parse_rate": float(counts[11]) / max(len(all_lengths), 1),
+        "debug/logprob_gap": float(counts[9]) / max(float(counts[10]), 1.0),
+        "time/rollout": rollout_time,
+        "time/reward": reward_time,
+        "time/logprobs": logprob_time,
+        "time/update": update_time,
+        "step_time": time.perf_counter() - started,
+    }
+    for name, values in gathered.items():
+        if torch.isfinite(values).any():
+            metrics[f"rewards/{name}/mean"] = float(values[torch.isfinite(values)].mean())
+    if config.beta > 0:
+        metrics["kl"] = float(counts[1]) / tokens
+    if config.log_entropy and counts[5] + counts[7] > 0:
+        metrics["entropy"] = float(counts[4] + counts[6]) / float(counts[5] + counts[7])
+        metrics["entropy/chain"] = float(counts[4]) / max(float(counts[5]), 1.0)
+        metrics["entropy/image"] = float(counts[6]) / max(float(counts[7]), 1.0)
+    return metrics, rollouts, rewards, advantages
+
+
+def _dump(
+    accelerator: Any,
+    config: GRPOConfig,
+    step: int,
+    rollouts: Any,
+    rewards: Any,
+    advantages: torch.Tensor,
+) -> None:
+    """Save the first `num_samples` rows of the main process's rollouts with their rewards."""
+    from gotr1.train.runlog import dump_samples
+
+    if not accelerator.is_main_process or not config.num_samples:
+        return
+    count = min(config.num_samples, len(rollouts))
+    extra = [
+        {
+            **rewards.sample(i),
+            "advantage": float(advantages[i]),
+            "truncated": bool(rollouts.truncated[i]),
+        }
+        for i in range(count)
+    ]
+    dump_samples(
+        config.output_dir,
+        step,
+        rollouts.prompts[:count],
+        rollouts.chain_texts[:count],
+        rollouts.images[:count],
+        extra,
+    )
