@@ -44,6 +44,7 @@ def test_defaults_follow_the_paper_and_the_official_protocols():
     args = parse(["eval", "world", "--model", "M"])
     assert (args.images_per_prompt, args.num_prompts, args.split) == (1, 300, "test")
     assert str(args.out) == "eval-world" and args.func.__name__ == "run_world"
+    assert args.prompts_per_batch == 64 and args.max_batch_rows is None
 
 
 def test_the_gotr1_command_lists_eval(capsys):

@@ -108,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "exact world judge: per-category soft score and accuracy; writes summary.json, "
         "summary.md, samples.jsonl and images/ under --out.",
     )
-    _add_model_args(world, default_seed=0, out_required=False)
+    _add_model_args(world, default_seed=0, out_required=False, prompts_per_batch=64)
     world.add_argument("--split", choices=("test", "train"), default="test", help="prompt split")
     world.add_argument(
         "--num-prompts", type=int, default=300, help="benchmark prompts (balanced over categories)"
@@ -125,7 +125,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_model_args(
-    parser: argparse.ArgumentParser, default_seed: int, out_required: bool = True
+    parser: argparse.ArgumentParser,
+    default_seed: int,
+    out_required: bool = True,
+    prompts_per_batch: int = 8,
 ) -> None:
     parser.add_argument(
         "--model", default=None, help="policy folder: HF Janus-Pro / GoT-R1 folder or LoRA adapter"
@@ -153,7 +156,21 @@ def _add_model_args(
         "--max-chain-tokens", type=int, default=600, help="chain length cap (default 600)"
     )
     parser.add_argument(
-        "--prompts-per-batch", type=int, default=8, help="prompts per rollout batch"
+        "--prompts-per-batch",
+        type=int,
+        default=prompts_per_batch,
+        help=f"prompts per rollout call (default {prompts_per_batch}; rows = prompts x images)",
+    )
+    parser.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=None,
+        help="cap on samples per decoding pass inside a rollout (memory bound for 7B models)",
+    )
+    parser.add_argument(
+        "--compile-decode",
+        action="store_true",
+        help="CUDA: torch.compile the image-token decode step (faster on long runs)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     parser.add_argument(
@@ -255,6 +272,8 @@ def _sampling(args: argparse.Namespace) -> Any:
             top_p=args.top_p,
             cfg_weight=args.cfg_weight,
             max_chain_tokens=args.max_chain_tokens,
+            max_batch_rows=args.max_batch_rows,
+            compile_decode=args.compile_decode,
         )
     except ValueError as error:
         raise _user_error()(str(error)) from None
@@ -362,7 +381,8 @@ def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
         judge = QwenLocalJudge(config)
     except (OSError, ValueError) as error:
         raise UserError(
-            f"--judge-model {args.judge_model}: cannot load a Qwen2.5-VL judge ({error})"
+            f"--judge-model {args.judge_model}: cannot load a Qwen2.5-VL judge ({error}); "
+            "generated images are kept: rerun with --skip-generation once the judge loads"
         ) from None
     try:
         return QwenEvidenceScorer(judge)

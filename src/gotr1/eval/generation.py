@@ -127,6 +127,7 @@ def sampling_record(sampling: SamplingConfig) -> dict[str, Any]:
         "top_p": sampling.top_p,
         "cfg_weight": sampling.cfg_weight,
         "max_chain_tokens": sampling.max_chain_tokens,
+        "max_batch_rows": sampling.max_batch_rows,  # rows per pass change the random stream
     }
 
 

@@ -81,7 +81,7 @@ def evaluate_world(
     seed: int = 0,
     num_generations: int = 1,
     sampling: SamplingConfig | None = None,
-    prompts_per_batch: int = 16,
+    prompts_per_batch: int = 64,
     with_rewards: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
