@@ -573,6 +573,8 @@ def coerce(value: Any, hint: Any) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no / yes as a boolean
+            return "yes" if value else "no"
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"expected a string, got {value!r}")

@@ -1,0 +1,171 @@
+"""Training configs: YAML + command-line overrides, types, errors that name the field, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from gotr1.cli import main
+from gotr1.train.commands import overrides_from_args, register
+from gotr1.train.config import ConfigError, GRPOConfig, SFTConfig, load_config
+from test_train_helpers import REPO, subprocess_env
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(
+        "num_generations: 8\n"
+        "learning_rate: 1e-5\n"  # YAML 1.1 reads this as a string; it must become a float
+        "mixed_precision: no\n"  # ... and this as False; it means "no"
+        "reward_components: [pi, ri]\n"
+        "epsilon_high: null\n"
+    )
+    config = load_config(
+        GRPOConfig,
+        path,
+        {
+            "beta": "0.04",
+            "use-lora": "false",
+            "lora_target_modules": "q_proj,v_proj",
+            "reward_weights": "pi=2,ri=0.5",
+            "max_batch_rows": "none",
+            "epsilon_high": "0.28",
+            "max_steps": "1e3",
+        },
+    )
+    assert config.num_generations == 8 and config.learning_rate == pytest.approx(1e-5)
+    assert config.mixed_precision == "no" and config.reward_components == ["pi", "ri"]
+    assert config.beta == pytest.approx(0.04) and config.use_lora is False
+    assert config.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.reward_weights == {"pi": 2.0, "ri": 0.5}
+    assert config.max_batch_rows is None and config.clip_high == pytest.approx(0.28)
+    assert config.max_steps == 1000 and isinstance(config.max_steps, int)
+    # Paper defaults where the paper gives them.
+    default = GRPOConfig()
+    assert (default.num_generations, default.num_prompts, default.learning_rate) == (16, 8, 1e-5)
+    assert (default.lora_r, default.lora_alpha, default.use_lora) == (32, 32, True)
+    assert default.lr_scheduler_type == "cosine" and default.text_temperature == 1.0
+    assert default.image_temperature == 1.0 and default.clip_high == default.epsilon
+
+
+@pytest.mark.parametrize(
+    "cls,values,field",
+    [
+        (GRPOConfig, {"num_generations": 1}, "num_generations"),
+        (GRPOConfig, {"beta": -0.1}, "beta"),
+        (GRPOConfig, {"loss_type": "ppo"}, "loss_type"),
+        (GRPOConfig, {"scale_rewards": "std"}, "scale_rewards"),
+        (GRPOConfig, {"image_logprob": "uncond"}, "image_logprob"),
+        (GRPOConfig, {"learning_rate": "fast"}, "learning_rate"),
+        (GRPOConfig, {"num_prompts": 0}, "num_prompts"),
+        (GRPOConfig, {"reward_components": ["sem", "aesthetic"]}, "reward_components"),
+        (GRPOConfig, {"lora_target_modules": ["qkv"]}, "lora_target_modules"),
+        (GRPOConfig, {"use_lora": "maybe"}, "use_lora"),
+        (GRPOConfig, {"epsilon_high": -1}, "epsilon_high"),
+        (SFTConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
+        (SFTConfig, {"on_bad_row": "ignore"}, "on_bad_row"),
+        (SFTConfig, {"mixed_precision": "fp8"}, "mixed_precision"),
+        (SFTConfig, {"chain_loss_weight": 0, "image_loss_weight": 0}, "chain_loss_weight"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path, cls, values, field):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError) as error:
+        load_config(cls, path)
+    assert field in str(error.value) and str(path) in str(error.value)
+
+
+def test_unknown_fields_and_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown field 'betta'.*did you mean beta"):
+        load_config(GRPOConfig, None, {"betta": "0.1"})
+    with pytest.raises(ConfigError, match="--config: no such file"):
+        load_config(GRPOConfig, tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(GRPOConfig, tmp_path / "list.yaml")
+    config = load_config(SFTConfig, None, {"data": str(tmp_path / "missing.jsonl")})
+    with pytest.raises(ConfigError, match="data: no such file .*missing.jsonl"):
+        config.check_files()
+    with pytest.raises(ConfigError, match="model: .*no-model"):
+        load_config(GRPOConfig, None, {"model": str(tmp_path / "no-model")}).check_files()
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="prompts: no such file"):
+        GRPOConfig(model=str(tmp_path), prompts=str(tmp_path / "p.txt")).check_files()
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["grpo", "--num_generations", "1"], "num_generations must be >= 2"),
+        (["grpo", "--beta", "-0.5"], "beta must be >= 0"),
+        (["grpo", "--loss-type", "reinforce"], "loss_type must be one of"),
+        (["sft", "--data", "no/such/data.jsonl"], "data: no such file no/such/data.jsonl"),
+        (["grpo", "--model", "no/such/model"], "model: no/such/model is not a model folder"),
+    ],
+)
+def test_cli_fails_at_start_naming_the_field(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_shipped_configs_are_valid():
+    for cls, name in [
+        (SFTConfig, "sft-world-tiny.yaml"),
+        (GRPOConfig, "grpo-world-tiny.yaml"),
+        (GRPOConfig, "grpo-janus-pro-7b.yaml"),
+    ]:
+        config = load_config(cls, REPO / "configs" / name)
+        assert config.max_steps > 0
+    janus = load_config(GRPOConfig, REPO / "configs" / "grpo-janus-pro-7b.yaml")
+    assert (janus.num_generations, janus.num_prompts, janus.lora_r, janus.lora_alpha) == (
+        16,
+        8,
+        32,
+        32,
+    )
+    for name in ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        import yaml
+
+        data = yaml.safe_load((REPO / "configs" / "accelerate" / f"{name}.yaml").read_text())
+        assert data["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+
+
+def test_parser_takes_every_field_and_stays_light():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "grpo",
+            "--config",
+            "x.yaml",
+            "--beta",
+            "0.1",
+            "--loss-type",
+            "dapo",
+            "--use_lora",
+            "--resume",
+        ]  # fmt: skip
+    )
+    assert overrides_from_args(args) == {"beta": "0.1", "loss_type": "dapo", "use_lora": "true"}
+    assert args.resume is True and args.config == "x.yaml"
+    args = parser.parse_args(["sft", "--resume", "runs/x/checkpoint-4", "--max_steps", "9"])
+    assert args.resume == "runs/x/checkpoint-4" and overrides_from_args(args) == {"max_steps": "9"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["grpo", "--betaa", "1"])  # no prefix matching of field names
+    help_text = parser._subparsers._group_actions[0].choices["grpo"].format_help()
+    assert "--num_generations" in help_text and "Group size N" in help_text
+    # Registration must not import torch (the gotr1 command starts fast).
+    code = (
+        "import argparse, sys; from gotr1.train.commands import register; "
+        "register(argparse.ArgumentParser().add_subparsers()); "
+        "from gotr1.train.config import GRPOConfig; GRPOConfig(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), cwd=REPO)

@@ -1,0 +1,159 @@
+"""The GRPO math: group-normalised advantages (and the collapse guard), the clipped objective, k3
+KL, the four loss aggregations, and micro-batches that add up to the batch loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gotr1.train.grpo import group_advantages, grpo_loss, loss_normaliser
+
+
+def test_group_advantages_match_the_definition():
+    torch.manual_seed(0)
+    rewards = torch.rand(12)
+    groups = torch.arange(3).repeat_interleave(4)
+    advantages, zero_std, group_std = group_advantages(rewards, groups, "group")
+    for g in range(3):
+        r = rewards[g * 4 : (g + 1) * 4]
+        expected = (r - r.mean()) / (r.std() + 1e-4)
+        assert torch.allclose(advantages[g * 4 : (g + 1) * 4], expected, atol=1e-6)
+        assert group_std[g] == pytest.approx(float(r.std()), rel=1e-5)
+    assert not zero_std.any()
+    batch, _, _ = group_advantages(rewards, groups, "batch", batch_std=rewards.std())
+    centred = rewards - rewards.view(3, 4).mean(1).repeat_interleave(4)
+    assert torch.allclose(batch, centred / (rewards.std() + 1e-4), atol=1e-6)
+    none, _, _ = group_advantages(rewards, groups, "none")
+    assert torch.allclose(none, centred, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_std"):
+        group_advantages(rewards, groups, "batch")
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("value", [0.0, 0.1, 1 / 3, 0.7, 1e-9])
+def test_collapse_guard_equal_rewards_give_zero_advantage(scale, value):
+    rewards = torch.tensor([value] * 6 + [0.2, 0.9, 0.4])  # two collapsed groups of 3, one live
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    advantages, zero_std, _ = group_advantages(rewards, groups, scale, batch_std=rewards.std())
+    assert torch.isfinite(advantages).all()
+    assert (advantages[:6] == 0).all() and zero_std[:6].all()
+    assert not zero_std[6:].any() and advantages[6:].abs().sum() > 0
+    # All-equal batch: nothing learns, nothing breaks, even through the loss.
+    flat, zero_std, _ = group_advantages(torch.full((8,), value), torch.zeros(8, dtype=torch.long))
+    assert (flat == 0).all() and zero_std.all()
+    new = torch.randn(8, 5, requires_grad=True)
+    loss, _ = grpo_loss(new, new.detach(), None, flat, torch.ones(8, 5), 8.0)
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(new.grad).all() and (new.grad == 0).all()
+
+
+def test_ratio_one_gives_the_policy_gradient():
+    torch.manual_seed(1)
+    new = torch.randn(4, 6, requires_grad=True)
+    advantages = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    weights = torch.ones(4, 6)
+    weights[0, 4:] = 0  # padding
+    loss, stats = grpo_loss(new, new.detach(), None, advantages, weights, 4.0, loss_type="grpo")
+    loss.backward()
+    # d/d logp of -mean_rows(mean_tokens(A * ratio)) = -A / (tokens of the row) / rows
+    expected = -advantages[:, None] * weights / weights.sum(1, keepdim=True) / 4
+    assert torch.allclose(new.grad, expected, atol=1e-7)
+    assert stats["clip_low"] == 0 and stats["clip_high"] == 0 and stats["tokens"] == 22
+
+
+def test_clipping_stops_the_gradient_outside_the_trust_region():
+    old = torch.zeros(4, 1)
+    new = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]])).requires_grad_(True)
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, stats = grpo_loss(
+        new, old, None, advantages, torch.ones(4, 1), 4.0, 0.2, 0.28, loss_type="dapo"
+    )
+    loss.backward()
+    grad = new.grad.flatten()
+    # ratio 1.5 > 1.28 with A > 0: clipped, no gradient; with A < 0 the unclipped term is the min.
+    assert grad[0] == 0 and grad[1] == pytest.approx(1.5 / 4)
+    # ratio 0.5 < 0.8 with A < 0: clipped; with A > 0 the unclipped term is the min.
+    assert grad[3] == 0 and grad[2] == pytest.approx(-0.5 / 4)
+    assert stats["clip_high"] == 1 and stats["clip_low"] == 1
+
+
+def test_k3_kl_penalty():
+    new = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.0, -1.5]])
+    loss, stats = grpo_loss(
+        new, new.detach(), ref, torch.zeros(1), torch.ones(1, 3), 3.0, beta=0.5, loss_type="bnpo"
+    )
+    d = ref - new.detach()
+    kl = torch.exp(d) - d - 1
+    assert (kl >= 0).all() and kl[0, 0] == 0
+    assert loss.item() == pytest.approx(0.5 * kl.mean().item(), rel=1e-6)
+    assert stats["kl"].item() == pytest.approx(kl.sum().item(), rel=1e-6)
+    loss.backward()  # d/dnew of beta*(e^(ref-new) - (ref-new) - 1) = beta*(1 - e^(ref-new)) / T
+    assert torch.allclose(new.grad, 0.5 * (1 - torch.exp(d)) / 3, atol=1e-7)
+
+
+def test_loss_types_aggregate_as_documented():
+    torch.manual_seed(2)
+    new = torch.randn(3, 5)
+    old = new + 0.05 * torch.randn(3, 5)
+    advantages = torch.tensor([0.7, -1.1, 0.4])
+    weights = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [2, 2, 2, 0.5, 0.5]]).float()
+    ratio = torch.exp(new - old)
+    per_token = -torch.min(ratio * advantages[:, None], ratio.clamp(0.8, 1.2) * advantages[:, None])
+    sums = (per_token * weights).sum(1)
+    expected = {
+        "grpo": (sums / weights.sum(1)).mean(),
+        "bnpo": sums.sum() / weights.sum(),
+        "dapo": sums.sum() / weights.sum(),
+        "dr_grpo": sums.sum() / (3 * 10),
+    }
+    for loss_type, value in expected.items():
+        normaliser = loss_normaliser(loss_type, weights, max_length=10)
+        loss, _ = grpo_loss(new, old, None, advantages, weights, normaliser, loss_type=loss_type)
+        assert loss.item() == pytest.approx(value.item(), rel=1e-5), loss_type
+
+
+def test_micro_batches_add_up_to_the_batch_loss():
+    torch.manual_seed(3)
+    new = torch.randn(6, 7, requires_grad=True)
+    old = (new + 0.1 * torch.randn(6, 7)).detach()
+    ref = (new + 0.1 * torch.randn(6, 7)).detach()
+    advantages = torch.randn(6)
+    weights = (torch.rand(6, 7) > 0.3).float()
+    weights[2] = 0  # a row left out of the loss (dropped group)
+    for loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"):
+        norm = loss_normaliser(loss_type, weights, max_length=7)
+        full, _ = grpo_loss(new, old, ref, advantages, weights, norm, 0.2, 0.3, 0.1, loss_type)
+        (full_grad,) = torch.autograd.grad(full, new)
+        parts = [
+            grpo_loss(
+                new[r], old[r], ref[r], advantages[r], weights[r], norm, 0.2, 0.3, 0.1, loss_type
+            )[0]
+            for r in torch.arange(6).tensor_split(4)
+        ]
+        total = sum(parts)
+        (part_grad,) = torch.autograd.grad(total, new)
+        assert total.item() == pytest.approx(full.item(), rel=1e-6, abs=1e-9), loss_type
+        assert torch.allclose(part_grad, full_grad, atol=1e-7), loss_type
+
+
+def test_normalisers_across_processes_give_the_global_mean():
+    # Two processes with different numbers of rows/tokens in the loss: DDP averages the two
+    # gradients, so each divides by (global count / 2).
+    weights = [torch.ones(4, 3), torch.tensor([[1.0, 1, 1], [0, 0, 0], [0, 0, 0], [1, 1, 0]])]
+    rows = [4, 2]
+    tokens = [12, 5]
+    for loss_type, counts in (("grpo", rows), ("dapo", tokens)):
+        total = sum(counts)
+        for index, w in enumerate(weights):
+            other = counts[1 - index]
+            value = loss_normaliser(
+                loss_type, w, 3, global_sum=lambda x, o=other: x + o, num_processes=2
+            )
+            assert value == pytest.approx(total / 2)
+    assert loss_normaliser("bnpo", weights[1], 3, lambda x: x + 12, 2) == 5  # local tokens
+    assert loss_normaliser("dr_grpo", weights[1], 9) == 4 * 9
+    assert loss_normaliser("grpo", torch.zeros(2, 3), 3) == 1.0  # nothing in the loss: no 0/0
+    assert math.isfinite(loss_normaliser("dapo", torch.zeros(2, 3), 3))
