@@ -207,10 +207,10 @@ def train_vq(
             usage.zero_()
         stats = {
             "step": step + 1,
-            "loss": float(loss),
-            "reconstruction_loss": float(reconstruction_loss),
-            "codebook_loss": float(codebook_loss),
-            "commitment_loss": float(commitment_loss),
+            "loss": float(loss.detach()),
+            "reconstruction_loss": float(reconstruction_loss.detach()),
+            "codebook_loss": float(codebook_loss.detach()),
+            "commitment_loss": float(commitment_loss.detach()),
             "codes_in_batch": int(codes.unique().numel()),
             "restarted_codes": restarted,
             "seconds": time.perf_counter() - start,
