@@ -295,6 +295,15 @@ class KVCache:
     def rows(self) -> int:
         return self.valid.shape[0]
 
+    def first_slots(self, slots: int) -> KVCache:
+        """A view of the first `slots` slots (same storage, same prefix)."""
+        return dataclasses.replace(
+            self,
+            keys=[k[..., :slots] for k in self.keys],
+            values=[v[:, :, :slots] for v in self.values],
+            valid=self.valid[:, :slots],
+        )
+
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor of the cache (and of its prefix), e.g. to mark them static for graphs."""
         own = [*self.keys, *self.values, self.valid]
@@ -504,7 +513,7 @@ class SpecialIds:
 class ChainSample:
     """What stage 1 hands to stage 2: the conditional KV cache and the sampled chains."""
 
-    cache: KVCache  # rows B, slots [0, used) filled: prompt then chain (with holes)
+    cache: KVCache  # rows B, slots [0, used) filled (prompt, chain with holes), room for K - 1
     used: int  # slots filled
     slot_ids: torch.Tensor  # [B, used] the token in each slot (pad in holes)
     chain_ids: torch.Tensor  # [B, C] right-padded chains, last real token <begin_of_image>
@@ -551,7 +560,8 @@ def sample_chains(
     computed once and its KV copied to the N sample rows. A chain that reaches
     `max_chain_tokens` gets <begin_of_image> forced as its last token (log-prob = the model's
     log-prob of <begin_of_image> there, temperature applied, no top-p) and is flagged truncated.
-    A row that has finished leaves holes (masked slots) while the others go on.
+    A row that has finished leaves holes (masked slots) while the others go on. The cache has
+    room for the image tokens after the longest chain, so stage 2 continues in it.
     """
     device = prompt_ids.device
     groups, prompt_len = prompt_ids.shape
@@ -561,7 +571,7 @@ def sample_chains(
     # The prompt prefix once per prompt, then its KV copied to the N rows of its group.
     prefix = KVCache.allocate(parts, groups, prompt_len)
     hidden = prefill(parts, prefix, prompt_ids, prompt_mask)[:, -1]
-    cache = KVCache.allocate(parts, rows, prompt_len + max_chain)
+    cache = KVCache.allocate(parts, rows, prompt_len + max_chain + parts.num_image_tokens - 1)
     copy_slots(prefix, cache, prompt_len, repeat=num_generations)
     del prefix
     logits = parts.lm_head(hidden).float().repeat_interleave(num_generations, dim=0)
@@ -668,7 +678,8 @@ def sample_image_tokens(
     """Stage 2: sample K image tokens per row; returns (image_ids [B, K], log-probs [B, K]).
 
     `cond` holds the conditional rows' KV for slots [0, used) (prompt and chain, from stage 1);
-    it is copied, not recomputed, into a cache sized exactly for prefix + image tokens. With
+    the image tokens continue in it (a view sized exactly for prefix + image tokens; a cache
+    without that room is copied into a new one), so the prefix is never recomputed. With
     guidance the unconditional rows come from `unconditional_rows`, and every step runs the
     cond/uncond pair as one batch of 2B rows. Logits are mixed as uncond + w * (cond - uncond),
     divided by the image temperature and sampled with Gumbel-max on the device: nothing in the
@@ -680,8 +691,11 @@ def sample_image_tokens(
     valid = cond.valid[:, :used]
     positions = valid.long().sum(dim=1)  # of the first image token: real tokens so far
 
-    cache = KVCache.allocate(parts, rows, used + num_tokens - 1)
-    copy_slots(cond, cache, used)
+    if cond.slots >= used + num_tokens - 1:
+        cache = cond.first_slots(used + num_tokens - 1)
+    else:
+        cache = KVCache.allocate(parts, rows, used + num_tokens - 1)
+        copy_slots(cond, cache, used)
     caches, first_slots, hidden = [cache], [used], boi_hidden
     if sampling.guided:
         uncond, uncond_boi = unconditional_rows(parts, slot_ids, valid, special, num_tokens)
@@ -751,7 +765,8 @@ def generate_image_tokens(
     drawing fixed chains.
     """
     with torch.no_grad():
-        cache = KVCache.allocate(parts, prefix_ids.shape[0], prefix_ids.shape[1])
+        rows, length = prefix_ids.shape
+        cache = KVCache.allocate(parts, rows, length + parts.num_image_tokens - 1)
         hidden = prefill(parts, cache, prefix_ids, prefix_mask)[:, -1]
         return sample_image_tokens(
             parts, cache, prefix_ids.shape[1], prefix_ids, hidden, sampling, special, generator
@@ -859,35 +874,45 @@ def rollout(
     for prompt, ids in zip(prompts, encoded, strict=True):
         if not ids:
             raise ValueError(f"prompt {prompt!r} encodes to no tokens")
+    n = num_generations
+    columns: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("prompt_ids", "prompt_mask", "chain_ids", "chain_mask", "chain_logprobs")
+    }
+    image_ids, image_logprobs, truncated = [], [], []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            per_pass = max(1, (sampling.max_batch_rows or 10**9) // num_generations)
-            pieces = []
+            per_pass = max(1, (sampling.max_batch_rows or 10**9) // n)
             for start in range(0, len(prompts), per_pass):
                 ids, mask = left_pad(encoded[start : start + per_pass], special.pad)
                 ids, mask = ids.to(parts.device), mask.to(parts.device)
-                stage1 = sample_chains(
-                    parts, ids, mask, num_generations, sampling, special, generator
-                )
-                image_ids, image_logprobs = sample_image_tokens(
+                chains = sample_chains(parts, ids, mask, n, sampling, special, generator)
+                codes, logprobs = sample_image_tokens(
                     parts,
-                    stage1.cache,
-                    stage1.used,
-                    stage1.slot_ids,
-                    stage1.boi_hidden,
+                    chains.cache,
+                    chains.used,
+                    chains.slot_ids,
+                    chains.boi_hidden,
                     sampling,
                     special,
                     generator,
                 )
-                del stage1.cache
-                pieces.append((ids, mask, stage1, image_ids, image_logprobs))
-            images = decode_images(parts, torch.cat([p[3] for p in pieces]), image_mean, image_std)
+                columns["prompt_ids"].append(ids.repeat_interleave(n, dim=0))
+                columns["prompt_mask"].append(mask.repeat_interleave(n, dim=0))
+                columns["chain_ids"].append(chains.chain_ids)
+                columns["chain_mask"].append(chains.chain_mask)
+                columns["chain_logprobs"].append(chains.chain_logprobs)
+                truncated.append(chains.truncated)
+                image_ids.append(codes)
+                image_logprobs.append(logprobs)
+                del chains  # frees the KV cache before the next pass
+            images = decode_images(parts, torch.cat(image_ids), image_mean, image_std)
     finally:
         model.train(was_training)
 
     def cat_padded(tensors: list[torch.Tensor], left: bool, value: float = 0) -> torch.Tensor:
+        """Concatenate rows of different widths, padding on the left or the right."""
         width = max(t.shape[1] for t in tensors)
         padded = []
         for t in tensors:
@@ -895,10 +920,8 @@ def rollout(
             padded.append(F.pad(t, pad, value=value))
         return torch.cat(padded, dim=0)
 
-    n = num_generations
-    chain_ids = cat_padded([p[2].chain_ids for p in pieces], False, special.pad)
-    chain_mask = cat_padded([p[2].chain_mask for p in pieces], False)
-    image_ids = torch.cat([p[3] for p in pieces])
+    chain_ids = cat_padded(columns["chain_ids"], False, special.pad)
+    chain_mask = cat_padded(columns["chain_mask"], False)
     texts = [
         chain_text(tokenizer, row[m.bool()].tolist())
         for row, m in zip(chain_ids.cpu(), chain_mask.cpu(), strict=True)
@@ -906,14 +929,14 @@ def rollout(
     return Rollouts(
         prompts=[p for p in prompts for _ in range(n)],
         group_ids=torch.arange(len(prompts), device=parts.device).repeat_interleave(n),
-        prompt_ids=cat_padded([p[0].repeat_interleave(n, 0) for p in pieces], True, special.pad),
-        prompt_mask=cat_padded([p[1].repeat_interleave(n, 0) for p in pieces], True),
+        prompt_ids=cat_padded(columns["prompt_ids"], True, special.pad),
+        prompt_mask=cat_padded(columns["prompt_mask"], True),
         chain_ids=chain_ids,
         chain_mask=chain_mask,
-        chain_logprobs=cat_padded([p[2].chain_logprobs for p in pieces], False),
-        image_ids=image_ids,
-        image_logprobs=torch.cat([p[4] for p in pieces]),
-        truncated=torch.cat([p[2].truncated for p in pieces]),
+        chain_logprobs=cat_padded(columns["chain_logprobs"], False),
+        image_ids=torch.cat(image_ids),
+        image_logprobs=torch.cat(image_logprobs),
+        truncated=torch.cat(truncated),
         chain_texts=texts,
         chains=[parse_chain(t) for t in texts],
         images=images,
