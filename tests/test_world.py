@@ -175,3 +175,19 @@ def test_missing_object_and_blank_image() -> None:
 def test_summarize_means_category_means() -> None:
     summary = summarize(["spatial", "spatial", "counting"], [1.0, 0.0, 1.0])
     assert summary == {"counting": 1.0, "spatial": 0.5, "overall": 0.75}
+
+
+def test_world_preview_page_escapes_chains_and_links_its_images(tmp_path) -> None:
+    import re
+
+    from gotr1.cli import main
+
+    assert main(["world", "preview", "--out", str(tmp_path), "--per-category", "1"]) == 0
+    page = (tmp_path / "index.html").read_text()
+    assert "&lt;|obj_start|&gt;" in page and "<|obj_start|>" not in page
+    for category in CATEGORIES:
+        assert f"train · {category}" in page and f"test · {category}" in page
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) == 2 * 2 * len(CATEGORIES)
+    assert all((tmp_path / source).is_file() for source in sources)
+    assert main(["world", "preview", "--out", str(tmp_path), "--per-category", "0"]) == 2

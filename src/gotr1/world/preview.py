@@ -14,7 +14,8 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 .example { display: flex; gap: 1em; margin: 1em 0; padding: .8em; background: #fafafa; border-radius: 6px; }
-.example img { width: 192px; height: 192px; image-rendering: pixelated; border: 1px solid #ddd; }
+.example img { width: 224px; height: 224px; border: 1px solid #ddd; }
+.example img.scene { image-rendering: pixelated; }
 .text { max-width: 60ch; font-size: 14px; }
 .prompt { font-weight: 600; font-size: 16px; }
 code { white-space: pre-wrap; word-break: break-word; font-size: 12px; background: #eee; display: block; padding: .4em; }
@@ -44,7 +45,7 @@ def write_preview(out: Path, per_category: int = 4, seed: int = 0, size: int = 6
                 }
                 cards.append(
                     f"""<div class="example">
-<img src="images/{stem}-scene.png" alt="rendered scene">
+<img class="scene" src="images/{stem}-scene.png" alt="rendered scene">
 <img src="images/{stem}-layout.png" alt="drawn layout of the chain">
 <div class="text"><div class="prompt">{html.escape(example.prompt)}</div>
 <p>GoT chain:</p><code>{html.escape(example.chain)}</code>
