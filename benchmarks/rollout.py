@@ -19,7 +19,9 @@ Unconditional rows. transformers builds them by replacing every token that is ne
 PAPER.md (and ours) blanks every token between the leading BOS and the final <begin_of_image>,
 attention mask unchanged. For prefixes with BOS only in front and <begin_of_image> only at the
 end (as here, and in every rollout) the two are identical; `--check` verifies it by comparing
-greedy tokens of both samplers. One more difference: with guidance_scale <= 1 transformers still
+greedy tokens of both samplers (meaningful in float32: in bfloat16, rounding differences flip
+near-tied argmaxes of a random model and the two sequences then diverge; the 2-layer Janus-Pro-1B
+shape agrees 100% in float32 with `--text-layers 2`). One more difference: with guidance_scale <= 1 transformers still
 doubles the batch; ours runs no unconditional rows at cfg_weight 1.
 
 Roofline. Decoding is memory-bound: each step must read the decoder weights (layers, final norm,
@@ -41,6 +43,7 @@ the per-pair ratios and the process CPU-time ratio (both steadier on a loaded ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -95,6 +98,9 @@ def parse_args() -> argparse.Namespace:
         help="memory bandwidth in GB/s for the roofline",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the greedy agreement check")
+    parser.add_argument(
+        "--text-layers", type=int, default=None, help="override the decoder depth (smoke runs)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON path (default under benchmarks/results)")
     parser.add_argument(
@@ -161,6 +167,9 @@ def roofline(model, rows: int, images: int, prefix_len: int, bytes_per_s: float)
 def main() -> None:
     args = parse_args()
     preset = get_preset(args.preset)
+    if args.text_layers:
+        text = {**preset.text, "num_hidden_layers": args.text_layers}
+        preset = dataclasses.replace(preset, name=f"{preset.name}-{args.text_layers}l", text=text)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
@@ -168,11 +177,12 @@ def main() -> None:
         raise SystemExit(f"{preset.name} on CPU needs --allow-large-cpu (tens of GB of weights)")
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
-    prefix_len = args.prefix_len or DEFAULT_PREFIX_LEN.get(preset.name, 96)
+    prefix_len = args.prefix_len or DEFAULT_PREFIX_LEN.get(args.preset, 96)
 
     model = build_model(preset, seed=args.seed, device=device).to(dtype).eval()
     text = model.config.text_config
-    boi = BEGIN_OF_IMAGE_IDS.get(preset.name, 3)
+    base_name = args.preset if args.preset in BEGIN_OF_IMAGE_IDS else preset.name
+    boi = BEGIN_OF_IMAGE_IDS.get(base_name, 3)
     special = SpecialIds(pad=text.pad_token_id, bos=text.bos_token_id, begin_of_image=boi)
     model.generation_config.generation_kwargs = {"boi_token_id": boi}
     model.generation_config.pad_token_id = special.pad
@@ -181,7 +191,7 @@ def main() -> None:
     num_tokens = parts.num_image_tokens
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    low = max(special.pad, special.bos, boi, 8) + 1 if preset.name == "world-tiny" else 1000
+    low = max(special.pad, special.bos, boi, 8) + 1 if base_name == "world-tiny" else 1000
     ids = torch.randint(low, min(text.vocab_size, 100000), (args.prompts, prefix_len))
     ids[:, 0], ids[:, -1] = special.bos, boi
     ids = ids.to(device)
