@@ -160,3 +160,36 @@ def test_reference_logprobs_use_the_base_weights_under_lora():
     other, _ = make_policy(seed=2)
     explicit = Policy(lora.model, processor, reference_model=other).reference_logprobs(rollouts)
     assert (explicit.image - before.image).abs().max() > 1e-3
+
+
+def test_policy_save_and_load_plain_and_lora(tmp_path):
+    from gotr1.cli import UserError
+
+    model, processor = make_policy(boi_logit=None, seed=3)
+    plain = Policy(model, processor)
+    rollouts = sample(plain, n=2, max_chain_tokens=6)
+    with torch.no_grad():
+        before = plain.logprobs(rollouts)
+    plain.save(tmp_path / "plain")
+    loaded = Policy.load(tmp_path / "plain")
+    with torch.no_grad():
+        after = loaded.logprobs(rollouts)
+    assert (after.image - before.image).abs().max() < 1e-5
+    assert (after.chain - before.chain).abs().max() < 1e-5
+
+    lora = Policy(apply_lora(loaded.model, r=4, alpha=4), loaded.processor)
+    with torch.no_grad():
+        for name, parameter in lora.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+        tuned = lora.logprobs(rollouts)
+    lora.save(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    reloaded = Policy.load(tmp_path / "adapter")
+    with torch.no_grad():
+        again = reloaded.logprobs(rollouts)
+    assert (again.image - tuned.image).abs().max() < 1e-5
+    reference = reloaded.reference_logprobs(rollouts)
+    assert (reference.image - before.image).abs().max() < 1e-5
+    with pytest.raises(UserError, match="nowhere"):
+        Policy.load(tmp_path / "nowhere")
