@@ -170,7 +170,7 @@ class JanusParts:
 
     janus: Any  # JanusForConditionalGeneration (with LoRA layers injected, if any)
     language_model: Any  # LlamaModel: embed_tokens, layers, norm, rotary_emb
-    lm_head: torch.nn.Module  # text head (tied to the input embeddings in Janus)
+    lm_head: torch.nn.Module  # text head (tied to the input embeddings or not)
     image_head: torch.nn.Module  # generation_head: hidden -> image-code logits
 
     def text_embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -189,11 +189,13 @@ class JanusParts:
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        """Device of the decoder (where caches and sampling live)."""
+        return self.language_model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        """Dtype of the decoder's activations and KV cache."""
+        return self.language_model.embed_tokens.weight.dtype
 
 
 def janus_parts(model: torch.nn.Module) -> JanusParts:
