@@ -201,9 +201,9 @@ def build_policy(config: GRPOConfig, resume_from: Path | None = None) -> Policy:
     full model with a frozen reference copy (only when beta > 0). Resumes the trained weights
     from ``resume_from/model``."""
     from gotr1.policy.io import load_pretrained
-    from gotr1.policy.lora import apply_lora, load_adapter, unwrap_model
+    from gotr1.policy.lora import apply_lora, load_adapter
     from gotr1.policy.policy import Policy
-    from gotr1.train.runtime import freeze_modules
+    from gotr1.train.runtime import enable_gradient_checkpointing, freeze_modules
 
     model, processor = load_pretrained(config.model, dtype=config.dtype)
     reference = None
@@ -227,9 +227,7 @@ def build_policy(config: GRPOConfig, resume_from: Path | None = None) -> Policy:
             model, _ = load_pretrained(resume_from / "model", dtype=config.dtype)
         freeze_modules(model, config.freeze)
     if config.gradient_checkpointing:
-        unwrap_model(model).gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable_gradient_checkpointing(model)
     return Policy(model, processor, reference_model=reference)
 
 

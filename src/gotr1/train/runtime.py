@@ -135,6 +135,16 @@ def gathered_parameters(accelerator: Accelerator, wrapped: torch.nn.Module) -> I
         yield
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute the decoder's activations in the backward pass (non-reentrant checkpointing)."""
+    janus = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(janus, "activation_checkpointing_enable"):  # transformers >= 5.x
+        janus.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        janus.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def freeze_modules(model: torch.nn.Module, names: list[str]) -> None:
     """Freeze Janus submodules by name (``model.model.<name>``); a clear error for unknown ones."""
     janus = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -179,6 +179,7 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
     from gotr1.train.runtime import (
         TrainingModule,
         clip_gradients,
+        enable_gradient_checkpointing,
         freeze_modules,
         make_accelerator,
         make_optimizer,
@@ -217,7 +218,7 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
         model, processor = load_pretrained(source, dtype=config.dtype)
     freeze_modules(model, config.freeze)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     tokenizer = processor.tokenizer
     image_size = int(processor.image_processor.size["height"])
     vq = model.model.vqmodel.eval()

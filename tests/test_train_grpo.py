@@ -1,0 +1,387 @@
+"""GRPO runs: TRL metrics, samples and checkpoints; reference / old log-prob passes only when
+needed; judge failures drop whole groups; collapsed groups change nothing; exact resume after a
+SIGKILL; two processes under `accelerate launch` stay identical and normalise whole groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gotr1.train.grpo as grpo
+from gotr1.policy.policy import Policy
+from gotr1.train.config import GRPOConfig
+from gotr1.train.data import PromptSource
+from gotr1.train.runlog import read_log
+from gotr1.train.runtime import TrainingModule
+from test_train_helpers import REPO, code_reward, make_tiny_model, subprocess_env
+
+TRL_METRICS = {
+    "reward",
+    "reward_std",
+    "rewards/sem/mean",
+    "rewards/spa/mean",
+    "rewards/ri/mean",
+    "rewards/pi/mean",
+    "frac_reward_zero_std",
+    "kl",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "completions/mean_length",
+    "entropy",
+    "grad_norm",
+    "learning_rate",
+    "judge/failures",
+    "step_time",
+    "time/rollout",
+    "time/reward",
+    "time/update",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def quick(folder, out, **overrides):
+    values = dict(
+        model=str(folder),
+        output_dir=str(out),
+        max_steps=2,
+        num_prompts=2,
+        num_generations=4,
+        max_chain_tokens=8,
+        cfg_weight=2.0,
+        lora_r=4,
+        lora_alpha=8,
+        learning_rate=1e-2,
+        save_steps=1,
+        save_total_limit=1,
+        sample_steps=0,
+        progress=False,
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def trainable(policy_folder):
+    return load_file(str(Path(policy_folder) / "adapter_model.safetensors"))
+
+
+def test_grpo_run_logs_metrics_samples_and_checkpoints(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    config = quick(tiny_folder, out, beta=0.05, gradient_accumulation_steps=2, sample_steps=2)
+    final = grpo.train_grpo(config, reward_fn=code_reward)
+    rows = read_log(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert set(rows[-1]) >= TRL_METRICS, TRL_METRICS - set(rows[-1])
+    for row in rows:
+        assert 0 <= row["reward"] <= 1 and row["reward_std"] > 0
+        assert row["completions/mean_length"] <= 8 and row["judge/failures"] == 0
+        assert row["debug/logprob_gap"] < 1e-3  # teacher forcing scores what was sampled
+        assert row["kl"] >= 0 and row["entropy"] > 0 and row["grad_norm"] > 0
+    assert rows[0]["kl"] == pytest.approx(0, abs=1e-6)  # LoRA starts at the reference
+    assert rows[1]["kl"] > 0 and rows[1]["learning_rate"] < rows[0]["learning_rate"]  # cosine
+    # Checkpoint (the last one kept), final adapter folder loadable as a policy, samples.
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert (out / "checkpoint-2" / "model" / "adapter_config.json").is_file()
+    policy = Policy.load(final)
+    assert any(
+        "lora_B" in name and p.abs().sum() > 0 for name, p in policy.model.named_parameters()
+    )
+    samples = out / "samples" / "step-000002"
+    lines = [json.loads(x) for x in (samples / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {"prompt", "chain", "total", "advantage", "sem"} <= set(lines[0])
+    assert (samples / "000-image.png").is_file() and (samples / "000-layout.png").is_file()
+
+
+def count_passes(monkeypatch):
+    calls = []
+    forward = TrainingModule.forward
+
+    def recording(self, task, batch, **kwargs):
+        calls.append((task, torch.is_grad_enabled()))
+        return forward(self, task, batch, **kwargs)
+
+    monkeypatch.setattr(TrainingModule, "forward", recording)
+    reference = Policy.reference_logprobs
+
+    def recording_reference(self, *args, **kwargs):
+        calls.append(("frozen-reference", torch.is_grad_enabled()))
+        return reference(self, *args, **kwargs)
+
+    monkeypatch.setattr(Policy, "reference_logprobs", recording_reference)
+    return calls
+
+
+def test_reference_and_old_passes_only_when_needed(tiny_folder, tmp_path, monkeypatch):
+    calls = count_passes(monkeypatch)
+    # beta = 0, one iteration: no reference forward, no old log-probs (ratio = 1), no copy.
+    grpo.train_grpo(
+        quick(tiny_folder, tmp_path / "a", beta=0.0, use_lora=False, max_steps=1,
+              gradient_accumulation_steps=2),
+        reward_fn=code_reward,
+    )  # fmt: skip
+    assert calls == [("logprobs", True), ("logprobs", True)]
+    policy = grpo.build_policy(quick(tiny_folder, tmp_path / "x", beta=0.0, use_lora=False))
+    assert policy.reference_model is None
+    # LoRA, beta > 0, two iterations: one reference pass (adapters off) and one old pass, no grad.
+    calls.clear()
+    grpo.train_grpo(
+        quick(tiny_folder, tmp_path / "b", beta=0.1, num_iterations=2, max_steps=1),
+        reward_fn=code_reward,
+    )
+    assert calls == [
+        ("reference", False),
+        ("logprobs", False),
+        ("logprobs", True),
+        ("logprobs", True),
+    ]
+    # Full fine-tuning with beta > 0: a frozen copy is the reference and stays put.
+    calls.clear()
+    config = quick(tiny_folder, tmp_path / "c", beta=0.1, use_lora=False, max_steps=2)
+    final = grpo.train_grpo(config, reward_fn=code_reward)
+    assert calls.count(("frozen-reference", False)) == 2
+    start = load_file(str(tiny_folder / "model.safetensors"))
+    trained = load_file(str(final / "model.safetensors"))
+    changed = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert changed and all(".vqmodel." not in k for k in changed)
+    assert read_log(tmp_path / "c")[-1]["kl"] > 0
+
+
+def test_judge_failures_drop_whole_groups(tiny_folder, tmp_path, monkeypatch):
+    seen = []
+    loss = grpo.grpo_loss
+
+    def recording(new, old, ref, advantages, weights, *args, **kwargs):
+        seen.append((advantages.detach().clone(), weights.clone()))
+        return loss(new, old, ref, advantages, weights, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "grpo_loss", recording)
+
+    def failing(rollouts):  # the judge fails on row 1 (group 0): "drop" takes group 0 out
+        rewards = code_reward(rollouts)
+        rewards.failed["pi"][1] = True
+        rewards.pi[1] = np.nan
+        rewards.keep[1] = False
+        rewards.total[1] = np.nan
+        return rewards
+
+    grpo.train_grpo(quick(tiny_folder, tmp_path / "run", max_steps=1), reward_fn=failing)
+    row = read_log(tmp_path / "run")[0]
+    assert row["judge/failures"] == 1 and row["judge/dropped_rows"] == 4
+    assert np.isfinite(row["reward"]) and np.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
+    advantages, weights = seen[0]
+    assert (weights[:4] == 0).all() and (weights[4:].sum(1) > 0).all()
+    assert torch.isfinite(advantages).all()
+
+
+def test_collapsed_groups_change_nothing_and_can_be_filtered(tiny_folder, tmp_path, monkeypatch):
+    def constant(rollouts):
+        rewards = code_reward(rollouts)
+        rewards.total[:] = 0.3
+        return rewards
+
+    config = quick(tiny_folder, tmp_path / "flat", use_lora=False, beta=0.0, max_steps=1)
+    final = grpo.train_grpo(config, reward_fn=constant)
+    row = read_log(tmp_path / "flat")[0]
+    assert row["frac_reward_zero_std"] == 1 and row["reward_std"] == 0 and row["grad_norm"] == 0
+    start = load_file(str(tiny_folder / "model.safetensors"))
+    after = load_file(str(final / "model.safetensors"))
+    assert all(torch.equal(start[k], after[k]) for k in start)  # no signal, no step, no NaN
+
+    seen = []
+    loss = grpo.grpo_loss
+    monkeypatch.setattr(
+        grpo, "grpo_loss", lambda *a, **k: seen.append(a[4].clone()) or loss(*a, **k)
+    )
+
+    def half(rollouts):  # group 0 collapsed, group 1 informative
+        rewards = code_reward(rollouts)
+        rewards.total[:4] = 0.5
+        return rewards
+
+    for filtering in (False, True):
+        seen.clear()
+        out = tmp_path / f"half-{filtering}"
+        grpo.train_grpo(
+            quick(tiny_folder, out, max_steps=1, filter_zero_std_groups=filtering), reward_fn=half
+        )
+        assert read_log(out)[0]["frac_reward_zero_std"] == 0.5
+        assert bool((seen[0][:4] == 0).all()) is filtering and (seen[0][4:].sum(1) > 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow: real processes
+# ----------------------------------------------------------------------------------------------
+
+RUN_SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+import gotr1.train.grpo as grpo
+from gotr1.train.config import GRPOConfig
+from test_train_helpers import code_reward
+config = GRPOConfig(**json.loads(sys.argv[1]))
+grpo.train_grpo(config, resume=sys.argv[2:] == ["resume"], reward_fn=code_reward)
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tiny_folder, tmp_path):
+    """Kill a run (SIGKILL) right after its step-2 checkpoint; resuming it ends with exactly the
+    parameters of an uninterrupted run (CPU, float32, fixed seed, one thread)."""
+    values = dict(
+        model=str(tiny_folder), max_steps=6, num_prompts=2, num_generations=4, max_chain_tokens=8,
+        cfg_weight=2.0, lora_r=4, lora_alpha=8, learning_rate=1e-2, beta=0.05, save_steps=2,
+        save_total_limit=2, progress=False, gradient_accumulation_steps=2,
+    )  # fmt: skip
+    whole = tmp_path / "whole"
+    grpo.train_grpo(GRPOConfig(**values, output_dir=str(whole)), reward_fn=code_reward)
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-c", RUN_SCRIPT, json.dumps({**values, "output_dir": str(killed)})]
+    child = subprocess.Popen(args, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 240
+    while not (killed / "checkpoint-2" / "trainer_state.json").is_file():
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    assert not (killed / "final").exists()  # it really died mid-run
+
+    subprocess.run(
+        [sys.executable, "-c", RUN_SCRIPT, json.dumps({**values, "output_dir": str(killed)}),
+         "resume"],
+        env=subprocess_env(), cwd=REPO, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    a, b = trainable(whole / "final"), trainable(killed / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_log(killed)] == [1, 2, 3, 4, 5, 6]
+    assert [r["reward"] for r in read_log(killed)] == [r["reward"] for r in read_log(whole)]
+
+
+LAUNCH_SCRIPT = """
+import json, sys, torch
+from safetensors.torch import save_file
+import gotr1.train.grpo as grpo
+from gotr1.train.config import GRPOConfig
+from test_train_helpers import code_reward
+
+out = sys.argv[2]
+records = []
+advantages = grpo.group_advantages
+def recording(rewards, group_ids, scale, batch_std=None, eps=1e-4):
+    result = advantages(rewards, group_ids, scale, batch_std, eps)
+    records.append({"rewards": rewards.tolist(), "advantages": result[0].tolist()})
+    return result
+grpo.group_advantages = recording
+step_fn = grpo.grpo_step
+def step(config, accelerator, wrapped, optimizer, scheduler, policy, reward_fn, prompts, sampling, index):
+    result = step_fn(config, accelerator, wrapped, optimizer, scheduler, policy, reward_fn, prompts,
+                     sampling, index)
+    rank = accelerator.process_index
+    records[-1].update(step=index, rank=rank, processes=accelerator.num_processes,
+                       prompts=result[1].prompts, groups=result[1].group_ids.tolist())
+    params = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+    save_file(params, f"{out}/params-r{rank}-s{index}.safetensors")
+    return result
+grpo.grpo_step = step
+state = {}
+config = GRPOConfig(**json.loads(sys.argv[1]))
+grpo.train_grpo(config, reward_fn=code_reward)
+from accelerate import PartialState
+json.dump(records, open(f"{out}/records-{PartialState().process_index}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(tiny_folder, tmp_path):
+    script = tmp_path / "launch_grpo.py"
+    script.write_text(LAUNCH_SCRIPT)
+    values = dict(
+        model=str(tiny_folder), output_dir=str(tmp_path / "run"), max_steps=3, num_prompts=4,
+        num_generations=4, max_chain_tokens=8, cfg_weight=2.0, lora_r=4, lora_alpha=8,
+        learning_rate=1e-2, beta=0.05, save_steps=10, scale_rewards="batch", loss_type="dapo",
+        progress=False,
+    )  # fmt: skip
+    # accelerate's multi-CPU launch: the torchrun launcher plus ACCELERATE_USE_CPU (gloo).
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(script), json.dumps(values), str(tmp_path),
+    ]  # fmt: skip
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = {rank: json.loads((tmp_path / f"records-{rank}.json").read_text()) for rank in (0, 1)}
+    source = PromptSource("world", seed=0)
+    for step in range(3):
+        r0, r1 = records[0][step], records[1][step]
+        assert r0["processes"] == r1["processes"] == 2 and (r0["step"], r1["step"]) == (step, step)
+        # Each process holds whole groups: 2 prompts x 4 samples, together the step's 4 prompts.
+        assert r0["prompts"] + r1["prompts"] == [
+            p for p in source.take(step * 4, 4) for _ in range(4)
+        ]
+        everything = torch.tensor(r0["rewards"] + r1["rewards"])
+        for record in (r0, r1):
+            rewards = torch.tensor(record["rewards"]).view(2, 4)
+            expected = (rewards - rewards.mean(1, keepdim=True)) / (everything.std() + 1e-4)
+            assert torch.allclose(
+                torch.tensor(record["advantages"]).view(2, 4), expected, atol=1e-5
+            )
+        # DDP keeps the two copies of the trainable weights identical, and they move.
+        a = load_file(str(tmp_path / f"params-r0-s{step}.safetensors"))
+        b = load_file(str(tmp_path / f"params-r1-s{step}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first = load_file(str(tmp_path / "params-r0-s0.safetensors"))
+    last = load_file(str(tmp_path / "params-r0-s2.safetensors"))
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    rows = read_log(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["reward"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_cli_sft_from_scratch_then_grpo(tmp_path):
+    """The command line path end to end on a tiny preset: `gotr1 sft` (tokenizer + VQ + SFT; the
+    loss falls) then `gotr1 grpo` from its final model with the world judge."""
+    import yaml
+
+    from test_train_helpers import TINY
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(yaml.safe_dump(TINY.to_dict()))
+    env = subprocess_env()
+    sft = [
+        sys.executable, "-m", "gotr1.cli", "sft", "--config", str(REPO / "configs/sft-world-tiny.yaml"),
+        "--model", str(preset), "--output_dir", str(tmp_path / "sft"), "--vq_steps", "3",
+        "--vq-batch-size", "4", "--max_steps", "30", "--batch_size", "8", "--warmup_steps", "2",
+        "--save_steps", "15", "--sample_steps", "30", "--num_samples", "2",
+        "--sample_max_chain_tokens", "16", "--mixed_precision", "no", "--progress", "false",
+    ]  # fmt: skip
+    subprocess.run(sft, env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
+    losses = [r["loss"] for r in read_log(tmp_path / "sft") if "loss" in r]
+    assert losses[-1] < losses[0] - 1.0, losses
+    grpo_cmd = [
+        sys.executable, "-m", "gotr1.cli", "grpo", "--config", str(REPO / "configs/grpo-world-tiny.yaml"),
+        "--model", str(tmp_path / "sft" / "final"), "--output_dir", str(tmp_path / "grpo"),
+        "--max_steps", "2", "--num_prompts", "2", "--num_generations", "4",
+        "--max_chain_tokens", "16", "--sample_steps", "2", "--progress", "false",
+    ]  # fmt: skip
+    subprocess.run(grpo_cmd, env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
+    rows = read_log(tmp_path / "grpo")
+    assert [r["step"] for r in rows] == [1, 2] and TRL_METRICS - {"kl"} <= set(rows[-1])
+    assert (tmp_path / "grpo" / "final" / "model.safetensors").is_file()
