@@ -1,0 +1,168 @@
+"""Settings of `gotr1 demo`: the small ``world-demo`` preset and the full / quick run settings.
+
+Compute is the constraint of a demo that trains an image tokenizer, an SFT model and a GRPO
+model from scratch on a 2-core CPU. Where the time goes (measured, see the module notes in
+`gotr1.demo.pipeline`): VQ convolutions, then the SFT/GRPO forward and backward passes over
+~180-token sequences. The preset therefore shrinks what costs: 32x32 images (world renders are
+exact at any size; the pixel detector finds 99.7% of objects at 32 px) as 8x8 = 64 image tokens,
+a small VQ and a narrow 3-layer Llama.
+
+This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DEMO_PRESET: dict[str, Any] = {
+    "name": "world-demo",
+    "description": "~1M parameters: 3-layer Llama (hidden 128), 8x8 image tokens for 32x32 images",
+    "text": {
+        "vocab_size": 512,
+        "hidden_size": 128,
+        "intermediate_size": 352,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1.0e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 2,
+    },
+    "vision": {
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "mlp_ratio": 2.0,
+        "image_size": 32,
+        "patch_size": 4,
+        "depth": 2,
+    },
+    "vq": {
+        "num_embeddings": 512,
+        "embed_dim": 8,
+        "latent_channels": 64,
+        "base_channels": 32,
+        "channel_multiplier": [1, 1, 2],
+        "num_res_blocks": 1,
+        "num_hidden_layers": 2,
+    },
+    "image_token_id": 5,
+    "tie_word_embeddings": False,
+}
+"""The ``world-demo`` preset (``configs/world-demo.yaml`` mirrors it; a test keeps them equal)."""
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, list | dict):
+        value = default
+        return field(default_factory=lambda: copy.deepcopy(value), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DemoConfig:
+    """Everything a demo run does. `DemoConfig.full()` and `DemoConfig.quick()` are the two
+    shipped settings; any field can be changed (the stages that depend on it rerun)."""
+
+    out: str = _f("runs/demo", "Run folder: stages, metrics.json, report.html, train_log.jsonl.")
+    seed: int = _f(0, "Seed of the SFT/GRPO weights, data order and the evaluation's sampling.")
+    quick: bool = _f(False, "The --quick settings (a smoke run: small budgets, fewer prompts).")
+    preset: dict[str, Any] = _f(DEMO_PRESET, "Model shape (gotr1.policy.presets.PresetConfig).")
+    threads: int | None = _f(None, "torch CPU threads (None: torch's default, all cores).")
+    progress: bool = _f(True, "Progress bars.")
+
+    # Stage 1: the image tokenizer (shared by every seed: it is infrastructure, not the result).
+    tokenizer_dir: str | None = _f(
+        None, "Folder of the tokenizer stage (None: <out>/tokenizer); seeds can share one."
+    )
+    vq_seed: int = _f(0, "Seed of the image tokenizer (kept fixed across demo seeds).")
+    vq_steps: int = _f(600, "VQ training steps.")
+    vq_batch_size: int = _f(16, "World renders per VQ step.")
+    vq_learning_rate: float = _f(3e-3, "VQ peak learning rate.")
+    vq_crop_size: int = _f(0, "VQ training crops (token-aligned, pixels; 0 = full renders).")
+
+    # Stage 2: SFT.
+    sft_steps: int = _f(400, "SFT optimizer steps.")
+    sft_batch_size: int = _f(32, "SFT examples per step.")
+    sft_learning_rate: float = _f(3e-3, "SFT peak learning rate (cosine).")
+    sft_warmup_steps: int = _f(20, "SFT warm-up steps.")
+    mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
+
+    # Stage 3: GRPO.
+    grpo_steps: int = _f(40, "GRPO steps.")
+    grpo_num_prompts: int = _f(8, "Prompts per GRPO step.")
+    grpo_num_generations: int = _f(8, "Group size N.")
+    grpo_learning_rate: float = _f(2e-4, "GRPO peak learning rate (cosine).")
+    grpo_beta: float = _f(0.0, "KL coefficient to the SFT policy (0: no reference pass).")
+    grpo_num_iterations: int = _f(1, "Updates per rollout batch.")
+    reward_combination: str = _f("product", "product (the paper), sum or weighted_sum.")
+    reward_components: list[str] = _f(["sem", "spa", "ri", "pi"], "Reward components used.")
+    cfg_weight: float = _f(3.0, "Classifier-free guidance of rollouts and evaluation.")
+    max_chain_tokens: int = _f(160, "Chain cap of rollouts and evaluation (tokens).")
+
+    # Stage 4: the held-out benchmark.
+    eval_prompts: int = _f(300, "Held-out (test split) benchmark prompts.")
+    eval_prompt_seed: int = _f(0, "Seed of the benchmark's prompt list (fixed: the benchmark).")
+    eval_prompts_per_batch: int = _f(100, "Prompts per evaluation rollout batch.")
+    report_examples: int = _f(24, "Side-by-side examples in report.html.")
+
+    @classmethod
+    def full(cls, **overrides: Any) -> DemoConfig:
+        """The full demo's settings (the headline run)."""
+        return cls(**overrides)
+
+    @classmethod
+    def quick_settings(cls, **overrides: Any) -> DemoConfig:
+        """The --quick settings: every stage runs, with small budgets and 60 held-out prompts."""
+        values: dict[str, Any] = dict(
+            quick=True,
+            vq_steps=150,
+            sft_steps=60,
+            grpo_steps=4,
+            grpo_num_prompts=4,
+            grpo_num_generations=4,
+            eval_prompts=60,
+            report_examples=12,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise `gotr1.cli.UserError` naming the field for values a run cannot use."""
+        from gotr1.cli import UserError
+
+        positive = (
+            "vq_steps",
+            "vq_batch_size",
+            "sft_steps",
+            "sft_batch_size",
+            "grpo_steps",
+            "grpo_num_prompts",
+            "eval_prompts",
+            "eval_prompts_per_batch",
+            "max_chain_tokens",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"demo setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.grpo_num_generations < 2:
+            raise UserError(
+                f"demo setting grpo_num_generations must be >= 2, got {self.grpo_num_generations}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r}")
+        if self.report_examples < 0:
+            raise UserError(f"report_examples must be >= 0, got {self.report_examples}")

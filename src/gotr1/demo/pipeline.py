@@ -1,0 +1,582 @@
+"""`gotr1 demo`: world data -> image tokenizer -> SFT -> GRPO -> held-out benchmark -> report.
+
+    metrics = run_demo(DemoConfig.full(out="runs/demo", seed=0))
+
+Stages, each cached in the run folder (a finished stage writes ``demo_stage.json`` holding the
+settings it ran with and what it took; a rerun with the same settings skips it, a changed
+setting reruns it and every stage after it):
+
+    tokenizer/   the world BPE tokenizer + the VQ image tokenizer trained on world renders
+    sft/         SFT from scratch (the "GoT" model): sft/final, sft/train_log.jsonl
+    grpo/        GRPO from sft/final with the dual-stage reward (world judge, product)
+    eval/sft/    both models on the same held-out prompts with the same sampling seed
+    eval/grpo/   (`gotr1.eval.world_bench`: summary.json, samples.jsonl, images/)
+
+then ``metrics.json``, ``train_log.jsonl`` (SFT and GRPO rows, each with its ``stage``) and
+``report.html`` (`gotr1.demo.report`). Times are wall clock (``seconds``) and CPU time
+(``cpu_seconds``: user + system over all threads) per stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gotr1.demo.config import DemoConfig
+
+STAGE_MARKER = "demo_stage.json"
+STAGES: tuple[str, ...] = ("tokenizer", "sft", "grpo", "eval-sft", "eval-grpo")
+STAGE_TITLES: dict[str, str] = {
+    "tokenizer": "image tokenizer: world BPE + VQ trained on world renders",
+    "sft": "SFT: chain + image tokens from scratch (the GoT model)",
+    "grpo": "GRPO: dual-stage reward, world judge",
+    "eval-sft": "held-out benchmark: SFT model",
+    "eval-grpo": "held-out benchmark: GRPO model",
+}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system, all threads)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A short stable hash of a stage's settings (JSON with sorted keys)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage bookkeeping
+# ----------------------------------------------------------------------------------------------
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The record of a finished stage folder (None when absent or unreadable)."""
+    path = Path(folder) / STAGE_MARKER
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class Stages:
+    """Runs named stages in folders, skipping those whose marker matches their settings."""
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.log = log
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def run(
+        self,
+        name: str,
+        folder: Path,
+        settings: dict[str, Any],
+        work: Callable[[Path], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Run `work(folder)` unless `folder` holds a finished stage with the same settings.
+
+        The returned record holds the settings' ``fingerprint``, ``seconds``, ``cpu_seconds``,
+        what `work` returned (``result``) and ``cached`` (True when the stage was skipped).
+        """
+        key = fingerprint(settings)
+        done = read_marker(folder)
+        number = STAGES.index(name) + 1 if name in STAGES else 0
+        header = f"[{number}/{len(STAGES)}] {STAGE_TITLES.get(name, name)}"
+        if done is not None and done.get("fingerprint") == key:
+            self.log(f"{header}: cached in {folder} (took {done.get('seconds', 0):.0f} s)")
+            self.records[name] = {**done, "cached": True}
+            return self.records[name]
+        if folder.exists():
+            shutil.rmtree(folder)  # stale settings or an unfinished run: start afresh
+        folder.mkdir(parents=True)
+        self.log(f"{header} -> {folder}")
+        start, start_cpu = time.perf_counter(), cpu_seconds()
+        result = work(folder)
+        record = {
+            "stage": name,
+            "fingerprint": key,
+            "settings": settings,
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": cpu_seconds() - start_cpu,
+            "result": result,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (folder / STAGE_MARKER).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        self.records[name] = {**record, "cached": False}
+        return self.records[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# The stages
+# ----------------------------------------------------------------------------------------------
+
+
+def write_preset(config: DemoConfig, out: Path) -> Path:
+    """Write the run's preset as YAML (SFT builds the new model from it); returns the path."""
+    import yaml
+
+    from gotr1.cli import UserError
+    from gotr1.policy.presets import preset_from_dict
+
+    try:
+        preset_from_dict(config.preset, "demo preset")  # fail early, naming the field
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    path = out / "preset.yaml"
+    text = yaml.safe_dump(config.preset, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def image_size(config: DemoConfig) -> int:
+    """Side of the run's images in pixels."""
+    return int(config.preset["vision"]["image_size"])
+
+
+def tokenizer_settings(config: DemoConfig) -> dict[str, Any]:
+    """What determines the image tokenizer stage (not the demo seed: it is shared by seeds)."""
+    return {
+        "preset": config.preset,
+        "vq_seed": config.vq_seed,
+        "vq_steps": config.vq_steps,
+        "vq_batch_size": config.vq_batch_size,
+        "vq_learning_rate": config.vq_learning_rate,
+        "vq_crop_size": config.vq_crop_size,
+    }
+
+
+def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict[str, Any]:
+    """Stage 1: the world tokenizer and the VQ image tokenizer, saved as a model folder
+    (``folder/model``), with the VQ's detector agreement on held-out random scenes."""
+    from gotr1.policy.io import load_pretrained
+    from gotr1.policy.vq import VQTrainConfig, evaluate_vq
+    from gotr1.train.sft import train_world_tokenizer_and_vq
+
+    vq_config = VQTrainConfig(
+        steps=config.vq_steps,
+        batch_size=config.vq_batch_size,
+        learning_rate=config.vq_learning_rate,
+        image_size=image_size(config),
+        crop_size=config.vq_crop_size,
+        restart_dead_every=max(config.vq_steps // 12, 10),
+        seed=config.vq_seed,
+    )
+    model_dir = folder / "model"
+    train_world_tokenizer_and_vq(
+        model_dir, str(preset_path), config.vq_seed, vq_config, progress=config.progress
+    )
+    model, _ = load_pretrained(model_dir)
+    quality = evaluate_vq(model.model.vqmodel, scenes=200, image_size=image_size(config))
+    return {"model": str(model_dir), "vq_eval": quality}
+
+
+def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folder: Path) -> Any:
+    """The `SFTConfig` of the demo's SFT stage."""
+    from gotr1.train.config import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(folder),
+        overwrite_output_dir=True,
+        model=str(preset_path),
+        vq_from=str(tokenizer_dir),
+        seed=config.seed,
+        max_steps=config.sft_steps,
+        batch_size=config.sft_batch_size,
+        learning_rate=config.sft_learning_rate,
+        warmup_steps=config.sft_warmup_steps,
+        lr_scheduler_type="cosine",
+        min_lr_ratio=0.05,
+        weight_decay=0.01,
+        cfg_dropout=0.1,
+        max_chain_tokens=600,  # world chains are < 200 tokens: no example is dropped
+        mixed_precision=config.mixed_precision,
+        logging_steps=max(1, config.sft_steps // 100),
+        save_steps=config.sft_steps + 1,
+        save_total_limit=1,
+        sample_steps=0,
+        threads=config.threads,
+        progress=config.progress,
+    )
+
+
+def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: Any) -> Any:
+    """The `GRPOConfig` of the demo's GRPO stage (full fine-tuning: the model is tiny)."""
+    from gotr1.train.config import GRPOConfig
+
+    values: dict[str, Any] = dict(
+        output_dir=str(folder),
+        overwrite_output_dir=True,
+        model=str(sft_final),
+        prompts="world",
+        world_split="train",
+        seed=config.seed,
+        max_steps=config.grpo_steps,
+        num_prompts=config.grpo_num_prompts,
+        num_generations=config.grpo_num_generations,
+        learning_rate=config.grpo_learning_rate,
+        lr_scheduler_type="cosine",
+        min_lr_ratio=0.1,
+        beta=config.grpo_beta,
+        num_iterations=config.grpo_num_iterations,
+        epsilon=0.2,
+        loss_type="grpo",
+        scale_rewards="group",
+        cfg_weight=config.cfg_weight,
+        max_chain_tokens=config.max_chain_tokens,
+        image_logprob="guided",
+        judge="world",
+        reward_combination=config.reward_combination,
+        reward_components=list(config.reward_components),
+        use_lora=False,
+        mixed_precision=config.mixed_precision,
+        logging_steps=1,
+        save_steps=config.grpo_steps + 1,
+        save_total_limit=1,
+        sample_steps=0,
+        threads=config.threads,
+        progress=config.progress,
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def benchmark(config: DemoConfig) -> list[tuple[str, Any]]:
+    """The held-out prompts both models are scored on (test split: unseen compositions)."""
+    from gotr1.world import benchmark_prompts
+
+    return benchmark_prompts("test", config.eval_prompts, seed=config.eval_prompt_seed)
+
+
+def sampling(config: DemoConfig) -> Any:
+    """Sampling settings of GRPO rollouts and of the evaluation (the same)."""
+    from gotr1.policy.rollout import SamplingConfig
+
+    return SamplingConfig(cfg_weight=config.cfg_weight, max_chain_tokens=config.max_chain_tokens)
+
+
+def evaluate_model(config: DemoConfig, model_dir: Path, folder: Path) -> dict[str, Any]:
+    """Score a model folder on the held-out benchmark (sampling seed = the demo seed) and write
+    the results (summary.json/md, samples.jsonl, images/) into `folder`."""
+    from gotr1.eval.world_bench import evaluate_world, world_result_record, write_world_results
+    from gotr1.policy.policy import Policy
+
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    policy = Policy.load(model_dir)
+    result = evaluate_world(
+        policy,
+        prompts=benchmark(config),
+        seed=config.seed,
+        num_generations=1,
+        sampling=sampling(config),
+        prompts_per_batch=config.eval_prompts_per_batch,
+        with_rewards=True,
+        progress=config.progress,
+    )
+    write_world_results(result, folder)
+    return world_result_record(result)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the whole demo in ``config.out``; returns metrics.json's content."""
+    from gotr1.cli import UserError
+
+    config.validate()
+    started, started_cpu = time.perf_counter(), cpu_seconds()
+    out = Path(config.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create the folder ({error})") from None
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    preset_path = write_preset(config, out)
+    stages = Stages(log)
+
+    tok_settings = tokenizer_settings(config)
+    tokenizer_folder = Path(config.tokenizer_dir) if config.tokenizer_dir else out / "tokenizer"
+    tokenizer = stages.run(
+        "tokenizer",
+        tokenizer_folder,
+        tok_settings,
+        lambda folder: train_tokenizer(config, preset_path, folder),
+    )
+    tokenizer_model = tokenizer_folder / "model"
+
+    sft_settings = {
+        "upstream": tokenizer["fingerprint"],
+        "seed": config.seed,
+        "config": sft_config(config, preset_path, tokenizer_model, out / "sft").to_dict(),
+    }
+
+    def run_sft(folder: Path) -> dict[str, Any]:
+        from gotr1.train.sft import train_sft
+
+        final = train_sft(sft_config(config, preset_path, tokenizer_model, folder))
+        return {"model": str(final)}
+
+    sft = stages.run("sft", out / "sft", sft_settings, run_sft)
+    sft_final = out / "sft" / "final"
+
+    grpo_settings = {
+        "upstream": sft["fingerprint"],
+        "config": grpo_config(config, sft_final, out / "grpo").to_dict(),
+    }
+
+    def run_grpo(folder: Path) -> dict[str, Any]:
+        from gotr1.train.grpo import train_grpo
+
+        final = train_grpo(grpo_config(config, sft_final, folder))
+        return {"model": str(final)}
+
+    grpo = stages.run("grpo", out / "grpo", grpo_settings, run_grpo)
+    grpo_final = out / "grpo" / "final"
+
+    eval_settings = {
+        "seed": config.seed,
+        "prompts": config.eval_prompts,
+        "prompt_seed": config.eval_prompt_seed,
+        "cfg_weight": config.cfg_weight,
+        "max_chain_tokens": config.max_chain_tokens,
+        "prompts_per_batch": config.eval_prompts_per_batch,
+    }
+    evals = {}
+    for name, model_dir, upstream in (
+        ("sft", sft_final, sft),
+        ("grpo", grpo_final, grpo),
+    ):
+        evals[name] = stages.run(
+            f"eval-{name}",
+            out / "eval" / name,
+            {**eval_settings, "upstream": upstream["fingerprint"]},
+            lambda folder, model_dir=model_dir: evaluate_model(config, model_dir, folder),
+        )
+
+    merge_train_logs(out)
+    metrics = build_metrics(config, stages.records, evals)
+    metrics["run_seconds"] = time.perf_counter() - started
+    metrics["run_cpu_seconds"] = cpu_seconds() - started_cpu
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    from gotr1.demo.report import write_report
+
+    report = write_report(out, metrics)
+    metrics["report"] = str(report)
+    log(summary_table(metrics))
+    log(f"wrote {out / 'metrics.json'}, {report}, {out / 'train_log.jsonl'}")
+    return metrics
+
+
+def merge_train_logs(out: Path) -> Path:
+    """``train_log.jsonl`` of the run: SFT rows then GRPO rows, each with its ``stage``."""
+    from gotr1.train.runlog import LOG_FILE
+
+    lines = []
+    for stage in ("sft", "grpo"):
+        path = out / stage / LOG_FILE
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            lines.append(json.dumps({"stage": stage, **row}))
+    target = out / LOG_FILE
+    target.write_text("".join(line + "\n" for line in lines))
+    return target
+
+
+def build_metrics(
+    config: DemoConfig, records: dict[str, dict[str, Any]], evals: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """metrics.json: soft scores per category for each stage, accuracies, deltas, times."""
+    sft, grpo = evals["sft"]["result"], evals["grpo"]["result"]
+    delta = {k: grpo["soft"][k] - sft["soft"][k] for k in sft["soft"] if k in grpo["soft"]}
+    stage_times = {
+        name: {
+            "seconds": round(float(record.get("seconds", 0.0)), 2),
+            "cpu_seconds": round(float(record.get("cpu_seconds", 0.0)), 2),
+            "cached": bool(record.get("cached", False)),
+        }
+        for name, record in records.items()
+    }
+    tokenizer = records["tokenizer"].get("result", {})
+    benchmark_note = (
+        "quick mode: a smoke run on fewer held-out prompts than the full benchmark's 300"
+        if config.eval_prompts < 300
+        else "the world benchmark's test split: every prompt holds an unseen composition"
+    )
+    return {
+        "sft": sft["soft"],
+        "grpo": grpo["soft"],
+        "sft_accuracy": sft["accuracy"],
+        "grpo_accuracy": grpo["accuracy"],
+        "delta": delta,
+        "seconds": round(sum(t["seconds"] for t in stage_times.values()), 2),
+        "cpu_seconds": round(sum(t["cpu_seconds"] for t in stage_times.values()), 2),
+        "seed": config.seed,
+        "quick": config.quick,
+        "score": "soft: fraction of the prompt's requirements met (objects, colours, counts, "
+        "relation), mean per category, overall = mean of the categories; *_accuracy: share of "
+        "images meeting all of them",
+        "judged_by": sft.get("judged_by"),
+        "benchmark": {
+            "split": "test",
+            "prompts": config.eval_prompts,
+            "prompt_seed": config.eval_prompt_seed,
+            "images_per_prompt": 1,
+            "sampling_seed": config.seed,
+            "images": sft.get("images"),
+            "note": benchmark_note,
+        },
+        "rewards": {"sft": sft.get("rewards"), "grpo": grpo.get("rewards")},
+        "chains": {"sft": sft.get("chains"), "grpo": grpo.get("chains")},
+        "image_tokenizer": tokenizer.get("vq_eval"),
+        "stages": stage_times,
+        "settings": config.to_dict(),
+    }
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The plain-text table printed at the end of a demo."""
+    sft, grpo = metrics["sft"], metrics["grpo"]
+    sft_acc, grpo_acc = metrics["sft_accuracy"], metrics["grpo_accuracy"]
+    width = max(len(k) for k in sft) + 2
+    lines = [
+        "",
+        f"held-out world benchmark ({metrics['benchmark']['prompts']} prompts, seed "
+        f"{metrics['seed']}{', quick' if metrics['quick'] else ''}): soft score (accuracy)",
+        f"{'category':<{width}}{'SFT':>16}{'GRPO':>16}{'delta':>9}",
+    ]
+    for key in sft:
+        lines.append(
+            f"{key:<{width}}{sft[key]:>8.3f} ({sft_acc[key]:.3f}){grpo[key]:>8.3f} "
+            f"({grpo_acc[key]:.3f}){grpo[key] - sft[key]:>+9.3f}"
+        )
+    lines.append("")
+    lines.append(f"{'stage':<{width}}{'wall s':>10}{'CPU s':>10}")
+    for name, times in metrics["stages"].items():
+        cached = "  (cached)" if times["cached"] else ""
+        lines.append(
+            f"{name:<{width}}{times['seconds']:>10.1f}{times['cpu_seconds']:>10.1f}{cached}"
+        )
+    lines.append(f"{'total':<{width}}{metrics['seconds']:>10.1f}{metrics['cpu_seconds']:>10.1f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several seeds
+# ----------------------------------------------------------------------------------------------
+
+HEADLINE_GAIN = 0.10
+"""The target: GRPO beats SFT on the overall soft score by this much (mean over seeds)."""
+HEADLINE_MAX_LOSS = 0.02
+"""The target: no category loses more than this (mean over seeds)."""
+
+
+def seed_summary(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed and mean soft scores of several demo runs, with the headline checks."""
+    seeds = sorted(results)
+    categories = list(results[seeds[0]]["sft"])
+    mean = {
+        stage: {c: sum(results[s][stage][c] for s in seeds) / len(seeds) for c in categories}
+        for stage in ("sft", "grpo")
+    }
+    delta = {c: mean["grpo"][c] - mean["sft"][c] for c in categories}
+    checks = {
+        "overall_gain": delta["overall"],
+        "overall_gain_at_least_0.10": delta["overall"] >= HEADLINE_GAIN,
+        "spatial_improves": delta.get("spatial", 0.0) > 0,
+        "color_binding_improves": delta.get("color_binding", 0.0) > 0,
+        "worst_category_change": min(v for k, v in delta.items() if k != "overall"),
+        "no_category_loses_more_than_0.02": all(
+            v >= -HEADLINE_MAX_LOSS for k, v in delta.items() if k != "overall"
+        ),
+    }
+    return {
+        "seeds": seeds,
+        "per_seed": {
+            str(s): {
+                "sft": results[s]["sft"],
+                "grpo": results[s]["grpo"],
+                "sft_accuracy": results[s]["sft_accuracy"],
+                "grpo_accuracy": results[s]["grpo_accuracy"],
+                "seconds": results[s]["seconds"],
+                "cpu_seconds": results[s]["cpu_seconds"],
+            }
+            for s in seeds
+        },
+        "mean": mean,
+        "mean_delta": delta,
+        "checks": checks,
+    }
+
+
+def seed_markdown(summary: dict[str, Any]) -> str:
+    """A markdown table of `seed_summary`: SFT / GRPO soft score per seed and category."""
+    categories = list(summary["mean"]["sft"])
+    head = "| seed | model | " + " | ".join(categories) + " |"
+    lines = [head, "|" + " --- |" * (len(categories) + 2)]
+    for seed in summary["seeds"]:
+        row = summary["per_seed"][str(seed)]
+        for stage in ("sft", "grpo"):
+            values = " | ".join(f"{row[stage][c]:.3f}" for c in categories)
+            lines.append(f"| {seed} | {stage.upper()} | {values} |")
+    for stage in ("sft", "grpo"):
+        values = " | ".join(f"{summary['mean'][stage][c]:.3f}" for c in categories)
+        lines.append(f"| mean | {stage.upper()} | {values} |")
+    values = " | ".join(f"{summary['mean_delta'][c]:+.3f}" for c in categories)
+    lines.append(f"| mean | Δ | {values} |")
+    checks = summary["checks"]
+    lines += [
+        "",
+        f"Overall gain (mean over seeds): {checks['overall_gain']:+.3f} "
+        f"(target >= +{HEADLINE_GAIN:.2f}: {'met' if checks['overall_gain_at_least_0.10'] else 'not met'}); "
+        f"spatial improves: {checks['spatial_improves']}; colour binding improves: "
+        f"{checks['color_binding_improves']}; worst category change "
+        f"{checks['worst_category_change']:+.3f} (target >= -{HEADLINE_MAX_LOSS:.2f}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_seeds(
+    configs: list[DemoConfig], out: str | Path, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run one demo per config (one per seed) and write ``seeds.json`` / ``seeds.md`` in `out`."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for config in configs:
+        log(f"=== seed {config.seed} -> {config.out}")
+        results[config.seed] = run_demo(config, log)
+    summary = seed_summary(results)
+    (folder / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = seed_markdown(summary)
+    (folder / "seeds.md").write_text(text)
+    log(text)
+    return summary
