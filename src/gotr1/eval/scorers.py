@@ -39,7 +39,6 @@ batch (a judge on a GPU or behind a server is much faster asked 64 questions at 
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import re
@@ -50,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from gotr1.eval.evidence import Detection, EvidenceScorer, PixelBox, grid_to_pixels, pixels_to_grid
-from gotr1.rewards.openai_http import RETRYABLE_STATUS, OpenAIJudge, _TransportError
+from gotr1.rewards.openai_http import OpenAIJudge, choice_text
 from gotr1.rewards.vlm import ChatRequest, Reply, VLMJudge
 
 if TYPE_CHECKING:
@@ -402,37 +401,8 @@ class LogprobOpenAIJudge(OpenAIJudge):
     def _exchange(self, payload: bytes) -> str:
         if b'"top_logprobs"' not in payload:
             return super()._exchange(payload)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = self._api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        connection = self._connection()
-        try:
-            connection.request("POST", self._path, body=payload, headers=headers)
-            response = connection.getresponse()
-            status = response.status
-            raw = response.read()
-            if response.will_close:
-                self._drop_connection()
-        except TimeoutError as error:
-            self._drop_connection()
-            raise _TransportError(f"timeout after {self.config.timeout:g}s", True) from error
-        except (ConnectionError, http.client.HTTPException, OSError) as error:
-            self._drop_connection()
-            raise _TransportError(f"{type(error).__name__}: {error}", True) from error
-        if status != 200:
-            raise _TransportError(f"HTTP {status}", status in RETRYABLE_STATUS)
-        try:
-            choice = json.loads(raw.decode("utf-8"))["choices"][0]
-            content = choice["message"]["content"]
-        except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
-            raise _TransportError(
-                f"malformed response body ({type(error).__name__})", True
-            ) from error
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise _TransportError("response content is not text", True)
+        choice = self._post(payload)
+        content = choice_text(choice)
         top = None
         try:
             first = (choice.get("logprobs") or {}).get("content") or []

@@ -204,6 +204,10 @@ class OpenAIJudge(VLMJudge):
 
     def _exchange(self, payload: bytes) -> str:
         """One POST; the answer text, or a _TransportError."""
+        return choice_text(self._post(payload))
+
+    def _post(self, payload: bytes) -> dict[str, Any]:
+        """One POST; the first choice of the decoded reply, or a _TransportError."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._api_key()
         if key:
@@ -225,17 +229,15 @@ class OpenAIJudge(VLMJudge):
         if status != 200:
             raise _TransportError(f"HTTP {status}", status in RETRYABLE_STATUS)
         try:
-            data = json.loads(raw.decode("utf-8"))
-            content = data["choices"][0]["message"]["content"]
+            choice = json.loads(raw.decode("utf-8"))["choices"][0]
         except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
             raise _TransportError(
                 f"malformed response body ({type(error).__name__})", True
             ) from error
-        if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise _TransportError("response content is not text", True)
-        return content
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict) or "content" not in message:
+            raise _TransportError("malformed response body (no message content)", True)
+        return choice
 
     def _send(self, request: ChatRequest) -> Reply:
         """POST with retries; never raises."""
@@ -274,3 +276,13 @@ class OpenAIJudge(VLMJudge):
                 max_workers=self.config.max_concurrency, thread_name_prefix="gotr1-judge"
             )
         return list(self._executor.map(self._send, requests))
+
+
+def choice_text(choice: dict[str, Any]) -> str:
+    """The answer text of a chat-completions choice (joining content parts), or a _TransportError."""
+    content = choice["message"]["content"]
+    if isinstance(content, list):  # some servers return content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if not isinstance(content, str):
+        raise _TransportError("response content is not text", True)
+    return content
