@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from gotr1.chain import GRID, Box
+from gotr1.eval.geneval import relative_position
 from gotr1.world.grammar import BACKGROUND, COLORS, SHAPES, PromptSpec
 
 LATTICE = 64
@@ -50,31 +51,6 @@ class Scene:
     """A set of objects on the plain background."""
 
     objects: tuple[SceneObject, ...]
-
-
-def relative_position(box_a: Sequence[float], box_b: Sequence[float]) -> set[str]:
-    """The relations of A to B under GenEval's rule: {"left of", "right of", "above", "below"} subsets."""
-    ax1, ay1, ax2, ay2 = box_a
-    bx1, by1, bx2, by2 = box_b
-    offset = [(ax1 + ax2) / 2 - (bx1 + bx2) / 2, (ay1 + ay2) / 2 - (by1 + by2) / 2]
-    dims = [(ax2 - ax1) + (bx2 - bx1), (ay2 - ay1) + (by2 - by1)]
-    for axis in range(2):  # shrink each offset toward zero by a tenth of the summed sizes
-        shrink = 0.1 * dims[axis]
-        offset[axis] = math.copysign(max(abs(offset[axis]) - shrink, 0.0), offset[axis])
-    norm = math.hypot(*offset)
-    if norm == 0:
-        return set()
-    dx, dy = offset[0] / norm, offset[1] / norm
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
 
 
 RELATION_NAMES = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
