@@ -138,3 +138,22 @@ def test_run_log_resumes_without_duplicate_steps(tmp_path):
     assert rows[0]["kl"] is None  # non-finite values are written as null
     RunLog(tmp_path, accelerator, {"a": 1})  # a fresh run starts an empty log
     assert read_log(tmp_path) == []
+
+
+def test_trackers_are_checked_at_start(tmp_path):
+    import importlib.util
+
+    from gotr1.train.config import ConfigError, SFTConfig
+    from gotr1.train.runlog import RunLog
+    from gotr1.train.runtime import make_accelerator
+
+    config = SFTConfig(output_dir=str(tmp_path), report_to=["tensorboard"])
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match="report_to: tensorboard needs"):
+            make_accelerator(config)
+        return
+    accelerator = make_accelerator(config)
+    log = RunLog(tmp_path, accelerator, config.to_dict())
+    log.log(1, {"loss": 1.5})
+    log.close()
+    assert list((tmp_path / "trackers").rglob("events.out.tfevents*"))

@@ -59,6 +59,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     from accelerate.utils import ProjectConfiguration
     from transformers.utils import logging as hf_logging
 
+    check_trackers(config.report_to)
     if config.threads:
         torch.set_num_threads(config.threads)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
@@ -71,6 +72,29 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         ),
         step_scheduler_with_optimizer=False,
     )
+
+
+TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "trackio": "trackio",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+}
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Fail at start (naming report_to) when a requested tracker's package is not installed."""
+    import importlib.util
+
+    for tracker in trackers:
+        module = TRACKER_MODULES.get(tracker, tracker)
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"report_to: {tracker} needs the {module!r} package (pip install {module})"
+            )
 
 
 def is_sharded(accelerator: Accelerator) -> bool:

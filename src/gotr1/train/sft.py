@@ -320,9 +320,12 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
             examples=float(position),
             **{"data/bad_rows": float(bad_rows.count)},
         )
-        if config.sample_steps and (done % config.sample_steps == 0 or done == config.max_steps):
+        sampled = bool(config.sample_steps) and (
+            done % config.sample_steps == 0 or done == config.max_steps
+        )
+        if sampled:
             metrics.update(_sample_dump(accelerator, config, policy, sample_prompts, done))
-        if done % config.logging_steps == 0 or done == config.max_steps:
+        if sampled or done % config.logging_steps == 0 or done == config.max_steps:
             log.log(done, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", step_time=f"{elapsed:.2f}s")
