@@ -385,17 +385,3 @@ def test_cli_sft_from_scratch_then_grpo(tmp_path):
     rows = read_log(tmp_path / "grpo")
     assert [r["step"] for r in rows] == [1, 2] and TRL_METRICS - {"kl"} <= set(rows[-1])
     assert (tmp_path / "grpo" / "final" / "model.safetensors").is_file()
-
-
-def test_grpo_raises_a_learnable_reward(tiny_folder, tmp_path):
-    """The whole loop optimises: a reward the policy can reach (more low-codebook image codes)
-    climbs within a few steps from its random-policy level (~0.5)."""
-    out = tmp_path / "learn"
-    config = quick(
-        tiny_folder, out, max_steps=8, num_generations=8, use_lora=False, beta=0.0,
-        learning_rate=8e-3, save_steps=100,
-    )  # fmt: skip
-    grpo.train_grpo(config, reward_fn=code_reward)
-    rewards = [row["reward"] for row in read_log(out)]
-    assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.2, rewards
-    assert rewards[-1] > 0.8, rewards
