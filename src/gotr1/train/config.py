@@ -306,6 +306,12 @@ class GRPOConfig(TrainConfig):
         "zero", "A judge failure scores 0 (zero) or takes its whole group out of the loss (drop)."
     )
     spatial_input: str = _field("canvas", "R_spa judges the drawn layout (canvas) or text.")
+    world_clean_image: bool = _field(
+        False,
+        "judge world only: one more reward factor (a term under sums), the share of drawn "
+        "objects the prompt asked for — closes the world judge's clutter shortcut (R_PI never "
+        "penalises unasked objects; gotr1.demo.rewards.CleanImageReward).",
+    )
     judge: str = _field("world", "Judge: world (exact, programmatic), qwen (local), openai (HTTP).")
     judge_model: str | None = _field(None, "qwen: folder/hub id; openai: model name.")
     judge_base_url: str = _field("http://127.0.0.1:8000/v1", "openai: server root.")
@@ -360,6 +366,8 @@ class GRPOConfig(TrainConfig):
         _choice(self, "reward_combination", ("product", "sum", "weighted_sum"))
         _choice(self, "reward_on_failure", ("zero", "drop"))
         _choice(self, "spatial_input", ("canvas", "text"))
+        if self.world_clean_image and self.judge != "world":
+            raise ConfigError("world_clean_image needs judge: world")
         bad = [c for c in self.reward_components if c not in REWARD_COMPONENTS]
         if bad or not self.reward_components:
             raise ConfigError(

@@ -168,7 +168,13 @@ def make_reward(config: GRPOConfig) -> DualStageReward:
         spatial_input=config.spatial_input,
         on_failure=config.reward_on_failure,
     )
-    return DualStageReward(make_judge(config), reward_config)
+    judge = make_judge(config)
+    extra = None
+    if config.world_clean_image:
+        from gotr1.demo.rewards import CleanImageReward
+
+        extra = CleanImageReward(judge)
+    return DualStageReward(judge, reward_config, extra_reward=extra)
 
 
 def make_judge(config: GRPOConfig) -> Any:

@@ -110,6 +110,7 @@ def train_world_tokenizer_and_vq(
     tokenizer and VQ are copied from the model folder `vq_from` (no VQ training). Writes
     ``gotr1_init.json`` (settings and VQ statistics) next to the weights; returns the folder.
     """
+    from gotr1.cli import UserError
     from gotr1.policy.io import configure_special_tokens, load_pretrained, new_policy
     from gotr1.policy.io import save_pretrained as save_hf
     from gotr1.policy.presets import build_model
@@ -122,7 +123,13 @@ def train_world_tokenizer_and_vq(
     if vq_from is not None:
         donor, processor = load_pretrained(vq_from)
         model = build_model(preset, vocab_size=len(processor.tokenizer), seed=seed)
-        model.model.vqmodel.load_state_dict(donor.model.vqmodel.state_dict())
+        try:
+            model.model.vqmodel.load_state_dict(donor.model.vqmodel.state_dict())
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise UserError(
+                f"vq_from: the VQ of {vq_from} does not have the shape of preset {preset} ({first})"
+            ) from None
         configure_special_tokens(model, processor.tokenizer)
         del donor
     else:
