@@ -260,3 +260,147 @@ def test_metrics_json_of_a_finished_run_is_rewritten_from_cache(tmp_path):
     for category in CATEGORIES:
         assert category in text
     assert "+0.100" in text and "(cached)" in text
+
+
+def _fake_run(tmp_path, chain):
+    soft = {**dict.fromkeys(CATEGORIES, 0.5), "overall": 0.5}
+    for stage in ("sft", "grpo"):
+        folder = tmp_path / "eval" / stage / "images"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (32, 32), (240, 240, 240)).save(folder / "0000_00.png")
+        row = {
+            "prompt_index": 0,
+            "sample_index": 0,
+            "prompt": "a red circle",
+            "category": "single_object",
+            "chain": chain,
+            "objects": [{"name": "red circle", "box": [0, 0, 500, 500]}],
+            "chain_errors": [],
+            "truncated": False,
+            "correct": stage == "grpo",
+            "soft": 1.0 if stage == "grpo" else 0.5,
+            "requirements": {"circle present": 1.0, "red circle colour": float(stage == "grpo")},
+            "rewards": {"sem": 1.0, "spa": 1.0, "ri": 0.5, "pi": 0.5, "total": 1.0},
+            "image": "images/0000_00.png",
+        }
+        (tmp_path / "eval" / stage / "samples.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "train_log.jsonl").write_text(
+        json.dumps({"stage": "grpo", "step": 1, "reward": 0.2, "rewards/pi/mean": 0.4}) + "\n"
+    )
+    return {
+        **_metrics(soft, {**soft, "overall": 0.6}),
+        "seed": 0,
+        "quick": True,
+        "benchmark": {"prompts": 1, "images": {"single_object": 1}, "images_per_prompt": 1},
+        "stages": {"sft": {"seconds": 1.0, "cpu_seconds": 1.0, "cached": False}},
+        "settings": {"report_examples": 4},
+    }
+
+
+def test_report_escapes_what_the_model_wrote(tmp_path):
+    chain = (
+        "A <|obj_start|>red circle<|obj_end|> <|box_start|>(0,0),(500,500)<|box_end|> sits in "
+        "the upper left part. <script>alert(1)</script> & <b>bold</b>"
+    )
+    metrics = _fake_run(tmp_path, chain)
+    page = report.write_report(tmp_path, metrics).read_text()
+    assert "<script>" not in page and "<b>bold</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "&lt;|obj_start|&gt;red circle" in page
+    assert (
+        'src="eval/sft/images/0000_00.png"' in page and 'src="eval/grpo/images/0000_00.png"' in page
+    )
+    assert (tmp_path / "report" / "curves.png").is_file()
+    assert (tmp_path / "report" / "layout-grpo-000.png").is_file()
+    stats = json.loads((tmp_path / "report" / "chain_statistics.json").read_text())
+    assert stats["grpo"]["novel_sentence_fraction"] == pytest.approx(1 / 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real runs (slow): the shipped --quick demo end to end, then a tiny ablation
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = _parser().parse_args(["demo", "--out", str(out), "--quick", "--threads", "1"])
+    assert args.func(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in ("sft", "grpo"):
+        assert list(metrics[stage]) == [*CATEGORIES, "overall"]
+        assert all(0.0 <= v <= 1.0 for v in metrics[stage].values())
+        assert list(metrics[f"{stage}_accuracy"]) == [*CATEGORIES, "overall"]
+        overall = sum(metrics[stage][c] for c in CATEGORIES) / len(CATEGORIES)
+        assert metrics[stage]["overall"] == pytest.approx(overall)
+    assert metrics["seed"] == 0 and metrics["quick"] is True and metrics["seconds"] > 0
+    assert metrics["benchmark"]["prompts"] == DemoConfig.quick_settings().eval_prompts
+    assert "quick" in metrics["benchmark"]["note"]
+    rows = report.read_jsonl(out / "train_log.jsonl")
+    assert {"sft", "grpo"} == {r["stage"] for r in rows}
+    assert any("rewards/pi/mean" in r for r in rows if r["stage"] == "grpo")
+    page = (out / "report.html").read_text()
+    assert "<|obj_start|>" not in page  # model text is escaped
+    assert page.count('class="pair"') == DemoConfig.quick_settings().report_examples
+    printed = capsys.readouterr().out
+    assert "[3/5] GRPO" in printed and "overall" in printed
+
+    first = metrics
+    assert args.func(args) == 0  # every stage is cached now
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["sft"] == first["sft"] and again["grpo"] == first["grpo"]
+    assert all(stage["cached"] for stage in again["stages"].values())
+    assert again["run_seconds"] < first["run_seconds"]
+
+
+@pytest.mark.slow
+def test_tiny_ablation_writes_the_paper_table(tmp_path):
+    config = DemoConfig.quick_settings(
+        out=str(tmp_path / "ablate"),
+        threads=1,
+        progress=False,
+        vq_steps=3,
+        sft_steps=3,
+        grpo_steps=1,
+        grpo_num_prompts=2,
+        grpo_num_generations=2,
+        eval_prompts=6,
+        max_chain_tokens=24,
+    )
+    summary = ablate.run_ablation(config, log=lambda _: None)
+    assert set(summary["results"]) == {"sft", *ablate.ARM_NAMES}
+    for result in summary["results"].values():
+        assert list(result["soft"]) == [*CATEGORIES, "overall"]
+    text = (tmp_path / "ablate" / "ablation.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| rewards | " + " | ".join([*CATEGORIES, "overall"]) + " |"
+    assert len(rows) == 1 + 1 + len(ablate.ARMS) + 1 + 6  # header, SFT, arms, paper header+rows
+    saved = json.loads((tmp_path / "ablate" / "ablation.json").read_text())
+    assert [c["claim"] for c in saved["comparison"]] == [c for _, _, c in ablate.PAPER_CLAIMS]
+    # every arm trained from the same SFT model with the same budget, only the reward differs
+    configs = [
+        yaml.safe_load((tmp_path / "ablate" / "arms" / a / "grpo" / "config.yaml").read_text())
+        for a in ablate.ARM_NAMES
+    ]
+    differing = {k for c in configs for k in c if c[k] != configs[0][k]}
+    assert differing == {"output_dir", "reward_components", "reward_combination"}
+
+
+def test_demo_reward_multiplies_the_clean_factor_into_the_product():
+    from gotr1.chain import parse_chain
+    from gotr1.demo.rewards import make_demo_reward
+    from gotr1.world import Scene, SceneObject, render_scene
+
+    chain = parse_chain(
+        "A <|obj_start|>red circle<|obj_end|> <|box_start|>(0,0),(250,250)<|box_end|> sits here."
+    )
+    alone = Scene((SceneObject("circle", "red", (0, 0, 250, 250)),))
+    crowded = Scene((*alone.objects, SceneObject("square", "blue", (500, 500, 750, 750))))
+    images = [render_scene(alone, 64), render_scene(crowded, 64)]
+    plain = make_demo_reward(["sem", "spa", "ri", "pi"], "product", clean_factor=False)
+    clean = make_demo_reward(["sem", "spa", "ri", "pi"], "product", clean_factor=True)
+    a = plain.score(["a red circle"] * 2, [chain, chain], images)
+    b = clean.score(["a red circle"] * 2, [chain, chain], images)
+    assert a.total[0] == pytest.approx(a.total[1]) and a.total[0] > 0  # the plain judge is blind
+    assert b.total[0] == pytest.approx(a.total[0])
+    assert b.total[1] == pytest.approx(a.total[1] / 2)  # one asked, one extra

@@ -275,3 +275,38 @@ def test_chain_objects_accept_chain_instances(examples, judge):
         judge, [e.prompt for e in examples[:5]], chains, [e.render() for e in examples[:5]]
     )
     np.testing.assert_array_equal(rewards.total, 2.0)
+
+
+def test_clean_fraction_counts_what_the_prompt_did_not_ask_for():
+    from gotr1.rewards.clean_image import CleanImageReward, clean_fraction, count_extra_objects
+    from gotr1.world import (
+        Scene,
+        SceneObject,
+        detect,
+        parse_prompt,
+        render_scene,
+        sample_scene,
+    )
+
+    rng = random.Random(3)
+    for prompt in ("a red circle and a blue square", "three green triangles", "a square"):
+        spec = parse_prompt(prompt)
+        scene = sample_scene(spec, rng)
+        assert count_extra_objects(spec, detect(render_scene(scene, 32))) == 0
+        assert clean_fraction(spec, detect(render_scene(scene, 32))) == 1.0
+    spec = parse_prompt("a red circle")
+    clutter = Scene(
+        (
+            SceneObject("circle", "red", (0, 0, 250, 250)),
+            SceneObject("circle", "red", (500, 0, 750, 250)),  # a second red circle: extra
+            SceneObject("square", "blue", (0, 500, 250, 750)),
+            SceneObject("triangle", "green", (500, 500, 750, 750)),
+        )
+    )
+    detections = detect(render_scene(clutter, 64))
+    assert count_extra_objects(spec, detections) == 3
+    assert clean_fraction(spec, detections) == pytest.approx(1 / 4)
+    scores = CleanImageReward()(
+        ["a red circle", "not a world prompt"], [render_scene(clutter, 64)] * 2
+    )
+    assert scores[0] == pytest.approx(0.25) and scores[1] != scores[1]  # NaN: a judge failure

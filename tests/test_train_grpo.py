@@ -370,7 +370,8 @@ def test_cli_sft_from_scratch_then_grpo(tmp_path):
         "--model", str(preset), "--output_dir", str(tmp_path / "sft"), "--vq_steps", "3",
         "--vq-batch-size", "4", "--max_steps", "30", "--batch_size", "8", "--warmup_steps", "2",
         "--save_steps", "15", "--sample_steps", "30", "--num_samples", "2",
-        "--sample_max_chain_tokens", "16", "--mixed_precision", "no", "--progress", "false",
+        "--sample_max_chain_tokens", "16", "--mixed_precision", "no", "--logging_steps", "1",
+        "--progress", "false",
     ]  # fmt: skip
     subprocess.run(sft, env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
     losses = [r["loss"] for r in read_log(tmp_path / "sft") if "loss" in r]

@@ -97,3 +97,14 @@ def run_python(code: str, timeout: float = 300, threads: int = 1) -> subprocess.
             f"child failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def test_one_process_runs_trainings_of_different_precision_one_after_another(tmp_path):
+    # the demo runs SFT (bf16) then GRPO in one process; accelerate keeps global state
+    from gotr1.train.config import SFTConfig
+    from gotr1.train.runtime import make_accelerator
+
+    first = make_accelerator(SFTConfig(mixed_precision="bf16", output_dir=str(tmp_path)))
+    assert first.mixed_precision == "bf16"
+    second = make_accelerator(SFTConfig(mixed_precision="no", output_dir=str(tmp_path)))
+    assert second.mixed_precision == "no"

@@ -199,6 +199,28 @@ def test_from_scratch_trains_tokenizer_and_vq_once(tmp_path):
     assert {"prompt", "chain", "objects", "world_score"} <= set(line)
 
 
+def test_vq_from_a_model_of_another_shape_is_refused(tiny_folder, tmp_path):
+    from gotr1.cli import UserError
+    from gotr1.train.sft import train_world_tokenizer_and_vq
+
+    with pytest.raises(UserError, match="vq_from: the VQ of .* does not have the shape of preset"):
+        train_world_tokenizer_and_vq(tmp_path / "init", "world-tiny", vq_from=tiny_folder)
+    # The same shape is copied exactly (tokenizer too), and no VQ training happens.
+    import yaml
+
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY.to_dict()))
+    folder = train_world_tokenizer_and_vq(tmp_path / "ok", str(preset), seed=3, vq_from=tiny_folder)
+    copied, donor = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tiny_folder / "model.safetensors")),
+    )
+    vq_keys = [k for k in donor if ".vqmodel." in k]
+    assert vq_keys and all(torch.equal(copied[k], donor[k]) for k in vq_keys)
+    assert not torch.equal(copied["lm_head.weight"], donor["lm_head.weight"])  # fresh weights
+    assert json.loads((folder / "gotr1_init.json").read_text())["vq_train"] == {}
+
+
 def test_sft_on_got_jsonl_with_bad_rows(tiny_folder, tmp_path):
     path = write_dataset(tmp_path)
     config = quick_config(

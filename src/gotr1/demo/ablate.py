@@ -182,13 +182,11 @@ def run_ablation(
         settings = {
             "upstream": sft["fingerprint"],
             "config": P.grpo_config(config, sft_final, folder / "grpo", **overrides).to_dict(),
+            "clean_image_factor": config.clean_image_factor,
         }
 
         def run_grpo(target: Path, overrides: dict[str, Any] = overrides) -> dict[str, Any]:
-            from gotr1.train.grpo import train_grpo
-
-            final = train_grpo(P.grpo_config(config, sft_final, target, **overrides))
-            return {"model": str(final)}
+            return P.train_grpo_stage(config, P.grpo_config(config, sft_final, target, **overrides))
 
         log(f"--- arm {arm.name}: {arm.label}")
         grpo = stages.run("grpo", folder / "grpo", settings, run_grpo)

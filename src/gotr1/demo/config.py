@@ -47,10 +47,10 @@ DEMO_PRESET: dict[str, Any] = {
     "vq": {
         "num_embeddings": 512,
         "embed_dim": 8,
-        "latent_channels": 64,
+        "latent_channels": 32,
         "base_channels": 32,
-        "channel_multiplier": [1, 1, 2],
-        "num_res_blocks": 1,
+        "channel_multiplier": [1, 1, 1],
+        "num_res_blocks": 0,
         "num_hidden_layers": 2,
     },
     "image_token_id": 5,
@@ -83,10 +83,10 @@ class DemoConfig:
         None, "Folder of the tokenizer stage (None: <out>/tokenizer); seeds can share one."
     )
     vq_seed: int = _f(0, "Seed of the image tokenizer (kept fixed across demo seeds).")
-    vq_steps: int = _f(600, "VQ training steps.")
+    vq_steps: int = _f(1000, "VQ training steps.")
     vq_batch_size: int = _f(16, "World renders per VQ step.")
     vq_learning_rate: float = _f(3e-3, "VQ peak learning rate.")
-    vq_crop_size: int = _f(0, "VQ training crops (token-aligned, pixels; 0 = full renders).")
+    vq_foreground_weight: float = _f(9.0, "Extra VQ loss weight of object pixels.")
 
     # Stage 2: SFT.
     sft_steps: int = _f(400, "SFT optimizer steps.")
@@ -104,6 +104,11 @@ class DemoConfig:
     grpo_num_iterations: int = _f(1, "Updates per rollout batch.")
     reward_combination: str = _f("product", "product (the paper), sum or weighted_sum.")
     reward_components: list[str] = _f(["sem", "spa", "ri", "pi"], "Reward components used.")
+    clean_image_factor: bool = _f(
+        True,
+        "Multiply the reward by the share of drawn objects the prompt asked for "
+        "(gotr1.rewards.clean_image: the world judge's R_PI does not penalise clutter).",
+    )
     cfg_weight: float = _f(3.0, "Classifier-free guidance of rollouts and evaluation.")
     max_chain_tokens: int = _f(160, "Chain cap of rollouts and evaluation (tokens).")
 

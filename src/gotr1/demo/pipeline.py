@@ -146,41 +146,38 @@ def image_size(config: DemoConfig) -> int:
     return int(config.preset["vision"]["image_size"])
 
 
-def tokenizer_settings(config: DemoConfig) -> dict[str, Any]:
-    """What determines the image tokenizer stage (not the demo seed: it is shared by seeds)."""
-    return {
-        "preset": config.preset,
-        "vq_seed": config.vq_seed,
-        "vq_steps": config.vq_steps,
-        "vq_batch_size": config.vq_batch_size,
-        "vq_learning_rate": config.vq_learning_rate,
-        "vq_crop_size": config.vq_crop_size,
-    }
+def vq_config(config: DemoConfig) -> Any:
+    """The image tokenizer's training settings (`gotr1.demo.image_tokenizer.DemoVQConfig`)."""
+    from gotr1.demo.image_tokenizer import DemoVQConfig
 
-
-def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict[str, Any]:
-    """Stage 1: the world tokenizer and the VQ image tokenizer, saved as a model folder
-    (``folder/model``), with the VQ's detector agreement on held-out random scenes."""
-    from gotr1.policy.io import load_pretrained
-    from gotr1.policy.vq import VQTrainConfig, evaluate_vq
-    from gotr1.train.sft import train_world_tokenizer_and_vq
-
-    vq_config = VQTrainConfig(
+    return DemoVQConfig(
         steps=config.vq_steps,
         batch_size=config.vq_batch_size,
         learning_rate=config.vq_learning_rate,
+        foreground_weight=config.vq_foreground_weight,
         image_size=image_size(config),
-        crop_size=config.vq_crop_size,
-        restart_dead_every=max(config.vq_steps // 12, 10),
         seed=config.vq_seed,
     )
-    model_dir = folder / "model"
-    train_world_tokenizer_and_vq(
-        model_dir, str(preset_path), config.vq_seed, vq_config, progress=config.progress
-    )
-    model, _ = load_pretrained(model_dir)
+
+
+def tokenizer_settings(config: DemoConfig) -> dict[str, Any]:
+    """What determines the image tokenizer stage (not the demo seed: seeds share it)."""
+    return {"preset": config.preset, "vq": vq_config(config).to_dict()}
+
+
+def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict[str, Any]:
+    """Stage 1: a new world model — the world BPE tokenizer, fresh weights and the VQ image
+    tokenizer trained on world renders — saved as ``folder/model``, with the VQ's detector
+    agreement on reconstructions of held-out random scenes."""
+    from gotr1.demo.image_tokenizer import train_demo_vq
+    from gotr1.policy.io import new_policy, save_pretrained
+    from gotr1.policy.vq import evaluate_vq
+
+    model, processor = new_policy(str(preset_path), seed=config.vq_seed)
+    stats = train_demo_vq(model.model.vqmodel, vq_config(config), progress=config.progress)
+    model_dir = save_pretrained(model.eval(), processor, folder / "model")
     quality = evaluate_vq(model.model.vqmodel, scenes=200, image_size=image_size(config))
-    return {"model": str(model_dir), "vq_eval": quality}
+    return {"model": str(model_dir), "vq_train": stats, "vq_eval": quality}
 
 
 def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folder: Path) -> Any:
@@ -251,6 +248,18 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
     )
     values.update(overrides)
     return GRPOConfig(**values)
+
+
+def train_grpo_stage(config: DemoConfig, grpo: Any) -> dict[str, Any]:
+    """Run GRPO with the demo's reward (`gotr1.demo.rewards.make_demo_reward`)."""
+    from gotr1.demo.rewards import make_demo_reward
+    from gotr1.train.grpo import train_grpo
+
+    reward = make_demo_reward(
+        grpo.reward_components, grpo.reward_combination, config.clean_image_factor
+    )
+    final = train_grpo(grpo, reward_fn=reward)
+    return {"model": str(final)}
 
 
 def benchmark(config: DemoConfig) -> list[tuple[str, Any]]:
@@ -343,13 +352,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     grpo_settings = {
         "upstream": sft["fingerprint"],
         "config": grpo_config(config, sft_final, out / "grpo").to_dict(),
+        "clean_image_factor": config.clean_image_factor,
     }
 
     def run_grpo(folder: Path) -> dict[str, Any]:
-        from gotr1.train.grpo import train_grpo
-
-        final = train_grpo(grpo_config(config, sft_final, folder))
-        return {"model": str(final)}
+        return train_grpo_stage(config, grpo_config(config, sft_final, folder))
 
     grpo = stages.run("grpo", out / "grpo", grpo_settings, run_grpo)
     grpo_final = out / "grpo" / "final"

@@ -196,6 +196,32 @@ def chain_statistics(
     }
 
 
+def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[str, Any]:
+    """What the pixel detector finds in a model's evaluation images (``folder/<image>``):
+    objects per image, objects the prompt did not ask for, and the share of images without any.
+    Images that cannot be read are counted in ``unreadable``."""
+    from gotr1.rewards.clean_image import count_extra_objects
+    from gotr1.world import detect, parse_prompt
+
+    found, extra, unreadable = [], [], 0
+    for sample in samples:
+        try:
+            spec = parse_prompt(str(sample.get("prompt", "")))
+            with Image.open(folder / str(sample.get("image", ""))) as image:
+                detections = detect(image.convert("RGB"))
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
+        found.append(len(detections))
+        extra.append(count_extra_objects(spec, detections))
+    return {
+        "mean_detected_objects": _mean(found),
+        "mean_extra_objects": _mean(extra),
+        "images_without_extra_objects": _mean([float(e == 0) for e in extra]),
+        "unreadable": unreadable,
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # The curves, drawn with PIL
 # ----------------------------------------------------------------------------------------------
@@ -402,6 +428,9 @@ _STAT_ROWS: tuple[tuple[str, str, int], ...] = (
     ("with_parse_errors", "chains with parse errors", 3),
     ("truncated", "chains cut at the token cap", 3),
     ("novel_sentence_fraction", "sentences no world chain template produces", 3),
+    ("mean_detected_objects", "image: objects the detector finds", 2),
+    ("mean_extra_objects", "image: objects the prompt did not ask for", 2),
+    ("images_without_extra_objects", "image: share without unasked objects", 3),
 )
 
 
@@ -416,7 +445,7 @@ def chain_table(stats: dict[str, dict[str, Any]]) -> str:
             f"<td>{_fmt(b, digits)}</td><td>{delta}</td></tr>"
         )
     return (
-        "<table><tr><th>chains</th><th>SFT</th><th>GRPO</th><th>Δ</th></tr>"
+        "<table><tr><th>chains and images</th><th>SFT</th><th>GRPO</th><th>Δ</th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -491,7 +520,13 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
 
     samples = {name: read_jsonl(run / "eval" / name / "samples.jsonl") for name in ("sft", "grpo")}
     pattern = template_sentence_pattern()
-    stats = {name: chain_statistics(samples[name], pattern) for name in samples}
+    stats = {
+        name: {
+            **chain_statistics(samples[name], pattern),
+            **image_statistics(samples[name], run / "eval" / name),
+        }
+        for name in samples
+    }
     (assets / "chain_statistics.json").write_text(json.dumps(stats, indent=2) + "\n")
 
     settings = metrics.get("settings") or {}

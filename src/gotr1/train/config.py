@@ -310,7 +310,7 @@ class GRPOConfig(TrainConfig):
         False,
         "judge world only: one more reward factor (a term under sums), the share of drawn "
         "objects the prompt asked for — closes the world judge's clutter shortcut (R_PI never "
-        "penalises unasked objects; gotr1.demo.rewards.CleanImageReward).",
+        "penalises unasked objects; gotr1.rewards.clean_image).",
     )
     judge: str = _field("world", "Judge: world (exact, programmatic), qwen (local), openai (HTTP).")
     judge_model: str | None = _field(None, "qwen: folder/hub id; openai: model name.")

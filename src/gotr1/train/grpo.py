@@ -171,7 +171,7 @@ def make_reward(config: GRPOConfig) -> DualStageReward:
     judge = make_judge(config)
     extra = None
     if config.world_clean_image:
-        from gotr1.demo.rewards import CleanImageReward
+        from gotr1.rewards.clean_image import CleanImageReward
 
         extra = CleanImageReward(judge)
     return DualStageReward(judge, reward_config, extra_reward=extra)

@@ -63,6 +63,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     if config.threads:
         torch.set_num_threads(config.threads)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+    _forget_previous_run_precision(config.mixed_precision)
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -72,6 +73,17 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         ),
         step_scheduler_with_optimizer=False,
     )
+
+
+def _forget_previous_run_precision(mixed_precision: str) -> None:
+    """Let one process run several trainings with different mixed precision (the demo runs SFT
+    then GRPO; a notebook runs one after another): accelerate keeps the first run's precision in
+    process-global state and refuses any other. The process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 TRACKER_MODULES = {
