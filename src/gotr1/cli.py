@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gotr1.rewards.commands",
     "gotr1.eval.commands",
     "gotr1.train.commands",
+    "gotr1.demo.commands",
 )
 
 
