@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import subprocess
@@ -344,6 +345,9 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert page.count('class="pair"') == DemoConfig.quick_settings().report_examples
     printed = capsys.readouterr().out
     assert "[3/5] GRPO" in printed and "overall" in printed
+    assert set(metrics["grpo_reward_trend"]) == {"first", "last", "steps"}
+    assert metrics["images"]["sft"]["mean_detected_objects"] is not None
+    assert isinstance(metrics["diagnosis"], list)
 
     first = metrics
     assert args.func(args) == 0  # every stage is cached now
@@ -384,6 +388,15 @@ def test_tiny_ablation_writes_the_paper_table(tmp_path):
     ]
     differing = {k for c in configs for k in c if c[k] != configs[0][k]}
     assert differing == {"output_dir", "reward_components", "reward_combination"}
+
+    # another ablation (another folder) reuses this one's tokenizer and SFT stages
+    messages: list[str] = []
+    reused = dataclasses.replace(config, out=str(tmp_path / "again"))
+    again = ablate.run_ablation(
+        reused, arms=["pi_only"], from_demo=tmp_path / "ablate", log=messages.append
+    )
+    assert any("[2/5]" in m and "cached" in m for m in messages)
+    assert again["results"]["sft"]["soft"] == summary["results"]["sft"]["soft"]
 
 
 def test_demo_reward_multiplies_the_clean_factor_into_the_product():
@@ -441,3 +454,25 @@ def test_merged_duplicate_codes_encode_to_one_index():
     near = codebook[4] + 0.001 * torch.randn(64, 8)
     nearest = torch.cdist(near, codebook).argmin(-1)
     assert set(nearest.tolist()) == {2}  # exact ties resolve to one index, never noise
+
+
+def test_reward_trend_compares_the_first_and_last_tenth_of_steps():
+    from gotr1.demo.pipeline import reward_trend
+
+    rows = [{"reward": float(step)} for step in range(20)] + [{"loss": 1.0}]
+    assert reward_trend(rows) == {"first": 0.5, "last": 18.5, "steps": 20}
+    assert reward_trend([{"reward": 2.0}]) == {"first": 2.0, "last": 2.0, "steps": 1}
+    assert reward_trend([]) is None
+
+
+def test_diagnosis_flags_a_flat_reward_and_clutter():
+    from gotr1.demo.pipeline import diagnose
+
+    rising = {"first": 0.1, "last": 0.2, "steps": 40}
+    clean = {"sft": {"mean_extra_objects": 1.0}, "grpo": {"mean_extra_objects": 1.2}}
+    assert diagnose(0.1, rising, clean) == []
+    flat = {"first": 0.2, "last": 0.19, "steps": 40}
+    cluttered = {"sft": {"mean_extra_objects": 1.0}, "grpo": {"mean_extra_objects": 4.0}}
+    notes = diagnose(0.15, flat, cluttered)
+    assert len(notes) == 2 and "did not rise" in notes[0] and "1.00 -> 4.00" in notes[1]
+    assert diagnose(0.1, None, {"sft": {}, "grpo": {}}) == []

@@ -135,11 +135,10 @@ def run_ablation(
         lambda folder: P.train_tokenizer(config, preset_path, folder),
     )
     sft_dir = base / "sft"
-    sft_settings = {
-        "upstream": tokenizer["fingerprint"],
-        "seed": config.seed,
-        "config": P.sft_config(config, preset_path, tokenizer_folder / "model", sft_dir).to_dict(),
-    }
+    sft_settings = P.stage_settings(
+        tokenizer["fingerprint"],
+        P.sft_config(config, preset_path, tokenizer_folder / "model", sft_dir),
+    )
     if from_demo is not None:
         marker = P.read_marker(sft_dir)
         if marker is None or marker.get("fingerprint") != P.fingerprint(sft_settings):
@@ -180,8 +179,9 @@ def run_ablation(
             "reward_combination": arm.combination,
         }
         settings = {
-            "upstream": sft["fingerprint"],
-            "config": P.grpo_config(config, sft_final, folder / "grpo", **overrides).to_dict(),
+            **P.stage_settings(
+                sft["fingerprint"], P.grpo_config(config, sft_final, folder / "grpo", **overrides)
+            ),
             "clean_image_factor": config.clean_image_factor,
         }
 

@@ -160,6 +160,17 @@ def vq_config(config: DemoConfig) -> Any:
     )
 
 
+RUN_PATHS = ("output_dir", "model", "vq_from")
+"""Training-config fields that are folders: not part of a stage's identity (the upstream stage's
+fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
+
+
+def stage_settings(upstream: str, train_config: Any) -> dict[str, Any]:
+    """What identifies a training stage: its upstream stage and its config without folders."""
+    values = {k: v for k, v in train_config.to_dict().items() if k not in RUN_PATHS}
+    return {"upstream": upstream, "config": values}
+
+
 def tokenizer_settings(config: DemoConfig) -> dict[str, Any]:
     """What determines the image tokenizer stage (not the demo seed: seeds share it)."""
     return {"preset": config.preset, "vq": vq_config(config).to_dict()}
@@ -334,11 +345,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     )
     tokenizer_model = tokenizer_folder / "model"
 
-    sft_settings = {
-        "upstream": tokenizer["fingerprint"],
-        "seed": config.seed,
-        "config": sft_config(config, preset_path, tokenizer_model, out / "sft").to_dict(),
-    }
+    sft_settings = stage_settings(
+        tokenizer["fingerprint"], sft_config(config, preset_path, tokenizer_model, out / "sft")
+    )
 
     def run_sft(folder: Path) -> dict[str, Any]:
         from gotr1.train.sft import train_sft
@@ -350,8 +359,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     sft_final = out / "sft" / "final"
 
     grpo_settings = {
-        "upstream": sft["fingerprint"],
-        "config": grpo_config(config, sft_final, out / "grpo").to_dict(),
+        **stage_settings(sft["fingerprint"], grpo_config(config, sft_final, out / "grpo")),
         "clean_image_factor": config.clean_image_factor,
     }
 
@@ -383,6 +391,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     merge_train_logs(out)
     metrics = build_metrics(config, stages.records, evals)
+    add_diagnosis(metrics, out)
     metrics["run_seconds"] = time.perf_counter() - started
     metrics["run_cpu_seconds"] = cpu_seconds() - started_cpu
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -394,6 +403,24 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     log(summary_table(metrics))
     log(f"wrote {out / 'metrics.json'}, {report}, {out / 'train_log.jsonl'}")
     return metrics
+
+
+def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
+    """Add the GRPO reward trend, the evaluation images' object counts and `diagnose`'s
+    warnings to `metrics`."""
+    from gotr1.demo.report import image_statistics, read_jsonl
+    from gotr1.train.runlog import LOG_FILE
+
+    trend = reward_trend(read_jsonl(out / "grpo" / LOG_FILE))
+    images = {
+        name: image_statistics(
+            read_jsonl(out / "eval" / name / "samples.jsonl"), out / "eval" / name
+        )
+        for name in ("sft", "grpo")
+    }
+    metrics["grpo_reward_trend"] = trend
+    metrics["images"] = images
+    metrics["diagnosis"] = diagnose(metrics["delta"]["overall"], trend, images)
 
 
 def merge_train_logs(out: Path) -> Path:
@@ -469,6 +496,46 @@ def build_metrics(
     }
 
 
+CLUTTER_MARGIN = 0.5
+"""GRPO images holding this many more unasked objects per image than SFT's count as clutter."""
+
+
+def reward_trend(rows: list[dict[str, Any]], key: str = "reward") -> dict[str, float] | None:
+    """Mean of ``key`` over the first and the last tenth (at least one step) of GRPO steps."""
+    values = [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    if not values:
+        return None
+    tenth = max(1, len(values) // 10)
+    first, last = values[:tenth], values[-tenth:]
+    return {"first": sum(first) / len(first), "last": sum(last) / len(last), "steps": len(values)}
+
+
+def diagnose(
+    delta_overall: float,
+    trend: dict[str, float] | None,
+    images: dict[str, dict[str, Any]],
+) -> list[str]:
+    """Plain warnings when the benchmark gain may not come from what GRPO optimised: the
+    optimised reward did not rise, or GRPO's images hold more objects the prompt did not ask for
+    (the soft score, like GenEval's presence checks, never penalises extra objects)."""
+    notes = []
+    if trend is not None and trend["last"] <= trend["first"]:
+        notes.append(
+            f"the reward GRPO optimised did not rise over the run ({trend['first']:.4f} in the "
+            f"first tenth of steps, {trend['last']:.4f} in the last): the benchmark change is "
+            "not the result of optimising it"
+        )
+    before = images.get("sft", {}).get("mean_extra_objects")
+    after = images.get("grpo", {}).get("mean_extra_objects")
+    if before is not None and after is not None and after - before > CLUTTER_MARGIN:
+        notes.append(
+            f"GRPO's images hold more objects the prompt did not ask for ({before:.2f} -> "
+            f"{after:.2f} per image): part of the soft-score change "
+            f"({delta_overall:+.3f}) is clutter, which the soft score does not penalise"
+        )
+    return notes
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """The plain-text table printed at the end of a demo."""
     sft, grpo = metrics["sft"], metrics["grpo"]
@@ -493,6 +560,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
             f"{name:<{width}}{times['seconds']:>10.1f}{times['cpu_seconds']:>10.1f}{cached}"
         )
     lines.append(f"{'total':<{width}}{metrics['seconds']:>10.1f}{metrics['cpu_seconds']:>10.1f}")
+    for note in metrics.get("diagnosis") or []:
+        lines.append(f"warning: {note}")
     return "\n".join(lines)
 
 

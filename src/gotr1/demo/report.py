@@ -359,6 +359,7 @@ def _is_number(value: Any) -> bool:
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+.warning { background: #fff4e5; border-left: 4px solid #e08a00; padding: .4em 1em; margin: 1em 0; }
 table { border-collapse: collapse; margin: .8em 0; }
 th, td { border: 1px solid #ddd; padding: .3em .7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -564,6 +565,14 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     )
     vq = metrics.get("image_tokenizer") or {}
     overall = metrics["grpo"]["overall"] - metrics["sft"]["overall"]
+    warnings = metrics.get("diagnosis") or []
+    diagnosis_html = (
+        '<div class="warning"><b>Read before the headline:</b><ul>'
+        + "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings)
+        + "</ul></div>"
+        if warnings
+        else ""
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>gotr1 demo report</title><style>{_STYLE}</style></head>
 <body>
@@ -575,7 +584,7 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
  {html.escape(str(bench.get("note", "")))}</p>
 <p>Overall soft score: SFT {_fmt(metrics["sft"]["overall"])} → GRPO
  {_fmt(metrics["grpo"]["overall"])} (<b>{overall:+.3f}</b>).</p>
-
+{diagnosis_html}
 <h2>Held-out benchmark by category</h2>
 <p class="note">soft = fraction of the prompt's requirements met (objects present in number,
 colours, exact counts, the relation by GenEval's rule); accuracy = share of images meeting all of
