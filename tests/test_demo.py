@@ -476,3 +476,29 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     notes = diagnose(0.15, flat, cluttered)
     assert len(notes) == 2 and "did not rise" in notes[0] and "1.00 -> 4.00" in notes[1]
     assert diagnose(0.1, None, {"sft": {}, "grpo": {}}) == []
+
+
+def test_the_clean_factor_only_applies_beside_r_pi():
+    from gotr1.chain import parse_chain
+    from gotr1.demo.rewards import make_demo_reward, uses_clean_factor
+    from gotr1.world import Scene, SceneObject, render_scene
+
+    assert uses_clean_factor(["sem", "spa", "ri", "pi"], True)
+    assert not uses_clean_factor(["sem", "spa"], True)  # it would reward a blank image
+    assert not uses_clean_factor(["pi"], False)
+    chain = parse_chain(
+        "A <|obj_start|>red circle<|obj_end|> <|box_start|>(0,0),(250,250)<|box_end|> sits here."
+    )
+    blank = render_scene(Scene(()), 64)
+    crowded = render_scene(
+        Scene(
+            (
+                SceneObject("circle", "red", (0, 0, 250, 250)),
+                SceneObject("square", "blue", (500, 500, 750, 750)),
+            )
+        ),
+        64,
+    )
+    chain_only = make_demo_reward(["sem", "spa"], "product", clean_factor=True)
+    scores = chain_only.score(["a red circle"] * 2, [chain, chain], [blank, crowded])
+    assert scores.total[0] == pytest.approx(scores.total[1])  # the image does not matter

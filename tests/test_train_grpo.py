@@ -411,6 +411,8 @@ def test_world_reward_with_the_clean_image_factor():
 
     with pytest.raises(ConfigError, match="world_clean_image needs judge: world"):
         GRPOConfig(judge="openai", world_clean_image=True)
+    with pytest.raises(ConfigError, match="needs 'pi' in reward_components"):
+        GRPOConfig(world_clean_image=True, reward_components=["sem", "spa"])
     reward = grpo.make_reward(GRPOConfig(world_clean_image=True, reward_combination="product"))
     plain = grpo.make_reward(GRPOConfig(reward_combination="product"))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gotr1.demo.config import DemoConfig
+from gotr1.demo.rewards import uses_clean_factor
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def run_ablation(
             **P.stage_settings(
                 sft["fingerprint"], P.grpo_config(config, sft_final, folder / "grpo", **overrides)
             ),
-            "clean_image_factor": config.clean_image_factor,
+            "clean_image_factor": uses_clean_factor(arm.components, config.clean_image_factor),
         }
 
         def run_grpo(target: Path, overrides: dict[str, Any] = overrides) -> dict[str, Any]:

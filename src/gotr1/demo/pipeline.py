@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gotr1.demo.config import DemoConfig
+from gotr1.demo.rewards import uses_clean_factor
 
 STAGE_MARKER = "demo_stage.json"
 STAGES: tuple[str, ...] = ("tokenizer", "sft", "grpo", "eval-sft", "eval-grpo")
@@ -360,7 +361,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     grpo_settings = {
         **stage_settings(sft["fingerprint"], grpo_config(config, sft_final, out / "grpo")),
-        "clean_image_factor": config.clean_image_factor,
+        "clean_image_factor": uses_clean_factor(
+            config.reward_components, config.clean_image_factor
+        ),
     }
 
     def run_grpo(folder: Path) -> dict[str, Any]:

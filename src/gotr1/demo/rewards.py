@@ -8,14 +8,20 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def uses_clean_factor(components: Sequence[str], clean_factor: bool) -> bool:
+    """Whether the clean-image factor applies: only beside R_PI, the reward it corrects."""
+    return clean_factor and "pi" in components
+
+
 def make_demo_reward(components: Sequence[str], combination: str, clean_factor: bool = True) -> Any:
     """The GRPO reward of the demo: `DualStageReward` with the world judge over `components`
     combined by `combination`, times (product) or plus (sums) `clean_fraction` when
-    `clean_factor`."""
+    `clean_factor` and R_PI is among the components (the factor corrects R_PI's blindness to
+    clutter; without R_PI it would reward drawing nothing: a blank image is perfectly clean)."""
     from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge
     from gotr1.rewards.clean_image import CleanImageReward
 
     judge = WorldJudge()
     config = RewardConfig(components=tuple(components), combination=combination)
-    extra = CleanImageReward(judge) if clean_factor else None
+    extra = CleanImageReward(judge) if uses_clean_factor(components, clean_factor) else None
     return DualStageReward(judge, config, extra_reward=extra)

@@ -308,9 +308,10 @@ class GRPOConfig(TrainConfig):
     spatial_input: str = _field("canvas", "R_spa judges the drawn layout (canvas) or text.")
     world_clean_image: bool = _field(
         False,
-        "judge world only: one more reward factor (a term under sums), the share of drawn "
-        "objects the prompt asked for — closes the world judge's clutter shortcut (R_PI never "
-        "penalises unasked objects; gotr1.rewards.clean_image).",
+        "judge world only, with 'pi' among the components: one more reward factor (a term "
+        "under sums), the share of drawn objects the prompt asked for — against the world "
+        "judge's clutter shortcut (R_PI never penalises unasked objects; "
+        "gotr1.rewards.clean_image).",
     )
     judge: str = _field("world", "Judge: world (exact, programmatic), qwen (local), openai (HTTP).")
     judge_model: str | None = _field(None, "qwen: folder/hub id; openai: model name.")
@@ -368,6 +369,11 @@ class GRPOConfig(TrainConfig):
         _choice(self, "spatial_input", ("canvas", "text"))
         if self.world_clean_image and self.judge != "world":
             raise ConfigError("world_clean_image needs judge: world")
+        if self.world_clean_image and "pi" not in self.reward_components:
+            raise ConfigError(
+                "world_clean_image corrects R_PI and needs 'pi' in reward_components (without "
+                "it the factor rewards drawing nothing)"
+            )
         bad = [c for c in self.reward_components if c not in REWARD_COMPONENTS]
         if bad or not self.reward_components:
             raise ConfigError(
