@@ -348,6 +348,8 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert set(metrics["grpo_reward_trend"]) == {"first", "last", "steps"}
     assert metrics["images"]["sft"]["mean_detected_objects"] is not None
     assert isinstance(metrics["diagnosis"], list)
+    sensitivity = metrics["plan_sensitivity"]["sft"]
+    assert sensitivity["image_loss"] > 0 and sensitivity["image_loss_boxes_swapped"] > 0
 
     first = metrics
     assert args.func(args) == 0  # every stage is cached now
@@ -476,6 +478,24 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     notes = diagnose(0.15, flat, cluttered)
     assert len(notes) == 2 and "did not rise" in notes[0] and "1.00 -> 4.00" in notes[1]
     assert diagnose(0.1, None, {"sft": {}, "grpo": {}}) == []
+    ignored = {"image_loss": 1.0, "image_loss_boxes_swapped": 1.01, "plan_sensitivity": 0.01}
+    followed = {"image_loss": 1.0, "image_loss_boxes_swapped": 1.5, "plan_sensitivity": 0.5}
+    assert "ignore the planned boxes" in diagnose(0.1, rising, clean, {"sft": ignored})[0]
+    assert diagnose(0.1, rising, clean, {"sft": followed, "grpo": None}) == []
+
+
+def test_swapped_boxes_keep_the_prose_and_names():
+    from gotr1.chain import parse_chain
+    from gotr1.demo.diagnostics import swap_boxes
+    from gotr1.world import sample_examples
+
+    chains = [e.chain for e in sample_examples(20, seed=1, split="train")]
+    swapped = swap_boxes(chains, seed=0)
+    assert len(swapped) == len(chains) and swapped != chains
+    for before, after in zip(chains, swapped, strict=True):
+        a, b = parse_chain(before), parse_chain(after)
+        assert [o.name for o in a.objects] == [o.name for o in b.objects] and not b.errors
+    assert swap_boxes(["no boxes here"]) == ["no boxes here"]
 
 
 def test_the_clean_factor_only_applies_beside_r_pi():

@@ -409,8 +409,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
 
 def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
-    """Add the GRPO reward trend, the evaluation images' object counts and `diagnose`'s
-    warnings to `metrics`."""
+    """Add the GRPO reward trend, the evaluation images' object counts, both models'
+    `plan_sensitivity` and `diagnose`'s warnings to `metrics`."""
+    from gotr1.demo.diagnostics import plan_sensitivity
     from gotr1.demo.report import image_statistics, read_jsonl
     from gotr1.train.runlog import LOG_FILE
 
@@ -421,9 +422,16 @@ def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
         )
         for name in ("sft", "grpo")
     }
+    plan = {
+        name: plan_sensitivity(out / name / "final", seed=int(metrics.get("seed", 0)))
+        if (out / name / "final" / "config.json").is_file()
+        else None
+        for name in ("sft", "grpo")
+    }
     metrics["grpo_reward_trend"] = trend
     metrics["images"] = images
-    metrics["diagnosis"] = diagnose(metrics["delta"]["overall"], trend, images)
+    metrics["plan_sensitivity"] = plan
+    metrics["diagnosis"] = diagnose(metrics["delta"]["overall"], trend, images, plan)
 
 
 def merge_train_logs(out: Path) -> Path:
@@ -501,6 +509,9 @@ def build_metrics(
 
 CLUTTER_MARGIN = 0.5
 """GRPO images holding this many more unasked objects per image than SFT's count as clutter."""
+PLAN_SENSITIVITY_FLOOR = 0.05
+"""Below this rise of the image loss (nats per token) when the boxes are swapped, the SFT model's
+images count as ignoring the plan (`gotr1.demo.diagnostics.plan_sensitivity`)."""
 
 
 def reward_trend(rows: list[dict[str, Any]], key: str = "reward") -> dict[str, float] | None:
@@ -517,11 +528,21 @@ def diagnose(
     delta_overall: float,
     trend: dict[str, float] | None,
     images: dict[str, dict[str, Any]],
+    plan: dict[str, dict[str, float] | None] | None = None,
 ) -> list[str]:
     """Plain warnings when the benchmark gain may not come from what GRPO optimised: the
-    optimised reward did not rise, or GRPO's images hold more objects the prompt did not ask for
-    (the soft score, like GenEval's presence checks, never penalises extra objects)."""
+    optimised reward did not rise, GRPO's images hold more objects the prompt did not ask for
+    (the soft score, like GenEval's presence checks, never penalises extra objects), or the SFT
+    model's images ignore the planned boxes (then R_RI only rewards chance overlaps)."""
     notes = []
+    sft_plan = (plan or {}).get("sft")
+    if sft_plan is not None and sft_plan["plan_sensitivity"] < PLAN_SENSITIVITY_FLOOR:
+        notes.append(
+            "the SFT model's images ignore the planned boxes (teacher-forced image loss "
+            f"{sft_plan['image_loss']:.3f} with the true boxes, "
+            f"{sft_plan['image_loss_boxes_swapped']:.3f} with other examples' boxes): R_RI "
+            "can only reward chance overlaps"
+        )
     if trend is not None and trend["last"] <= trend["first"]:
         notes.append(
             f"the reward GRPO optimised did not rise over the run ({trend['first']:.4f} in the "
