@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from gotr1.demo.config import DemoConfig
-from gotr1.demo.rewards import uses_clean_factor
 
 
 @dataclass(frozen=True)
@@ -148,23 +147,14 @@ def run_ablation(
                 "ablation's (e.g. --quick or --seed differ); run without --from-demo"
             )
 
-    def run_sft(folder: Path) -> dict[str, Any]:
-        from gotr1.train.sft import train_sft
-
-        final = train_sft(P.sft_config(config, preset_path, tokenizer_folder / "model", folder))
-        return {"model": str(final)}
-
-    sft = stages.run("sft", sft_dir, sft_settings, run_sft)
+    sft = stages.run(
+        "sft",
+        sft_dir,
+        sft_settings,
+        lambda folder: P.train_sft_stage(config, preset_path, tokenizer_folder / "model", folder),
+    )
     sft_final = sft_dir / "final"
-
-    eval_settings = {
-        "seed": config.seed,
-        "prompts": config.eval_prompts,
-        "prompt_seed": config.eval_prompt_seed,
-        "cfg_weight": config.cfg_weight,
-        "max_chain_tokens": config.max_chain_tokens,
-        "prompts_per_batch": config.eval_prompts_per_batch,
-    }
+    eval_settings = P.eval_settings(config)
     results: dict[str, dict[str, Any]] = {}
     sft_eval = stages.run(
         "eval-sft",
@@ -179,12 +169,11 @@ def run_ablation(
             "reward_components": list(arm.components),
             "reward_combination": arm.combination,
         }
-        settings = {
-            **P.stage_settings(
-                sft["fingerprint"], P.grpo_config(config, sft_final, folder / "grpo", **overrides)
-            ),
-            "clean_image_factor": uses_clean_factor(arm.components, config.clean_image_factor),
-        }
+        settings = P.grpo_stage_settings(
+            config,
+            sft["fingerprint"],
+            P.grpo_config(config, sft_final, folder / "grpo", **overrides),
+        )
 
         def run_grpo(target: Path, overrides: dict[str, Any] = overrides) -> dict[str, Any]:
             return P.train_grpo_stage(config, P.grpo_config(config, sft_final, target, **overrides))

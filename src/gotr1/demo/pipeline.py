@@ -262,6 +262,37 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
     return GRPOConfig(**values)
 
 
+def train_sft_stage(
+    config: DemoConfig, preset_path: Path, tokenizer_model: Path, folder: Path
+) -> dict[str, Any]:
+    """Run the demo's SFT into `folder`."""
+    from gotr1.train.sft import train_sft
+
+    final = train_sft(sft_config(config, preset_path, tokenizer_model, folder))
+    return {"model": str(final)}
+
+
+def grpo_stage_settings(config: DemoConfig, upstream: str, grpo: Any) -> dict[str, Any]:
+    """What identifies a GRPO stage: `stage_settings` plus whether the clean-image factor
+    applies to its reward components."""
+    return {
+        **stage_settings(upstream, grpo),
+        "clean_image_factor": uses_clean_factor(grpo.reward_components, config.clean_image_factor),
+    }
+
+
+def eval_settings(config: DemoConfig) -> dict[str, Any]:
+    """What identifies a benchmark stage, besides the model it scores (its ``upstream``)."""
+    return {
+        "seed": config.seed,
+        "prompts": config.eval_prompts,
+        "prompt_seed": config.eval_prompt_seed,
+        "cfg_weight": config.cfg_weight,
+        "max_chain_tokens": config.max_chain_tokens,
+        "prompts_per_batch": config.eval_prompts_per_batch,
+    }
+
+
 def train_grpo_stage(config: DemoConfig, grpo: Any) -> dict[str, Any]:
     """Run GRPO with the demo's reward (`gotr1.demo.rewards.make_demo_reward`)."""
     from gotr1.demo.rewards import make_demo_reward
@@ -350,21 +381,17 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         tokenizer["fingerprint"], sft_config(config, preset_path, tokenizer_model, out / "sft")
     )
 
-    def run_sft(folder: Path) -> dict[str, Any]:
-        from gotr1.train.sft import train_sft
-
-        final = train_sft(sft_config(config, preset_path, tokenizer_model, folder))
-        return {"model": str(final)}
-
-    sft = stages.run("sft", out / "sft", sft_settings, run_sft)
+    sft = stages.run(
+        "sft",
+        out / "sft",
+        sft_settings,
+        lambda folder: train_sft_stage(config, preset_path, tokenizer_model, folder),
+    )
     sft_final = out / "sft" / "final"
 
-    grpo_settings = {
-        **stage_settings(sft["fingerprint"], grpo_config(config, sft_final, out / "grpo")),
-        "clean_image_factor": uses_clean_factor(
-            config.reward_components, config.clean_image_factor
-        ),
-    }
+    grpo_settings = grpo_stage_settings(
+        config, sft["fingerprint"], grpo_config(config, sft_final, out / "grpo")
+    )
 
     def run_grpo(folder: Path) -> dict[str, Any]:
         return train_grpo_stage(config, grpo_config(config, sft_final, folder))
@@ -372,14 +399,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     grpo = stages.run("grpo", out / "grpo", grpo_settings, run_grpo)
     grpo_final = out / "grpo" / "final"
 
-    eval_settings = {
-        "seed": config.seed,
-        "prompts": config.eval_prompts,
-        "prompt_seed": config.eval_prompt_seed,
-        "cfg_weight": config.cfg_weight,
-        "max_chain_tokens": config.max_chain_tokens,
-        "prompts_per_batch": config.eval_prompts_per_batch,
-    }
     evals = {}
     for name, model_dir, upstream in (
         ("sft", sft_final, sft),
@@ -388,7 +407,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         evals[name] = stages.run(
             f"eval-{name}",
             out / "eval" / name,
-            {**eval_settings, "upstream": upstream["fingerprint"]},
+            {**eval_settings(config), "upstream": upstream["fingerprint"]},
             lambda folder, model_dir=model_dir: evaluate_model(config, model_dir, folder),
         )
 
@@ -436,21 +455,14 @@ def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
 
 def merge_train_logs(out: Path) -> Path:
     """``train_log.jsonl`` of the run: SFT rows then GRPO rows, each with its ``stage``."""
+    from gotr1.demo.report import read_jsonl
     from gotr1.train.runlog import LOG_FILE
 
-    lines = []
-    for stage in ("sft", "grpo"):
-        path = out / stage / LOG_FILE
-        if not path.is_file():
-            continue
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            lines.append(json.dumps({"stage": stage, **row}))
+    lines = [
+        json.dumps({"stage": stage, **row})
+        for stage in ("sft", "grpo")
+        for row in read_jsonl(out / stage / LOG_FILE)
+    ]
     target = out / LOG_FILE
     target.write_text("".join(line + "\n" for line in lines))
     return target

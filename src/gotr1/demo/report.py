@@ -524,7 +524,10 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     stats = {
         name: {
             **chain_statistics(samples[name], pattern),
-            **image_statistics(samples[name], run / "eval" / name),
+            **(
+                (metrics.get("images") or {}).get(name)
+                or image_statistics(samples[name], run / "eval" / name)
+            ),
         }
         for name in samples
     }
