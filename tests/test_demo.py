@@ -421,43 +421,6 @@ def test_demo_reward_multiplies_the_clean_factor_into_the_product():
     assert b.total[1] == pytest.approx(a.total[1] / 2)  # one asked, one extra
 
 
-# ----------------------------------------------------------------------------------------------
-# The demo's image tokenizer: image tokens must be a function of their pixel patch
-# ----------------------------------------------------------------------------------------------
-
-
-def test_patch_consistency_loss_pulls_identical_patches_together():
-    import torch
-
-    from gotr1.demo.image_tokenizer import patch_consistency_loss
-
-    pixels = torch.zeros(2, 3, 8, 8)  # 2 images, 2x2 tokens of 4 px: all patches identical
-    pixels[1, :, :4, :4] = 1.0  # except one
-    unit = torch.nn.functional.normalize(torch.randn(2, 2, 2, 4), dim=-1)
-    assert float(patch_consistency_loss(pixels, unit)) > 0
-    same = unit.clone()
-    same[:] = unit[0, 0, 0]
-    same[1, 0, 0] = unit[1, 0, 0]  # the unique patch may have any latent
-    assert float(patch_consistency_loss(pixels, same)) == pytest.approx(0.0, abs=1e-7)
-
-
-def test_merged_duplicate_codes_encode_to_one_index():
-    import torch
-
-    from gotr1.demo.image_tokenizer import duplicate_codes, merge_duplicate_codes
-
-    codebook = torch.nn.functional.normalize(torch.eye(4, 8)[:, :8], dim=-1)
-    codebook = torch.cat([codebook, codebook[2:3] + 0.01 * torch.randn(1, 8)])  # code 4 ~ code 2
-    codebook = torch.nn.functional.normalize(codebook, dim=-1)
-    usage = torch.tensor([5, 5, 1, 5, 9])  # the duplicate is used more: code 2 yields
-    assert duplicate_codes(codebook, usage).tolist() == [False, False, True, False, False]
-    assert merge_duplicate_codes(codebook, usage) == 1
-    assert torch.equal(codebook[2], codebook[4])
-    near = codebook[4] + 0.001 * torch.randn(64, 8)
-    nearest = torch.cdist(near, codebook).argmin(-1)
-    assert set(nearest.tolist()) == {2}  # exact ties resolve to one index, never noise
-
-
 def test_reward_trend_compares_the_first_and_last_tenth_of_steps():
     from gotr1.demo.pipeline import reward_trend
 

@@ -196,6 +196,32 @@ def test_world_tokenizer_specials_markup_and_round_trip(tokenizer):
     assert [t for t in digits if t.isdigit()] == ["5", "1", "2", "9"]
 
 
+def test_whole_number_world_tokenizer_makes_every_box_coordinate_one_token():
+    from gotr1.world.scene import LATTICE, _to_grid
+
+    whole = train_world_tokenizer(vocab_size=600, whole_numbers=True)
+    for value in sorted({_to_grid(cells) for cells in range(LATTICE + 1)}):
+        assert len(whole(str(value), add_special_tokens=False)["input_ids"]) == 1, value
+    for example in sample_examples(10, seed=3, split="test"):
+        ids = whole(example.chain, add_special_tokens=False)["input_ids"]
+        assert whole.decode(ids) == example.chain
+    odd = "(12345,-7)x9"  # numbers it never saw still round-trip
+    assert whole.decode(whole(odd, add_special_tokens=False)["input_ids"]) == odd
+
+
+def test_a_preset_names_the_world_tokenizer_new_models_get():
+    preset = dataclasses.replace(
+        WORLD_TINY, world_tokenizer={"vocab_size": 600, "whole_numbers": True}
+    )
+    model, processor = new_policy(preset)
+    ids = processor.tokenizer("(484,750)", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 5  # "(", "484", ",", "750", ")"
+    assert model.get_input_embeddings().num_embeddings == len(processor.tokenizer) > 512
+    with pytest.raises(ValueError, match="unknown field"):
+        preset_from_dict({**WORLD_TINY.to_dict(), "tokenizer": {}})
+    assert preset_from_dict(preset.to_dict()) == preset
+
+
 def test_encode_prompt_starts_with_one_bos(tokenizer):
     ids = encode_prompt(tokenizer, "a green triangle")
     assert ids[0] == tokenizer.convert_tokens_to_ids(BOS_TOKEN)

@@ -67,3 +67,40 @@ def test_train_vq_command_writes_a_loadable_folder_and_report(tmp_path: Path, ca
     assert loaded.config.num_embeddings == 512
     assert main(["train-vq", "--out", str(out), "--steps", "0"]) == 2
     assert "--steps must be positive" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Image tokens must be a function of their pixel patch
+# ----------------------------------------------------------------------------------------------
+
+
+def test_patch_consistency_loss_pulls_identical_patches_together():
+    import torch
+
+    from gotr1.policy.vq import patch_consistency_loss
+
+    pixels = torch.zeros(2, 3, 8, 8)  # 2 images, 2x2 tokens of 4 px: all patches identical
+    pixels[1, :, :4, :4] = 1.0  # except one
+    unit = torch.nn.functional.normalize(torch.randn(2, 2, 2, 4), dim=-1)
+    assert float(patch_consistency_loss(pixels, unit)) > 0
+    same = unit.clone()
+    same[:] = unit[0, 0, 0]
+    same[1, 0, 0] = unit[1, 0, 0]  # the unique patch may have any latent
+    assert float(patch_consistency_loss(pixels, same)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_merged_duplicate_codes_encode_to_one_index():
+    import torch
+
+    from gotr1.policy.vq import duplicate_codes, merge_duplicate_codes
+
+    codebook = torch.nn.functional.normalize(torch.eye(4, 8)[:, :8], dim=-1)
+    codebook = torch.cat([codebook, codebook[2:3] + 0.01 * torch.randn(1, 8)])  # code 4 ~ code 2
+    codebook = torch.nn.functional.normalize(codebook, dim=-1)
+    usage = torch.tensor([5, 5, 1, 5, 9])  # the duplicate is used more: code 2 yields
+    assert duplicate_codes(codebook, usage).tolist() == [False, False, True, False, False]
+    assert merge_duplicate_codes(codebook, usage) == 1
+    assert torch.equal(codebook[2], codebook[4])
+    near = codebook[4] + 0.001 * torch.randn(64, 8)
+    nearest = torch.cdist(near, codebook).argmin(-1)
+    assert set(nearest.tolist()) == {2}  # exact ties resolve to one index, never noise

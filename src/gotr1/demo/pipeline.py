@@ -148,15 +148,16 @@ def image_size(config: DemoConfig) -> int:
 
 
 def vq_config(config: DemoConfig) -> Any:
-    """The image tokenizer's training settings (`gotr1.demo.image_tokenizer.DemoVQConfig`)."""
-    from gotr1.demo.image_tokenizer import DemoVQConfig
+    """The image tokenizer's training settings (`gotr1.policy.vq.VQTrainConfig`, full renders)."""
+    from gotr1.policy.vq import VQTrainConfig
 
-    return DemoVQConfig(
+    return VQTrainConfig(
         steps=config.vq_steps,
         batch_size=config.vq_batch_size,
         learning_rate=config.vq_learning_rate,
         foreground_weight=config.vq_foreground_weight,
         image_size=image_size(config),
+        crop_size=0,
         seed=config.vq_seed,
     )
 
@@ -181,12 +182,11 @@ def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict
     """Stage 1: a new world model — the world BPE tokenizer, fresh weights and the VQ image
     tokenizer trained on world renders — saved as ``folder/model``, with the VQ's detector
     agreement on reconstructions of held-out random scenes."""
-    from gotr1.demo.image_tokenizer import train_demo_vq
     from gotr1.policy.io import new_policy, save_pretrained
-    from gotr1.policy.vq import evaluate_vq
+    from gotr1.policy.vq import evaluate_vq, train_vq
 
     model, processor = new_policy(str(preset_path), seed=config.vq_seed)
-    stats = train_demo_vq(model.model.vqmodel, vq_config(config), progress=config.progress)
+    stats = train_vq(model.model.vqmodel, vq_config(config), progress=config.progress)
     model_dir = save_pretrained(model.eval(), processor, folder / "model")
     quality = evaluate_vq(model.model.vqmodel, scenes=200, image_size=image_size(config))
     return {"model": str(model_dir), "vq_train": stats, "vq_eval": quality}

@@ -184,7 +184,7 @@ def new_policy(
 
     preset = get_preset(preset)
     if processor is None:
-        tokenizer = train_world_tokenizer()
+        tokenizer = train_world_tokenizer(**preset.world_tokenizer)
         processor = build_processor(
             tokenizer, image_size=preset.image_size, num_image_tokens=preset.num_image_tokens
         )

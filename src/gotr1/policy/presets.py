@@ -50,6 +50,13 @@ class PresetConfig:
         metadata={"help": "Tie the text head to the input embeddings (Janus-Pro: untied)."},
     )
     description: str = field(default="", metadata={"help": "One line about the preset."})
+    world_tokenizer: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Keyword arguments of gotr1.policy.tokenizer.train_world_tokenizer for models "
+            "of this shape trained from scratch on the world (e.g. vocab_size, whole_numbers)."
+        },
+    )
 
     @property
     def image_size(self) -> int:

@@ -124,13 +124,15 @@ def train_world_tokenizer(
     vocab_size: int = 508,
     model_max_length: int = 1024,
     add_markup: bool = True,
+    whole_numbers: bool = False,
 ) -> PreTrainedTokenizerBase:
     """Train the world's byte-level BPE tokenizer and add the GoT markup tokens.
 
     `texts` defaults to `world_corpus()`. Markup strings are cut out of the training text (they
     become whole tokens afterwards, not merges). `vocab_size` counts the BPE vocabulary with the
     special tokens; the markup adds four more (unless ``add_markup=False``). Deterministic for a
-    given corpus.
+    given corpus. Digits are one token each, as in DeepSeek's tokenizer; ``whole_numbers`` lets
+    BPE merge the digits of a number instead, so frequent box coordinates become single tokens.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -149,7 +151,7 @@ def train_world_tokenizer(
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(r"\d"), behavior="isolated"),  # one digit per token
+            pre_tokenizers.Split(Regex(r"\d+" if whole_numbers else r"\d"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
-from gotr1.world import random_scene, render_scene
+from gotr1.world import BACKGROUND, random_scene, render_scene
 from gotr1.world.detector import detect
 from gotr1.world.detector_check import match_objects
 
@@ -34,15 +35,41 @@ class VQTrainConfig:
     steps: int = field(default=1200, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "world renders per step"})
     learning_rate: float = field(
-        default=2e-3, metadata={"help": "AdamW peak learning rate (cosine decay)"}
+        default=3e-3, metadata={"help": "AdamW peak learning rate (warm-up, then cosine decay)"}
     )
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
     commitment: float = field(
         default=0.25, metadata={"help": "weight of the commitment loss (beta)"}
     )
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook loss"})
+    foreground_weight: float = field(
+        default=9.0,
+        metadata={
+            "help": "extra pixel-loss weight of object (non-background) pixels: renders are mostly "
+            "flat background, and without it a small VQ learns object colours very slowly"
+        },
+    )
+    consistency_weight: float = field(
+        default=1.0,
+        metadata={"help": "weight of the loss pulling identical pixel patches to one latent"},
+    )
+    consistency_from: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of steps before the consistency loss starts (a deep encoder collapses "
+            "to one code when it applies from the first step)"
+        },
+    )
     restart_dead_every: int = field(
-        default=100,
-        metadata={"help": "steps between re-seeding unused codes from encoder outputs (0: never)"},
+        default=50,
+        metadata={
+            "help": "steps between re-seeding unused and near-duplicate codes at the worst-"
+            "represented encoder outputs (in the first 80 percent of steps; 0: never)"
+        },
+    )
+    merge_duplicates: bool = field(
+        default=True,
+        metadata={"help": "after training, merge codes closer than DUPLICATE_DISTANCE"},
     )
     image_size: int = field(default=64, metadata={"help": "render size in pixels"})
     crop_size: int = field(
@@ -59,6 +86,10 @@ class VQTrainConfig:
     threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (None: leave as is)"}
     )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (what identifies a trained tokenizer)."""
+        return asdict(self)
 
 
 def images_to_pixels(images: Sequence[Image.Image], size: int | None = None) -> torch.Tensor:
@@ -137,18 +168,82 @@ def _normalise_codebook(vq: JanusVQVAE) -> None:
     weight.copy_(F.normalize(weight, dim=-1))
 
 
+def patch_consistency_loss(pixels: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of each token's latent to the mean latent of every token in the
+    batch whose pixel patch is identical (an image token should be a function of its patch,
+    not of the rest of the image: otherwise the LM must predict codes that depend on context
+    it cannot see)."""
+    batch, grid = unit.shape[0], unit.shape[1]
+    side = pixels.shape[-1] // grid
+    patches = F.unfold(pixels.float(), kernel_size=side, stride=side).transpose(1, 2)
+    keys = torch.round(patches.reshape(batch * grid * grid, -1) * 64).to(torch.int32)
+    _, group = torch.unique(keys, dim=0, return_inverse=True)
+    flat = unit.reshape(batch * grid * grid, -1)
+    sizes = torch.bincount(group).clamp_min(1).unsqueeze(1).to(flat.dtype)
+    means = torch.zeros(sizes.shape[0], flat.shape[1], dtype=flat.dtype)
+    means = means.index_add(0, group, flat) / sizes
+    shared = (sizes[group] > 1).squeeze(1)
+    if not shared.any():
+        return flat.sum() * 0.0
+    return (flat[shared] - means[group[shared]].detach()).square().sum(-1).mean()
+
+
+DUPLICATE_DISTANCE = 0.1
+"""Codes closer than this (on the unit sphere) count as one: the encoder's choice between them
+is noise, which the LM would have to predict."""
+
+
+@torch.no_grad()
+def duplicate_codes(codebook: torch.Tensor, usage: torch.Tensor) -> torch.Tensor:
+    """Mask of codes within `DUPLICATE_DISTANCE` of a more used code (ties: the lower index)."""
+    unit = F.normalize(codebook, dim=-1)
+    order = sorted(range(unit.shape[0]), key=lambda k: (-int(usage[k]), k))
+    rank = torch.empty(unit.shape[0], dtype=torch.long)
+    rank[torch.tensor(order)] = torch.arange(unit.shape[0])
+    close = torch.cdist(unit, unit) < DUPLICATE_DISTANCE
+    outranked = rank.unsqueeze(0) < rank.unsqueeze(1)  # [i, j]: j ranks before i
+    return (close & outranked).any(dim=1)
+
+
+@torch.no_grad()
+def merge_duplicate_codes(codebook: torch.Tensor, usage: torch.Tensor) -> int:
+    """Make every near-duplicate code an exact copy of the more used code it duplicates, so
+    encoding resolves the tie to one index; returns how many codes were merged."""
+    unit = F.normalize(codebook, dim=-1)
+    merged = 0
+    order = sorted(range(unit.shape[0]), key=lambda k: (-int(usage[k]), k))
+    kept: list[int] = []
+    for k in order:
+        near = [j for j in kept if float((unit[k] - unit[j]).norm()) < DUPLICATE_DISTANCE]
+        if near:
+            codebook[k] = codebook[near[0]]
+            merged += 1
+        else:
+            kept.append(k)
+    return merged
+
+
 @torch.no_grad()
 def _restart_dead_codes(
-    vq: JanusVQVAE, usage: torch.Tensor, unit: torch.Tensor, gen: torch.Generator
+    codebook: torch.Tensor,
+    usage: torch.Tensor,
+    unit: torch.Tensor,
+    chosen: torch.Tensor,
+    generator: torch.Generator,
 ) -> int:
-    """Re-seed codes unused since the last restart with random current encoder outputs; returns how many."""
-    dead = (usage == 0).nonzero().flatten()
+    """Re-seed codes unused since the last restart (or near-duplicates of a more used one) with
+    the current encoder outputs their codes represent worst (the tenth with the largest
+    quantisation error): capacity goes to object edges and colours, not to the flat background
+    that makes up most tokens. Returns how many codes were re-seeded."""
+    dead = ((usage == 0) | duplicate_codes(codebook, usage)).nonzero().flatten()
     if dead.numel() == 0:
         return 0
     pool = unit.reshape(-1, unit.shape[-1])
-    picks = torch.randint(0, pool.shape[0], (dead.numel(),), generator=gen)
-    noise = 0.01 * torch.randn(dead.numel(), pool.shape[1], generator=gen)
-    vq.quantize.embedding.weight[dead] = F.normalize(pool[picks] + noise, dim=-1)
+    error = (pool - chosen.reshape(pool.shape)).square().sum(-1)
+    pool = pool[error.argsort(descending=True)[: max(1, pool.shape[0] // 10)]]
+    picks = torch.randint(0, pool.shape[0], (dead.numel(),), generator=generator)
+    noise = 0.01 * torch.randn(dead.numel(), pool.shape[1], generator=generator)
+    codebook[dead] = F.normalize(pool[picks] + noise, dim=-1)
     return int(dead.numel())
 
 
@@ -158,7 +253,14 @@ def train_vq(
     log: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train the VQ on random world renders (reconstruction + codebook + commitment losses); returns final stats."""
+    """Train the VQ in place on random world renders so that image tokens are easy for a small LM
+    to predict and decode to scenes the world detector reads back; returns the last step's stats.
+
+    Losses: a foreground-weighted pixel loss (MSE + L1), codebook and commitment losses on the
+    unit sphere, and the patch-consistency loss ("one patch, one token": measured on the demo's
+    32 px tokenizer, a pure background patch was otherwise encoded as any of ~200-400 codes,
+    7-8.5 bits of noise per token the LM had to predict; with it, 8 codes and 2.4 bits).
+    """
     from tqdm.auto import tqdm
 
     if config.threads:
@@ -169,10 +271,15 @@ def train_vq(
     vq.train()
     vq.to(memory_format=torch.channels_last)  # ~10x faster convolutions on CPU (oneDNN)
     _normalise_codebook(vq)
+    codebook = vq.quantize.embedding.weight
     optimizer = torch.optim.AdamW(vq.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
-    )
+
+    def schedule(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    background = torch.tensor(BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
     usage = torch.zeros(vq.config.num_embeddings, dtype=torch.long)
     start = time.perf_counter()
     stats: dict[str, float] = {}
@@ -182,28 +289,34 @@ def train_vq(
     for step in bar:
         crop = config.crop_size if step < full_from else 0
         pixels = _world_batch(rng, config.batch_size, config.image_size, crop, stride)
-        latents = _encode_latents(vq, pixels)
-        quantised, codes, unit = quantize(vq, latents)
-        reconstruction = _decode_latents(vq, quantised)
-        chosen = F.normalize(vq.quantize.embedding.weight, dim=-1)[codes]
-        reconstruction_loss = F.mse_loss(reconstruction, pixels) + F.l1_loss(reconstruction, pixels)
+        foreground = ((pixels - background).abs().sum(1, keepdim=True) > 0.05).float()
+        weight = 1.0 + config.foreground_weight * foreground
+        quantised, codes, unit = quantize(vq, _encode_latents(vq, pixels))
+        error = _decode_latents(vq, quantised) - pixels
+        reconstruction_loss = (weight * (error.square() + error.abs())).mean() / weight.mean()
+        consistent = config.consistency_weight and step >= config.consistency_from * config.steps
+        consistency_loss = patch_consistency_loss(pixels, unit) if consistent else torch.zeros(())
+        chosen = F.normalize(codebook, dim=-1)[codes]
         codebook_loss = F.mse_loss(chosen, unit.detach())
         commitment_loss = F.mse_loss(unit, chosen.detach())
         loss = (
             reconstruction_loss
             + config.codebook_weight * codebook_loss
             + config.commitment * commitment_loss
+            + config.consistency_weight * consistency_loss
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        scheduler.step()
         _normalise_codebook(vq)
         usage += torch.bincount(codes.flatten(), minlength=usage.numel())
         restarted = 0
         if config.restart_dead_every and (step + 1) % config.restart_dead_every == 0:
             if step + 1 < 0.8 * config.steps:  # let the last stretch settle
-                restarted = _restart_dead_codes(vq, usage, unit.detach(), gen)
+                restarted = _restart_dead_codes(
+                    codebook, usage, unit.detach(), chosen.detach(), gen
+                )
             usage.zero_()
         stats = {
             "step": step + 1,
@@ -211,6 +324,7 @@ def train_vq(
             "reconstruction_loss": float(reconstruction_loss.detach()),
             "codebook_loss": float(codebook_loss.detach()),
             "commitment_loss": float(commitment_loss.detach()),
+            "consistency_loss": float(consistency_loss.detach()),
             "codes_in_batch": int(codes.unique().numel()),
             "restarted_codes": restarted,
             "seconds": time.perf_counter() - start,
@@ -219,6 +333,12 @@ def train_vq(
         if log is not None:
             log(stats)
     vq.eval()
+    if config.merge_duplicates:
+        with torch.no_grad():
+            pixels = _world_batch(rng, 256, config.image_size, 0, stride)
+            _, codes, _ = quantize(vq, _encode_latents(vq, pixels))
+            final_usage = torch.bincount(codes.flatten(), minlength=codebook.shape[0])
+            stats["merged_codes"] = merge_duplicate_codes(codebook, final_usage)
     return stats
 
 
