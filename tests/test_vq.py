@@ -40,6 +40,15 @@ def test_training_lowers_reconstruction_loss_and_keeps_a_unit_codebook() -> None
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
 
 
+def test_patch_consistency_starts_at_its_fraction_of_steps() -> None:
+    vq = _new_vq()
+    rows: list[dict[str, float]] = []
+    config = VQTrainConfig(steps=4, batch_size=2, consistency_from=0.5, restart_dead_every=0)
+    stats = train_vq(vq, config, log=rows.append, progress=False)
+    assert [row["consistency_loss"] == 0 for row in rows] == [True, True, False, False]
+    assert stats["merged_codes"] >= 0  # the final merge ran (its effect: the test below)
+
+
 def test_codes_agree_with_transformers_encode_and_decode_round_trips() -> None:
     vq = _new_vq()
     train_vq(vq, VQTrainConfig(steps=2, batch_size=2), progress=False)

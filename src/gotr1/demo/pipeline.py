@@ -158,6 +158,7 @@ def vq_config(config: DemoConfig) -> Any:
         foreground_weight=config.vq_foreground_weight,
         image_size=image_size(config),
         crop_size=0,
+        consistency_from=0.0,  # the demo's shallow encoder takes it from the first step
         seed=config.vq_seed,
     )
 

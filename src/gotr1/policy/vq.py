@@ -54,7 +54,7 @@ class VQTrainConfig:
         metadata={"help": "weight of the loss pulling identical pixel patches to one latent"},
     )
     consistency_from: float = field(
-        default=0.0,
+        default=0.3,
         metadata={
             "help": "fraction of steps before the consistency loss starts (a deep encoder collapses "
             "to one code when it applies from the first step)"
