@@ -46,7 +46,7 @@ def test_patch_consistency_starts_at_its_fraction_of_steps() -> None:
     config = VQTrainConfig(steps=4, batch_size=2, consistency_from=0.5, restart_dead_every=0)
     stats = train_vq(vq, config, log=rows.append, progress=False)
     assert [row["consistency_loss"] == 0 for row in rows] == [True, True, False, False]
-    assert stats["merged_codes"] >= 0  # the final merge ran (its effect: the test below)
+    assert "merged_codes" in stats  # the final merge ran (what it does: tested below)
 
 
 def test_codes_agree_with_transformers_encode_and_decode_round_trips() -> None:
