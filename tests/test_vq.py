@@ -76,6 +76,10 @@ def test_train_vq_command_writes_a_loadable_folder_and_report(tmp_path: Path, ca
     assert loaded.config.num_embeddings == 512
     assert main(["train-vq", "--out", str(out), "--steps", "0"]) == 2
     assert "--steps must be positive" in capsys.readouterr().err
+    assert main(["train-vq", "--out", str(out), "--consistency-from", "1.5"]) == 2
+    assert "--consistency-from must be in [0, 1]" in capsys.readouterr().err
+    assert main(["train-vq", "--out", str(out), "--foreground-weight", "-1"]) == 2
+    assert "--foreground-weight must be >= 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

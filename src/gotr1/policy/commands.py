@@ -93,6 +93,21 @@ def register_train_vq(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None, help="renders per step")
     parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    parser.add_argument(
+        "--foreground-weight", type=float, default=None, help="extra loss weight of object pixels"
+    )
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=None,
+        help="weight of the loss pulling identical pixel patches to one latent (0: off)",
+    )
+    parser.add_argument(
+        "--consistency-from",
+        type=float,
+        default=None,
+        help="fraction of steps before the consistency loss starts (0-1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed")
     parser.add_argument("--eval-scenes", type=int, default=500, help="held-out scenes to evaluate")
     parser.set_defaults(func=run_train_vq)
@@ -122,9 +137,19 @@ def run_train_vq(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    weights = {
+        "foreground_weight": args.foreground_weight,
+        "consistency_weight": args.consistency_weight,
+    }
+    for name, value in weights.items():
+        if value is not None and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if args.consistency_from is not None and not 0 <= args.consistency_from <= 1:
+        raise UserError(f"--consistency-from must be in [0, 1], got {args.consistency_from}")
+    settings = overrides | weights | {"consistency_from": args.consistency_from}
     config = replace(
         VQTrainConfig(seed=args.seed, image_size=preset.image_size),
-        **{k: v for k, v in overrides.items() if v is not None},
+        **{k: v for k, v in settings.items() if v is not None},
     )
     torch.manual_seed(args.seed)
     vq = JanusVQVAE(janus_config(preset).vq_config)
