@@ -32,7 +32,15 @@ def _new_vq(seed: int = 0) -> JanusVQVAE:
 def test_training_lowers_reconstruction_loss_and_keeps_a_unit_codebook() -> None:
     vq = _new_vq()
     losses: list[float] = []
-    config = VQTrainConfig(steps=40, batch_size=4, learning_rate=3e-3, crop_size=32, seed=1)
+    # the plain pixel loss: the foreground-weighted one mostly measures colours, which take longer
+    config = VQTrainConfig(
+        steps=40,
+        batch_size=4,
+        warmup_steps=1,
+        foreground_weight=0.0,
+        consistency_weight=0.0,
+        seed=1,
+    )
     train_vq(vq, config, log=lambda s: losses.append(s["reconstruction_loss"]), progress=False)
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
