@@ -55,9 +55,9 @@ DEMO_PRESET: dict[str, Any] = {
     },
     "image_token_id": 5,
     "tie_word_embeddings": False,
-    # Box coordinates as single tokens: with one digit per token (DeepSeek's way) the demo's SFT
-    # model ignored the planned boxes (teacher-forced image loss 1.019 with true vs 1.023 with
-    # swapped boxes, seed 0); with whole numbers 1.004 vs 1.029: 8x as plan-sensitive.
+    # Box coordinates as single tokens (one digit per token is DeepSeek's way). Seed 0's SFT model:
+    # teacher-forced image loss with true vs swapped boxes 1.019 vs 1.023 with digits, 1.004 vs
+    # 1.029 with whole numbers; seeds 1 and 2 (whole numbers) still only +0.0065 and +0.0021.
     "world_tokenizer": {"vocab_size": 600, "whole_numbers": True},
 }
 """The ``world-demo`` preset (``configs/world-demo.yaml`` mirrors it; a test keeps them equal)."""
