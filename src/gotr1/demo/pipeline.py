@@ -183,12 +183,19 @@ def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict
     """Stage 1: a new world model — the world BPE tokenizer, fresh weights and the VQ image
     tokenizer trained on world renders — saved as ``folder/model``, with the VQ's detector
     agreement on reconstructions of held-out random scenes."""
-    from gotr1.policy.io import new_policy, save_pretrained
-    from gotr1.policy.vq import evaluate_vq, train_vq
+    from gotr1.policy.io import load_pretrained
+    from gotr1.policy.vq import evaluate_vq
+    from gotr1.train.sft import INIT_MARKER, train_world_tokenizer_and_vq
 
-    model, processor = new_policy(str(preset_path), seed=config.vq_seed)
-    stats = train_vq(model.model.vqmodel, vq_config(config), progress=config.progress)
-    model_dir = save_pretrained(model.eval(), processor, folder / "model")
+    model_dir = train_world_tokenizer_and_vq(
+        folder / "model",
+        str(preset_path),
+        config.vq_seed,
+        vq_config(config),
+        progress=config.progress,
+    )
+    stats = json.loads((model_dir / INIT_MARKER).read_text())["vq_train"]
+    model, _ = load_pretrained(model_dir)
     quality = evaluate_vq(model.model.vqmodel, scenes=200, image_size=image_size(config))
     return {"model": str(model_dir), "vq_train": stats, "vq_eval": quality}
 

@@ -193,11 +193,16 @@ DUPLICATE_DISTANCE = 0.1
 is noise, which the LM would have to predict."""
 
 
+def _most_used_first(usage: torch.Tensor) -> list[int]:
+    """Code indices by falling usage (ties: the lower index first)."""
+    return sorted(range(usage.numel()), key=lambda k: (-int(usage[k]), k))
+
+
 @torch.no_grad()
 def duplicate_codes(codebook: torch.Tensor, usage: torch.Tensor) -> torch.Tensor:
     """Mask of codes within `DUPLICATE_DISTANCE` of a more used code (ties: the lower index)."""
     unit = F.normalize(codebook, dim=-1)
-    order = sorted(range(unit.shape[0]), key=lambda k: (-int(usage[k]), k))
+    order = _most_used_first(usage)
     rank = torch.empty(unit.shape[0], dtype=torch.long)
     rank[torch.tensor(order)] = torch.arange(unit.shape[0])
     close = torch.cdist(unit, unit) < DUPLICATE_DISTANCE
@@ -211,9 +216,8 @@ def merge_duplicate_codes(codebook: torch.Tensor, usage: torch.Tensor) -> int:
     encoding resolves the tie to one index; returns how many codes were merged."""
     unit = F.normalize(codebook, dim=-1)
     merged = 0
-    order = sorted(range(unit.shape[0]), key=lambda k: (-int(usage[k]), k))
     kept: list[int] = []
-    for k in order:
+    for k in _most_used_first(usage):
         near = [j for j in kept if float((unit[k] - unit[j]).norm()) < DUPLICATE_DISTANCE]
         if near:
             codebook[k] = codebook[near[0]]
