@@ -19,7 +19,7 @@ from typing import Any
 
 DEMO_PRESET: dict[str, Any] = {
     "name": "world-demo",
-    "description": "~1M parameters: 3-layer Llama (hidden 128), 8x8 image tokens for 32x32 images",
+    "description": "~1.7M parameters: 3-layer Llama (hidden 128), 8x8 image tokens for 32x32 images",
     "text": {
         "vocab_size": 600,
         "hidden_size": 128,
@@ -48,7 +48,10 @@ DEMO_PRESET: dict[str, Any] = {
         "num_embeddings": 512,
         "embed_dim": 8,
         "latent_channels": 32,
-        "base_channels": 32,
+        # 64, not 32: GroupNorm(32 groups) over 32 channels normalises each channel on its own.
+        # Measured (1000 steps unless said, 200 held-out scenes, detector agreement): 32 channels
+        # 0.48, 3000 steps 0.85; 64 channels 0.61, 2000 steps 0.93.
+        "base_channels": 64,
         "channel_multiplier": [1, 1, 1],
         "num_res_blocks": 0,
         "num_hidden_layers": 2,
@@ -87,13 +90,17 @@ class DemoConfig:
         None, "Folder of the tokenizer stage (None: <out>/tokenizer); seeds can share one."
     )
     vq_seed: int = _f(0, "Seed of the image tokenizer (kept fixed across demo seeds).")
-    vq_steps: int = _f(1000, "VQ training steps.")
+    vq_steps: int = _f(2000, "VQ training steps.")
     vq_batch_size: int = _f(16, "World renders per VQ step.")
     vq_learning_rate: float = _f(3e-3, "VQ peak learning rate.")
     vq_foreground_weight: float = _f(9.0, "Extra VQ loss weight of object pixels.")
 
     # Stage 2: SFT.
-    sft_steps: int = _f(400, "SFT optimizer steps.")
+    sft_steps: int = _f(
+        1000,
+        "SFT optimizer steps (400 steps: the images ignored the planned boxes, plan sensitivity "
+        "0.026 nats/token; 1000 steps: 0.154).",
+    )
     sft_batch_size: int = _f(32, "SFT examples per step.")
     sft_learning_rate: float = _f(3e-3, "SFT peak learning rate (cosine).")
     sft_warmup_steps: int = _f(20, "SFT warm-up steps.")
