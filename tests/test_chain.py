@@ -89,6 +89,12 @@ def test_ten_thousand_objects() -> None:
     assert len(chain.objects) == 10_000 and chain.errors == []
 
 
+def test_error_messages_stay_short_whatever_the_input() -> None:
+    name = "x" * 100_000
+    chain = parse_chain(f"<|obj_start|>{name}<|obj_end|><|box_start|>(1,2),(3)<|box_end|>")
+    assert chain.errors and all(len(error) < 300 for error in chain.errors)
+
+
 def test_non_string_input_is_an_error_not_a_crash() -> None:
     chain = parse_chain(b"\x00\xff")  # type: ignore[arg-type]
     assert chain.objects == [] and chain.errors

@@ -416,7 +416,8 @@ def test_demo_reward_multiplies_the_clean_factor_into_the_product():
     clean = make_demo_reward(["sem", "spa", "ri", "pi"], "product", clean_factor=True)
     a = plain.score(["a red circle"] * 2, [chain, chain], images)
     b = clean.score(["a red circle"] * 2, [chain, chain], images)
-    assert a.total[0] == pytest.approx(a.total[1]) and a.total[0] > 0  # the plain judge is blind
+    # R_PI counts clutter as one requirement of three (only asked objects: 1/2 here)
+    assert a.total[1] == pytest.approx(a.total[0] * (1 + 1 + 0.5) / 3) and a.total[0] > 0
     assert b.total[0] == pytest.approx(a.total[0])
     assert b.total[1] == pytest.approx(a.total[1] / 2)  # one asked, one extra
 

@@ -139,7 +139,7 @@ def parse_chain(text: str) -> Chain:
             if pending_name is None:
                 errors.append(f"char {start}: box {_snippet(body)} has no object")
             else:
-                box = _parse_box(body, errors, f"char {start} ({pending_name})")
+                box = _parse_box(body, errors, f"char {start} ({_snippet(pending_name)})")
                 if box is not None:
                     chain.objects.append(ChainObject(pending_name, box))
                 pending_name = None

@@ -292,7 +292,8 @@ class WorldEvidenceScorer:
 
     def yes_prob(self, image: Image.Image, question: str) -> float:
         """The fraction of the question's requirements the detections meet (objects present,
-        colours, exact counts, the relation); 0 for a question naming no world object."""
+        colours, exact counts, the relation; other objects in the image do not count against it);
+        0 for a question naming no world object."""
         from gotr1.world import score_detections
 
         self.stats["yes_prob"] += 1
@@ -300,7 +301,7 @@ class WorldEvidenceScorer:
         if spec is None:
             self.stats["unknown_questions"] += 1
             return 0.0
-        return float(score_detections(spec, self.detections(image)).soft)
+        return float(score_detections(spec, self.detections(image), only_asked=False).soft)
 
     def colour(self, image: Image.Image, box: PixelBox, candidates: Sequence[str]) -> str:
         """The colour of the detection overlapping ``box`` most, else the candidate nearest to

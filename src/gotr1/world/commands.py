@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--scenes", type=int, default=1000, help="number of random scenes")
     check.add_argument("--seed", type=int, default=0, help="sampling seed")
+    check.add_argument("--blur", type=float, default=0.6, help="Gaussian blur radius (degraded)")
+    check.add_argument("--noise", type=float, default=8.0, help="pixel noise std (degraded)")
+    check.add_argument("--size", type=int, default=64, help="render size in pixels")
     check.set_defaults(func=_detector_check)
 
 
@@ -47,7 +50,11 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _detector_check(args: argparse.Namespace) -> int:
     """Handler of `gotr1 world detector-check`."""
+    from gotr1.cli import UserError
     from gotr1.world.detector_check import detector_accuracy
 
-    print(json.dumps(detector_accuracy(args.scenes, args.seed), indent=2))
+    if args.scenes < 1 or args.size < 16 or args.blur < 0 or args.noise < 0:
+        raise UserError("--scenes must be >= 1, --size >= 16, --blur and --noise >= 0")
+    report = detector_accuracy(args.scenes, args.seed, args.blur, args.noise, args.size)
+    print(json.dumps(report, indent=2))
     return 0

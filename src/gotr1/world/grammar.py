@@ -51,7 +51,14 @@ HELD_OUT_RELATIONS: frozenset[tuple[str, str, str]] = frozenset(
         ("square", "right", "circle"),
     }
 )
-"""(first shape, relation, second shape) triples that appear only in test prompts."""
+"""(first shape, relation, second shape) triples that appear only in test prompts (their mirror
+images too: "a circle right of a triangle" is "a triangle left of a circle")."""
+MIRROR_RELATION: dict[str, str] = {
+    "left": "right",
+    "right": "left",
+    "above": "below",
+    "below": "above",
+}
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,11 @@ class PromptSpec:
         if any((o.color, o.shape) in HELD_OUT_PAIRS for o in self.objects if o.color):
             return True
         if self.relation is not None:
-            triple = (self.objects[0].shape, self.relation, self.objects[1].shape)
-            return triple in HELD_OUT_RELATIONS
+            first, second = self.objects[0].shape, self.objects[1].shape
+            mirrored = (second, MIRROR_RELATION[self.relation], first)
+            return (first, self.relation, second) in HELD_OUT_RELATIONS or (
+                mirrored in HELD_OUT_RELATIONS
+            )
         return False
 
 
