@@ -528,12 +528,26 @@ def test_summary_is_labelled_with_the_scorer(tmp_path: Path) -> None:
     record = cb.summary_record({"color": 0.5, "spatial": 0.25}, "qwen2.5-vl-7b", {"color": 3000})
     assert record["judged_by"] == "qwen2.5-vl-7b"
     assert "not the official" in str(record["note"])
+    assert record["metric_keys"] == {"color": "blip", "spatial": "spatial"}
     markdown = cb.summary_markdown(record)
     assert "judged by qwen2.5-vl-7b" in markdown
-    assert "| color | blip | 0.5000 | 3000 |" in markdown
+    assert f"| color | {cb.METRIC_LABELS['blip']} | 0.5000 | 3000 |" in markdown
     json_path, md_path = layouts.write_summary(tmp_path, record, markdown, "compbench_summary")
     assert json.loads(json_path.read_text())["scores"] == {"color": 0.5, "spatial": 0.25}
     assert md_path.read_text() == markdown
+
+
+def test_the_non_spatial_metric_is_labelled_as_a_yes_probability_stand_in() -> None:
+    # The key stays "clip" (official metric and result-folder name); every summary says what it is.
+    assert cb.CATEGORY_METRIC["non_spatial"] == "clip"
+    record = cb.summary_record({"non_spatial": 0.7, "complex": 0.4}, "qwen2.5-vl-7b")
+    assert record["metric_keys"] == {"non_spatial": "clip", "complex": "3_in_1"}
+    assert record["metrics"]["non_spatial"] == "clip stand-in: yes-probability (scorer)"
+    assert "clip stand-in: yes-probability (scorer)" in str(record["metrics"]["complex"])
+    markdown = cb.summary_markdown(record)
+    assert "| non_spatial | clip stand-in: yes-probability (scorer) | 0.7000 |  |" in markdown
+    assert "| non_spatial | clip |" not in markdown
+    assert set(cb.METRIC_LABELS) == set(cb.CATEGORY_METRIC.values())
 
 
 def test_evidence_boxes_and_grid_conversion() -> None:

@@ -28,6 +28,8 @@ from gotr1.eval.generation import (
     load_policy,
     plan_batches,
     prompt_groups,
+    rebuild_batch,
+    resample_batch,
     write_item,
 )
 from gotr1.eval.layouts import (
@@ -149,7 +151,13 @@ def test_compbench_generates_official_layout_scores_and_resumes(tmp_path, model_
             assert record["prompt"] == sample.prompt and record["index"] == sample.question_id
             assert record["sampling"]["cfg_weight"] == 3.0 and isinstance(record["truncated"], bool)
             seed_item = record["batch_items"][0]
-            assert record["seed"] == 42 + seed_item[0] * 3 + seed_item[1]
+            assert record["seed"] == 42 + seed_item["prompt_index"] * 3 + seed_item["sample_index"]
+            assert record["batch_items"][record["row"]] == {
+                "category": category,
+                "prompt_index": record["prompt_index"],
+                "sample_index": record["sample_index"],
+                "prompt": sample.prompt,
+            }
         # every number written is the official rule applied to the saved image
         metric = compbench.CATEGORY_METRIC[category]
         folder = out / category / "judged-by-world-detector"
@@ -321,12 +329,57 @@ def test_batches_group_prompts_and_the_recorded_seed_reproduces_a_batch(tmp_path
     assert report.batches == 1 and report.generated == 6
     record = json.loads(items[4].chain_path.with_suffix(".json").read_text())
     assert record["seed"] == 7 and record["row"] == 4
-    assert record["batch_items"] == [[p, k] for p in range(3) for k in range(2)]
+    assert [[r["prompt_index"], r["sample_index"]] for r in record["batch_items"]] == [
+        [p, k] for p in range(3) for k in range(2)
+    ]
     generator = torch.Generator().manual_seed(record["seed"])
     rollouts = policy.rollout(prompts, 2, sampling, generator)
     assert rollouts.chain_texts[4] == items[4].chain_path.read_bytes().decode("utf-8")
     saved = np.asarray(_open(items[4].image_path))
     np.testing.assert_array_equal(np.asarray(rollouts.images[4].convert("RGB")), saved)
+
+
+def test_a_record_alone_rebuilds_a_batch_that_spans_categories(tmp_path, model_dir):
+    """Two categories share prompt indices 0 and 1 (and seeds): [prompt_index, sample_index]
+    alone is ambiguous, the recorded category and prompt text are not."""
+    policy = load_policy(model_dir, device="cpu")
+    sampling = SamplingConfig(max_chain_tokens=6, cfg_weight=2.0)
+    color = compbench_items(tmp_path, "color", ["a red circle", "a blue square"], 2, base_seed=5)
+    shape = compbench_items(tmp_path, "shape", ["a yellow triangle", "a green circle"], 2, 5)
+    items = color + shape
+    report = generate_items(policy, items, sampling, prompts_per_batch=4)
+    assert report.batches == 1 and report.generated == 8
+    target = shape[3]  # "a green circle", row 7 of the batch
+    record = json.loads(target.chain_path.with_suffix(".json").read_text())
+    assert record["row"] == 7
+    keys = [(r["category"], r["prompt_index"], r["sample_index"]) for r in record["batch_items"]]
+    assert len(set(keys)) == 8  # unambiguous across categories
+    assert [(k[1], k[2]) for k in keys] == [(p, k) for p in (0, 1, 0, 1) for k in (0, 1)]
+    assert record["batch_items"][7] == {
+        "category": "shape",
+        "prompt_index": 1,
+        "sample_index": 1,
+        "prompt": "a green circle",
+    }
+    spec = rebuild_batch(record)
+    assert spec.prompts == ["a red circle", "a blue square", "a yellow triangle", "a green circle"]
+    assert (spec.num_generations, spec.seed) == (2, 5)
+    assert SamplingConfig(**spec.sampling) == sampling
+    # Re-sampled from nothing but the record (in a fresh dict, as read from disk).
+    rollouts = resample_batch(policy, json.loads(json.dumps(record)))
+    assert rollouts.chain_texts[7] == target.chain_path.read_bytes().decode("utf-8")
+    np.testing.assert_array_equal(
+        np.asarray(rollouts.images[7].convert("RGB")), np.asarray(_open(target.image_path))
+    )
+    for broken in (
+        {**record, "batch_items": [[0, 0], [0, 1]]},  # the old, ambiguous form
+        {**record, "batch_items": record["batch_items"][:3]},  # unequal rows per prompt
+        # prompt (color, 0) again after (color, 1): rows of a prompt are contiguous
+        {**record, "batch_items": record["batch_items"][:4] + record["batch_items"][:2]},
+        {k: v for k, v in record.items() if k != "seed"},
+    ):
+        with pytest.raises(ValueError, match="record"):
+            rebuild_batch(broken)
 
 
 # --------------------------------------------------------------------------- errors

@@ -10,22 +10,26 @@ summary this module writes says which scorer judged it.
 Category -> metric (:data:`CATEGORY_METRIC`): colour/shape/texture use the BLIP-VQA product rule,
 spatial the UniDet 2D rule, numeracy the UniDet counting rule, non-spatial the CLIP similarity
 (here: the scorer's yes-probability for the whole prompt, a stand-in that is *not* on CLIP's
-scale), complex the 3-in-1 average of the three. 3D-spatial (depth-based) is not implemented.
+scale; the key stays "clip" to match the official result folders, and summaries label it
+"clip stand-in: yes-probability (scorer)", :data:`METRIC_LABELS`), complex the 3-in-1 average of
+the three. 3D-spatial (depth-based) is not implemented.
 
-NOTES — what is left for the policy stage (issue 7):
+Where the rest lives:
 
-- ``gotr1 eval compbench`` CLI: generate ``--images-per-prompt`` images per prompt with the policy
-  (items from :func:`gotr1.eval.layouts.compbench_items`, split with
-  :func:`gotr1.eval.layouts.shard` under ``accelerate launch``, finished ones skipped with
-  :func:`gotr1.eval.layouts.pending`, written with :func:`gotr1.eval.layouts.write_compbench_sample`,
-  which records seeds and chains), then score each category with :func:`score_image` and write
-  the results into :func:`gotr1.eval.layouts.compbench_result_dir` with
-  :func:`gotr1.eval.layouts.write_compbench_results` (complex: metrics "blip", "spatial",
-  "spatial_3_in_1", "clip" and "3_in_1", as the official scripts write them) and the labelled
-  :func:`summary_record` / :func:`summary_markdown` with :func:`gotr1.eval.layouts.write_summary`.
-- The Qwen2.5-VL evidence scorer (grounding -> ``detect``, yes/no token probabilities ->
-  ``yes_prob``, a colour question -> ``colour``) and the world-judge adapter.
-- An end-to-end test on world-tiny.
+- ``gotr1 eval compbench`` (:mod:`gotr1.eval.commands`) generates ``--images-per-prompt`` images
+  per prompt with the policy into the official layout (:func:`gotr1.eval.layouts.compbench_items`,
+  sharded and resumable through :mod:`gotr1.eval.generation`, seeds and chains recorded), then
+  scores each category with :func:`score_image` into
+  :func:`gotr1.eval.layouts.compbench_result_dir` (complex: metrics "blip", "spatial",
+  "spatial_3_in_1", "clip" and "3_in_1", as the official scripts write them) and writes the
+  labelled :func:`summary_record` / :func:`summary_markdown`.
+- The evidence scorers are in :mod:`gotr1.eval.scorers`: ``QwenEvidenceScorer`` (Qwen2.5-VL
+  grounding -> ``detect``, yes/no token probabilities -> ``yes_prob``, a colour question ->
+  ``colour``; local or over an OpenAI-compatible server) and ``WorldEvidenceScorer`` (the
+  world's exact detector, adapted to the same protocol).
+- ``tests/test_eval_e2e.py`` runs both protocols end to end on a world-tiny-shaped policy with
+  the world scorer; ``docs/benchmarks.md`` describes the commands, layouts and the measured
+  prompt-parsing agreement.
 
 Official quirks kept on purpose (each has a test):
 
@@ -68,6 +72,7 @@ __all__ = [
     "DISTANCE_THRESHOLD",
     "IMAGES_PER_PROMPT",
     "IOU_THRESHOLD",
+    "METRIC_LABELS",
     "NUMERACY_ALIASES",
     "SPATIAL_CUTOFF",
     "SPATIAL_PERSON_WORDS",
@@ -121,7 +126,20 @@ CATEGORY_METRIC: dict[str, str] = {
     "complex": "3_in_1",
     "numeracy": "numeracy",
 }
-"""Which official metric scores each category."""
+"""Which official metric scores each category: stable keys, named after the official metrics and
+result folders (``annotation_clip`` ...). "clip" here is *not* a CLIP score (see
+:data:`METRIC_LABELS`)."""
+
+METRIC_LABELS: dict[str, str] = {
+    "blip": "blip: BLIP-VQA product rule over yes-probabilities (scorer)",
+    "spatial": "spatial: UniDet 2D rule over boxes (scorer)",
+    "numeracy": "numeracy: UniDet counting rule over boxes (scorer)",
+    "clip": "clip stand-in: yes-probability (scorer)",
+    "3_in_1": "3_in_1: blip + spatial + clip stand-in: yes-probability (scorer)",
+}
+"""What each metric key means in gotr1's summaries. The non-spatial metric and the "action" part of
+the 3-in-1 are the scorer's yes-probability that the image shows the prompt, standing in for the
+official CLIP similarity and not on its scale."""
 
 IMAGES_PER_PROMPT = 10
 """Images per prompt in the official protocol (``--n_iter 10``; 3_in_1.py hard-codes ``num=10``)."""
@@ -490,7 +508,11 @@ def summary_record(
     scorer: str,
     image_counts: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
-    """The summary JSON of a CompBench run, labelled with the scorer that judged it."""
+    """The summary JSON of a CompBench run, labelled with the scorer that judged it.
+
+    ``metrics`` says in words what scored each category (:data:`METRIC_LABELS`: the non-spatial
+    "clip" is a yes-probability stand-in, not a CLIP score); ``metric_keys`` holds the stable keys
+    of :data:`CATEGORY_METRIC` (the official metric and result-folder names)."""
     return {
         "benchmark": "T2I-CompBench",
         "rules": "official T2I-CompBench scoring rules (BLIP-VQA product, UniDet 2D spatial, "
@@ -498,7 +520,8 @@ def summary_record(
         "judged_by": scorer,
         "note": f"Evidence from the {scorer!r} scorer, not the official BLIP/UniDet/CLIP models; "
         "scores are not comparable with published T2I-CompBench numbers.",
-        "metrics": {c: CATEGORY_METRIC.get(c, "?") for c in category_scores},
+        "metrics": {c: METRIC_LABELS.get(CATEGORY_METRIC.get(c, ""), "?") for c in category_scores},
+        "metric_keys": {c: CATEGORY_METRIC.get(c, "?") for c in category_scores},
         "scores": {c: float(s) for c, s in category_scores.items()},
         "images": dict(image_counts or {}),
     }

@@ -15,9 +15,12 @@ How the work is cut:
   :meth:`gotr1.policy.policy.Policy.rollout` call;
 - each batch is sampled with its own ``torch.Generator`` seeded with the seed of the batch's
   first item (``base_seed + index`` from :mod:`gotr1.eval.layouts`); every image's record (JSON
-  beside its chain) holds that seed, the batch's items as [prompt_index, sample_index] pairs in
-  row order (``batch_items``) and its own ``row``, so the
-  batch can be re-sampled exactly on the same device. (A resumed or differently sharded run forms
+  beside its chain) holds that seed, the sampling settings, its own ``row`` and the whole batch
+  in row order (``batch_items``: category, prompt index, sample index and prompt text of every
+  row; see :func:`batch_item_record`). A batch may mix categories whose prompt indices collide,
+  so the prompt text is what rebuilds it: :func:`rebuild_batch` turns any one record back into the
+  ``Policy.rollout`` call that sampled it and :func:`resample_batch` runs that call, which gives
+  the same samples on the same device and software. (A resumed or differently sharded run forms
   other batches, hence other samples; the records always say which.)
 
 Images are written atomically (:func:`gotr1.eval.layouts.save_image_atomic`) after their chain
@@ -50,15 +53,19 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from gotr1.policy.policy import Policy
-    from gotr1.policy.rollout import SamplingConfig
+    from gotr1.policy.rollout import Rollouts, SamplingConfig
 
 __all__ = [
+    "BatchSpec",
     "GenerationReport",
+    "batch_item_record",
     "generate_items",
     "item_prompt",
     "load_policy",
     "plan_batches",
     "prompt_groups",
+    "rebuild_batch",
+    "resample_batch",
     "sampling_record",
     "shard_groups",
     "write_item",
@@ -136,6 +143,89 @@ def item_prompt(item: Item) -> str:
     if isinstance(item, CompbenchItem):
         return item.prompt
     return str(item.metadata["prompt"])
+
+
+def batch_item_record(item: Item) -> dict[str, Any]:
+    """One row of a batch as the records store it (``batch_items``): category (None for GenEval,
+    which has none), prompt index, sample index and the prompt text the row was sampled from."""
+    return {
+        "category": item.category if isinstance(item, CompbenchItem) else None,
+        "prompt_index": item.prompt_index,
+        "sample_index": item.sample_index,
+        "prompt": item_prompt(item),
+    }
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """The ``Policy.rollout`` call that sampled one batch, rebuilt from an image's record."""
+
+    prompts: list[str]
+    """One prompt per group, in row order."""
+    num_generations: int
+    """Rows per prompt."""
+    seed: int
+    """Seed of the batch's ``torch.Generator``."""
+    sampling: dict[str, Any]
+    """The recorded :func:`sampling_record` (keyword arguments of ``SamplingConfig``)."""
+    rows: list[dict[str, Any]]
+    """The batch's rows (:func:`batch_item_record`), in order."""
+
+
+_ROW_KEYS = frozenset({"category", "prompt_index", "sample_index", "prompt"})
+
+
+def rebuild_batch(record: dict[str, Any]) -> BatchSpec:
+    """The batch an image's record (the JSON beside its chain) was sampled in, from that record
+    alone. Raises ValueError when the record lacks what is needed (records written before the
+    rows carried their category and prompt hold only [prompt_index, sample_index] pairs)."""
+    rows = record.get("batch_items")
+    if (
+        not isinstance(rows, list)
+        or not rows
+        or not all(isinstance(r, dict) and r.keys() >= _ROW_KEYS for r in rows)
+    ):
+        raise ValueError(
+            "record: batch_items must list {category, prompt_index, sample_index, prompt} per row "
+            "(older records with [prompt_index, sample_index] pairs cannot rebuild their batch)"
+        )
+    if "seed" not in record or "sampling" not in record:
+        raise ValueError("record: needs 'seed' and 'sampling' to rebuild its batch")
+    # Rows come prompt by prompt (generate_items' order); a prompt is (category, prompt_index).
+    groups: dict[tuple[Any, int], list[dict[str, Any]]] = {}
+    last = None
+    for row in rows:
+        key = (row["category"], int(row["prompt_index"]))
+        if key != last and key in groups:
+            raise ValueError(f"record: the rows of prompt {key} are not contiguous")
+        groups.setdefault(key, []).append(row)
+        last = key
+    sizes = {len(g) for g in groups.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"record: prompts have different numbers of rows {sorted(sizes)}")
+    return BatchSpec(
+        prompts=[str(g[0]["prompt"]) for g in groups.values()],
+        num_generations=sizes.pop(),
+        seed=int(record["seed"]),
+        sampling=dict(record["sampling"]),
+        rows=[dict(r) for r in rows],
+    )
+
+
+def resample_batch(
+    policy: Policy, record: dict[str, Any], device: str | torch.device | None = None
+) -> Rollouts:
+    """Re-run the rollout that sampled ``record``'s batch (see :func:`rebuild_batch`); the
+    record's image is row ``record["row"]`` of the returned rollouts."""
+    import torch
+
+    from gotr1.policy.rollout import SamplingConfig
+
+    spec = rebuild_batch(record)
+    generator = torch.Generator(device=device or policy.device).manual_seed(spec.seed)
+    return policy.rollout(
+        spec.prompts, spec.num_generations, SamplingConfig(**spec.sampling), generator
+    )
 
 
 def _group_key(item: Item) -> tuple[str, int]:
@@ -268,7 +358,7 @@ def generate_items(
         rollouts = policy.rollout(prompts, n, sampling, generator)
         if len(rollouts) != len(rows):
             raise RuntimeError(f"rollout returned {len(rollouts)} samples for {len(rows)} images")
-        indices = [[item.prompt_index, item.sample_index] for item in rows]
+        indices = [batch_item_record(item) for item in rows]
         for row, item in enumerate(rows):
             truncated = bool(rollouts.truncated[row])
             record = {

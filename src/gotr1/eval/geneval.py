@@ -8,15 +8,13 @@ mean of the tag means). Detections and colours come from a pluggable
 here are "GenEval rules, judged by <scorer>"; the images themselves are written in GenEval's folder
 layout (:mod:`gotr1.eval.layouts`) so the official evaluator runs on them unchanged.
 
-NOTES — what is left for the policy stage (issue 7):
-
-- ``gotr1 eval geneval`` CLI: generate 4 images per prompt of
-  :func:`gotr1.eval.layouts.load_geneval_metadata` into
-  :func:`gotr1.eval.layouts.geneval_sample_path` (resumable through
-  :func:`gotr1.eval.layouts.pending` over :func:`gotr1.eval.layouts.geneval_items`), score each with :func:`evaluate_image`, write
-  ``results.jsonl`` (:func:`gotr1.eval.layouts.write_jsonl`) and the labelled summary
-  (:func:`summary_record`).
-- The Qwen2.5-VL evidence scorer and the world-judge adapter; an end-to-end test on world-tiny.
+Where the rest lives: ``gotr1 eval geneval`` (:mod:`gotr1.eval.commands`) generates 4 images per
+prompt of :func:`gotr1.eval.layouts.load_geneval_metadata` into
+:func:`gotr1.eval.layouts.geneval_sample_path` (sharded and resumable through
+:mod:`gotr1.eval.generation` over :func:`gotr1.eval.layouts.geneval_items`), scores each image with
+:func:`evaluate_image` over a scorer of :mod:`gotr1.eval.scorers` (the Qwen2.5-VL judge or the
+world detector), and writes ``results.jsonl`` and the labelled :func:`summary_record`;
+``tests/test_eval_e2e.py`` runs it end to end on a world-tiny-shaped policy with the world scorer.
 
 Official defaults (``--options``): detection threshold 0.3 (0.9 for the "counting" tag), at most 16
 objects per class, no NMS (max_overlap 1.0), position threshold 0.1, ten colours.
