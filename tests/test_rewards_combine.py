@@ -106,6 +106,37 @@ def test_extra_hook_failures_are_counted(batch):
         DualStageReward(WorldJudge(), extra_reward=lambda p, i: [1.0]).score(*batch)
 
 
+@pytest.mark.parametrize("policy", ["zero", "drop"])
+def test_an_extra_hook_that_raises_is_a_counted_failure(batch, full, policy):
+    def broken(prompts, images):
+        raise RuntimeError("aesthetic model out of memory")
+
+    rewards = DualStageReward(WorldJudge(), RewardConfig(on_failure=policy), broken).score(*batch)
+    assert rewards.failure_counts["extra"] == 48 and np.isnan(rewards.extra).all()
+    assert all(
+        r == "extra reward raised RuntimeError: aesthetic model out of memory"
+        for r in rewards.reasons["extra"]
+    )
+    np.testing.assert_array_equal(rewards.sem, full.sem)  # the judge's answers are unaffected
+    if policy == "zero":
+        np.testing.assert_array_equal(rewards.total, 0.0)  # a 0 factor in the product
+        assert rewards.keep.all()
+    else:
+        assert not rewards.keep.any() and np.isnan(rewards.total).all()
+    assert rewards.sample(0)["failure_reasons"]["extra"].startswith("extra reward raised")
+
+
+def test_extra_hook_values_that_are_not_numbers_fail_their_sample(batch, full):
+    def partial(prompts, images):
+        return [None if i == 0 else "high" if i == 1 else 1.0 for i in range(len(images))]
+
+    rewards = DualStageReward(WorldJudge(), RewardConfig(on_failure="drop"), partial).score(*batch)
+    assert rewards.failed["extra"].tolist() == [True, True] + [False] * 46
+    assert rewards.reasons["extra"][:3] == ["extra reward is not a finite number"] * 2 + [None]
+    assert rewards.keep.tolist() == [False, False] + [True] * 46
+    np.testing.assert_allclose(rewards.total[2:], full.total[2:])
+
+
 def test_rollouts_like_objects_and_tensors(batch, full):
     @dataclass
     class FakeRollouts:
@@ -203,6 +234,29 @@ def test_score_command_with_the_world_judge(tmp_path, capsys):
     assert report["components"]["ri"] < 1.0
     assert report["chain"]["objects"][0]["grounded"]
     assert report["total"] == pytest.approx(sum(report["components"].values()))
+
+
+def test_score_command_failure_policy(tmp_path, capsys):
+    example = sample_examples(1, seed=2)[0]
+    (tmp_path / "chain.txt").write_text(example.chain)
+    example.render().save(tmp_path / "image.png")
+    argv = [
+        "score",
+        "--prompt",
+        "not a world prompt at all",
+        "--chain",
+        str(tmp_path / "chain.txt"),
+    ]
+    argv += ["--image", str(tmp_path / "image.png")]
+    code, zero = _run(argv, capsys)  # the world judge cannot read this prompt: failures
+    assert code == 0 and zero["failed"] and zero["on_failure"] == "zero"
+    assert zero["total"] == 0.0 and zero["kept"] is True
+    code, drop = _run([*argv, "--on-failure", "drop"], capsys)
+    assert code == 0 and drop["failed"] == zero["failed"] and drop["on_failure"] == "drop"
+    assert drop["total"] is None and drop["kept"] is False
+    assert drop["failure_reasons"] == zero["failure_reasons"]
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*argv, "--on-failure", "ignore"])
 
 
 def test_score_command_user_errors(tmp_path, capsys):

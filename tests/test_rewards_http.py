@@ -28,7 +28,9 @@ class ChatServer:
     """A chat-completions server; ``respond(text, image, attempt)`` says what to do per request.
 
     ``respond`` returns ("ok", answer_text) | ("status", code) | ("sleep", seconds, answer_text)
-    | ("malformed", body) | ("truncate", answer_text). ``attempt`` counts requests with the same text.
+    | ("malformed", body) | ("truncate", answer_text) | ("drip", seconds, answer_text, chunk): the
+    whole response (status line, headers, body) ``chunk`` bytes at a time, ``seconds`` apart.
+    ``attempt`` counts requests with the same text; ``times[text]`` lists when each arrived.
     """
 
     def __init__(self) -> None:
@@ -38,6 +40,7 @@ class ChatServer:
         self.max_in_flight = 0
         self.requests = 0
         self.attempts: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {}
         self.auth_headers: list[str | None] = []
         self.bodies: list[dict] = []
         server = self
@@ -78,6 +81,7 @@ class ChatServer:
                 with server.lock:
                     attempt = server.attempts.get(text, 0)
                     server.attempts[text] = attempt + 1
+                    server.times.setdefault(text, []).append(time.monotonic())
                     server.auth_headers.append(self.headers.get("Authorization"))
                     server.bodies.append(body)
                 action = server.respond(text, image, attempt)
@@ -89,6 +93,8 @@ class ChatServer:
                     self._send(action[1], b'{"error": {"message": "injected"}}')
                 elif kind == "malformed":
                     self._send(200, action[1].encode())
+                elif kind == "drip":
+                    self._drip(self._completion(action[2]), action[1], action[3])
                 elif kind == "truncate":
                     payload = self._completion(action[1])
                     self.send_response(200)
@@ -116,6 +122,20 @@ class ChatServer:
                         ],
                     }
                 ).encode()
+
+            def _drip(self, payload: bytes, interval: float, chunk: int) -> None:
+                raw = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
+                try:
+                    for start in range(0, len(raw), chunk):
+                        self.wfile.write(raw[start : start + chunk])
+                        self.wfile.flush()
+                        time.sleep(interval)
+                except OSError:  # the client gave up and closed the connection
+                    self.close_connection = True
 
             def _send(self, status: int, payload: bytes) -> None:
                 self.send_response(status)
@@ -323,6 +343,97 @@ def test_timeouts_slow_replies_malformed_and_truncated_bodies(server):
     assert sum(v for k, v in errors.items() if "malformed" in k) == 3
     assert sum(v for k, v in errors.items() if k not in ("timeout",) and "malformed" not in k) == 1
     assert elapsed < 5.0
+
+
+def test_a_drip_fed_answer_times_out_as_a_whole(server):
+    # Every byte arrives 0.1 s after the last, well inside the 0.5 s timeout, but the whole
+    # answer (~250 bytes) would take ~25 s: each attempt must end at its 0.5 s deadline.
+    def respond(text, image, attempt):
+        caption = caption_of(text)
+        if caption == "drip-forever" or (caption == "drip-once" and attempt == 0):
+            return ("drip", 0.1, '{"score": 9}', 1)
+        if caption == "drip-fast":  # a chunked answer that does finish inside the deadline
+            return ("drip", 0.02, '{"score": 6}', 40)
+        return ("ok", '{"score": 4}')
+
+    server.respond = respond
+    start = time.perf_counter()
+    with make_judge(server.base_url, timeout=0.5, max_retries=2) as judge:
+        result = judge.semantic(["drip-forever", "drip-once", "drip-fast"], _chains(3))
+        stats, errors = dict(judge.stats), dict(judge.error_counts)
+    elapsed = time.perf_counter() - start
+    assert result.failed.tolist() == [True, False, False]
+    np.testing.assert_allclose(result.scores[1:], [0.4, 0.6])
+    assert "timeout" in result.reasons[0]
+    assert errors == {"timeout": 4}  # drip-forever 3 attempts, drip-once 1
+    assert stats["http_failures"] == 1 and stats["http_retries"] == 3
+    assert server.attempts[[t for t in server.attempts if "drip-forever" in t][0]] == 3
+    # Three attempts of 0.5 s each (plus tiny backoffs); without the deadline it took minutes.
+    assert 1.5 <= elapsed < 4.0, elapsed
+
+
+def test_backoff_waits_double_up_to_the_max(server, monkeypatch):
+    from gotr1.rewards import openai_http
+
+    assert [openai_http.backoff_ceiling(a, 0.5, 8.0) for a in range(7)] == [
+        0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0
+    ]  # fmt: skip
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(openai_http, "_sleep", sleep)
+    monkeypatch.setattr(openai_http, "_jitter", lambda low, high: high)  # always the ceiling
+    server.respond = lambda text, image, attempt: ("status", 503)
+    with make_judge(
+        server.base_url, max_retries=5, backoff_base=0.05, backoff_max=0.2, max_concurrency=1
+    ) as judge:
+        result = judge.semantic(["p"], _chains(1))
+    assert result.failed.all()
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.2, 0.2])
+    # The server saw the same spacing (each gap is at least the wait before it).
+    (times,) = server.times.values()
+    gaps = np.diff(times)
+    assert len(gaps) == 5 and all(g >= w * 0.95 for g, w in zip(gaps, waits, strict=True)), gaps
+    # With the real jitter every wait lies in [0, ceiling] and the schedule still doubles.
+    waits.clear()
+    monkeypatch.setattr(openai_http, "_jitter", openai_http.random.uniform)
+    with make_judge(
+        server.base_url, max_retries=5, backoff_base=0.01, backoff_max=0.04, max_concurrency=1
+    ) as judge:
+        judge.semantic(["q"], _chains(1))
+    ceilings = [0.01, 0.02, 0.04, 0.04, 0.04]
+    assert len(waits) == 5 and all(0 <= w <= c for w, c in zip(waits, ceilings, strict=True))
+
+
+def test_an_image_of_extreme_aspect_ratio_is_a_counted_failure(server):
+    # Qwen2.5-VL's resize refuses an aspect ratio over 200; that sample fails, the rest go on.
+    requests_with = []
+
+    def respond(text, image, attempt):
+        requests_with.append(image.size if image is not None else None)
+        if text.startswith("Locate the "):
+            return ("ok", '[{"bbox_2d": [0, 0, 28, 28], "label": "red circle"}]')
+        return ("ok", '{"score": 7}')
+
+    server.respond = respond
+    images = [Image.new("RGB", (1000, 4)), Image.new("RGB", (56, 56)), np.zeros((4, 1000, 3))]
+    with make_judge(server.base_url) as judge:
+        scored = judge.image(["wide", "fine", "tall"], images)
+        grounded = judge.ground(images, [["red circle"]] * 3)
+        stats, sent = dict(judge.stats), list(requests_with)
+        rewards = DualStageReward(judge).score(["wide", "fine", "tall"], _chains(3), images)
+    assert scored.failed.tolist() == [True, False, True]
+    assert scored.scores[1] == pytest.approx(0.7)
+    assert "aspect ratio" in scored.reasons[0] and "cannot prepare the image" in scored.reasons[0]
+    assert grounded.failed.tolist() == [True, False, True] and grounded.candidates[0] == [[]]
+    assert "aspect ratio" in grounded.reasons[2]
+    assert stats["bad_inputs"] == 4 and stats["failures"] == 4
+    assert sent == [(56, 56), (56, 56)]  # the odd images were never sent
+    assert rewards.failure_counts == {"sem": 0, "spa": 0, "ri": 2, "pi": 2}
+    assert rewards.total[0] == 0.0 and rewards.total[1] > 0  # policy "zero"
 
 
 def test_refused_connection_is_counted_not_raised():

@@ -34,6 +34,20 @@ from gotr1.rewards import qwen_prompts as qp
         ('{"score": "high"}', None),
         ('{"score": NaN}', None),
         ("garbage ]]{{[ 1e999", None),
+        # markdown emphasis and "out of" phrasing, as chat models write them
+        ("Final Score: **9**", 9.0),
+        ("**Final Score:** **9**", 9.0),
+        ("**Score**: 7/10", 7.0),
+        ("**8**/10", 8.0),
+        ("8 out of 10", 8.0),
+        ("I'd rate it 8 out of 10.", 8.0),
+        ("I would give this image a 7/10 because the colours match.", 7.0),
+        ("The image scored 6 out of 10.", 6.0),
+        ("Rating: 4 out of 5", 8.0),  # another scale, rescaled
+        # ... but counts in prose are still not scores
+        ("3 out of 4 objects are present.", None),
+        ("I would give 3 circles more room.", None),
+        ("Score from 0 to 10 as asked.", None),
     ],
 )
 def test_parse_score(answer, expected):
@@ -69,6 +83,18 @@ def test_parse_score_bands():
         ("I see a cat.", None),
         ("", None),
         (None, None),
+        # cut off by max_new_tokens: every complete box before the cut is kept
+        (
+            '```json\n[\n\t{"bbox_2d": [1, 2, 3, 4], "label": "a"},\n\t{"bbox_2d": [5, 6, 7, 8], '
+            '"label": "a"},\n\t{"bbox_2d": [9, 10,',
+            [[1, 2, 3, 4], [5, 6, 7, 8]],
+        ),
+        (
+            '[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7, 8], "lab',
+            [[1, 2, 3, 4], [5, 6, 7, 8]],
+        ),
+        ('[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox', [[1, 2, 3, 4]]),
+        ('[{"bbox_2d": [1, 2, 3', None),
     ],
 )
 def test_parse_boxes(answer, expected):

@@ -330,3 +330,152 @@ def test_model_box_to_grid_formats():
     assert qp.model_box_to_grid([0.1, 0.2, 1.5, -0.1], "unit") == (100, 0, 1000, 200)
     with pytest.raises(ValueError):
         qp.model_box_to_grid([1, 2, 3, 4], "qwen2.5", None)
+
+
+# --------------------------------------------------------------------------- inputs that raise
+
+
+def _score_answer(request):
+    return "Score: 4"
+
+
+def test_an_image_the_processor_refuses_fails_only_itself(judge):
+    # Qwen2.5-VL's processor raises on an aspect ratio over 200: that sample is a counted
+    # failure with the reason, the rest of its batch is still answered.
+    images = [Image.new("RGB", (56, 56)), Image.new("RGB", (1000, 4)), Image.new("RGB", (84, 56))]
+    prompts = ["a red circle", "a wide strip", "a blue square"]
+    injected = InjectedJudge(judge, _score_answer)
+    before = dict(injected.stats)
+    result = injected.image(prompts, images)
+    assert result.failed.tolist() == [False, True, False]
+    np.testing.assert_allclose(result.scores[[0, 2]], 0.4)
+    assert "the judge raised ValueError" in result.reasons[1] and "aspect" in result.reasons[1]
+    assert injected.stats["generate_errors"] - before.get("generate_errors", 0) == 1
+    # The whole reward, with the real (garbage-answering) judge: failures, no crash.
+    rewards = DualStageReward(judge, RewardConfig(layout_size=112)).score(
+        prompts, [format_chain([("red circle", (100, 100, 400, 400))])] * 3, images
+    )
+    assert rewards.failed["pi"].all() and rewards.failed["ri"].all()
+    assert "aspect" in rewards.reasons["pi"][1] and "unusable answer" in rewards.reasons["pi"][0]
+    np.testing.assert_array_equal(rewards.total, 0.0)
+
+
+def test_an_exception_from_generate_is_a_counted_failure(judge):
+    from gotr1.rewards.vlm import ChatRequest
+
+    original = judge.model.generate
+    calls = []
+
+    def batch_only_fails(**inputs):
+        calls.append(inputs["input_ids"].shape[0])
+        if inputs["input_ids"].shape[0] > 1:
+            raise RuntimeError("injected: out of memory for a batch")
+        return original(**inputs)
+
+    injected = InjectedJudge(judge, _score_answer)
+    prompts = ["a red circle", "a blue square", "two circles"]
+    images = [Image.new("RGB", (56, 56), c) for c in ("red", "blue", "green")]
+    judge.model.generate = batch_only_fails
+    try:
+        # A batch that raises is answered again one request at a time.
+        result = injected.image(prompts, images)
+        assert calls == [3, 1, 1, 1] and not result.failed.any()
+        np.testing.assert_allclose(result.scores, 0.4)
+        # A model that always raises: every sample is a counted failure that says why.
+        judge.model.generate = lambda **inputs: (_ for _ in ()).throw(RuntimeError("injected"))
+        before = dict(injected.stats)
+        failed = injected.semantic(prompts, ["plan"] * 3)
+        assert failed.failed.all() and np.isnan(failed.scores).all()
+        assert all(
+            r == "no answer: the judge raised RuntimeError: injected" for r in failed.reasons
+        )
+        assert injected.stats["failures"] - before["failures"] == 3
+        assert injected.stats["no_answer"] - before["no_answer"] == 3
+    finally:
+        judge.model.generate = original
+
+    class Broken(QwenLocalJudge):
+        def generate(self, requests):  # a judge whose whole generate() raises
+            raise RuntimeError("device lost")
+
+    broken = Broken(judge.config, judge.model, judge.tokenizer, judge.image_processor)
+    grounded = broken.ground(images, [["red circle", "blue square"]] * 3)
+    assert grounded.failed.all() and "device lost" in grounded.reasons[0]
+    assert broken.stats["generate_errors"] == 1
+    assert broken._generate_safely([ChatRequest("x"), None], [None, "bad"])[1].error == "bad"
+
+
+def test_default_image_size_resizes_before_the_processor(judge):
+    # image_size=448 (the default) resizes a 64x32 image to 448x224 before the processor, whose
+    # own resize then starts from 448x224: the boxes are read against that, not 64x32.
+    config = QwenLocalConfig(**{**judge.config.__dict__, "image_size": 448})
+    assert QwenLocalConfig().image_size == 448
+    seen = []
+    true_box = (100, 250, 600, 750)
+
+    class Recording(QwenLocalJudge):
+        def _generate_batch(self, requests):
+            replies = super()._generate_batch(requests)
+            seen.extend(
+                (r.image.size, reply.image_size) for r, reply in zip(requests, replies, strict=True)
+            )
+            out = []
+            for reply in replies:
+                w, h = reply.image_size
+                box = [true_box[0] * w / 1000, true_box[1] * h / 1000]
+                box += [true_box[2] * w / 1000, true_box[3] * h / 1000]
+                answer = str([{"bbox_2d": [round(v) for v in box], "label": "red square"}])
+                out.append(Reply(answer, reply.image_size))
+            return out
+
+    recording = Recording(config, judge.model, judge.tokenizer, judge.image_processor)
+    image = _box_image((64, 32), true_box)
+    grounded = recording.ground([image], [["red square"]])
+    assert seen == [((448, 224), qp.qwen_resized_size(448, 224, MIN_PIXELS, MAX_PIXELS))]
+    assert seen[0][1] != qp.qwen_resized_size(64, 32, MIN_PIXELS, MAX_PIXELS)  # it matters
+    assert box_iou(grounded.candidates[0][0][0], true_box) > 0.95
+
+
+# --------------------------------------------------------------------------- gotr1 score --judge qwen
+
+
+def test_score_command_with_the_local_qwen_judge(checkpoint, tmp_path, capsys):
+    import argparse
+    import json
+
+    from gotr1.rewards.commands import register
+    from gotr1.world import sample_examples
+
+    parser = argparse.ArgumentParser(prog="gotr1")
+    register(parser.add_subparsers(dest="command"))
+    example = sample_examples(1, seed=4)[0]
+    (tmp_path / "chain.txt").write_text(example.chain)
+    example.render().save(tmp_path / "image.png")
+    argv = ["score", "--judge", "qwen", "--model", str(checkpoint), "--device", "cpu"]
+    argv += [
+        "--local-files-only",
+        "--prompt",
+        example.prompt,
+        "--chain",
+        str(tmp_path / "chain.txt"),
+    ]
+    argv += ["--image", str(tmp_path / "image.png"), "--layout-size", "112"]
+    reports = {}
+    for policy in ("zero", "drop"):
+        args = parser.parse_args([*argv, "--on-failure", policy])
+        assert args.func(args) == 0
+        reports[policy] = json.loads(capsys.readouterr().out)
+    zero, drop = reports["zero"], reports["drop"]
+    # The tiny random model answers garbage: four counted failures, reported with reasons.
+    assert zero["judge"] == "qwen" and sorted(zero["failed"]) == ["pi", "ri", "sem", "spa"]
+    assert all(v is None for v in zero["components"].values())
+    assert all("unusable answer" in r for r in zero["failure_reasons"].values())
+    assert zero["total"] == 0.0 and zero["kept"] is True
+    assert drop["total"] is None and drop["kept"] is False and drop["failed"] == zero["failed"]
+    names = [o["name"] for o in zero["chain"]["objects"]]
+    assert names and all(o["grounded"] == [] for o in zero["chain"]["objects"])
+    from gotr1.cli import UserError
+
+    with pytest.raises(UserError, match="--model: cannot load"):
+        args = parser.parse_args([*argv[:4], str(tmp_path / "missing"), *argv[5:]])
+        args.func(args)

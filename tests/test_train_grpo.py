@@ -1,6 +1,7 @@
 """GRPO runs: TRL metrics, samples and checkpoints; reference / old log-prob passes only when
-needed; judge failures drop whole groups; collapsed groups change nothing; exact resume after a
-SIGKILL; two processes under `accelerate launch` stay identical and normalise whole groups."""
+needed; judge failures drop only the failed samples; collapsed groups change nothing; exact
+resume after a SIGKILL; two processes under `accelerate launch` stay identical and normalise
+whole groups."""
 
 from __future__ import annotations
 
@@ -160,7 +161,44 @@ def test_reference_and_old_passes_only_when_needed(tiny_folder, tmp_path, monkey
     assert read_log(tmp_path / "c")[-1]["kl"] > 0
 
 
-def test_judge_failures_drop_whole_groups(tiny_folder, tmp_path, monkeypatch):
+def test_group_advantages_over_kept_rows_by_hand():
+    # Group 0: rows 0..3, row 1 dropped -> kept 0.1, 0.5, 0.9: mean 0.5, std 0.4.
+    # Group 1: rows 4..7, only row 4 kept -> no std, nothing learns. Group 2: all kept.
+    rewards = torch.tensor([0.1, float("nan"), 0.5, 0.9, 0.7, 0.0, 0.3, 0.2, 1.0, 0.0, 0.0, 1.0])
+    groups = torch.arange(3).repeat_interleave(4)
+    keep = torch.tensor([1, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1], dtype=torch.bool)
+    advantages, zero_std, group_std = grpo.group_advantages(rewards, groups, "group", keep=keep)
+    eps = 1e-4
+    g2_std = (4 * 0.25 / 3) ** 0.5  # rewards 1, 0, 0, 1: mean 0.5, unbiased std sqrt(1/3)
+    expected = [-0.4 / (0.4 + eps), 0.0, 0.0, 0.4 / (0.4 + eps), 0.0, 0.0, 0.0, 0.0]
+    expected += [0.5 / (g2_std + eps), -0.5 / (g2_std + eps), -0.5 / (g2_std + eps)]
+    expected += [0.5 / (g2_std + eps)]
+    torch.testing.assert_close(advantages, torch.tensor(expected), atol=1e-5, rtol=0)
+    assert group_std[0].item() == pytest.approx(0.4, abs=1e-6)
+    assert torch.isnan(group_std[1]) and group_std[2].item() == pytest.approx(g2_std, abs=1e-6)
+    assert zero_std.tolist() == [False] * 4 + [True] * 4 + [False] * 4
+    # "batch" and "none" centre on the kept mean too; a dropped row's NaN is never read.
+    none, _, _ = grpo.group_advantages(rewards, groups, "none", keep=keep)
+    torch.testing.assert_close(none[:4], torch.tensor([-0.4, 0.0, 0.0, 0.4]), atol=1e-6, rtol=0)
+    batch, _, _ = grpo.group_advantages(rewards, groups, "batch", batch_std=2.0, keep=keep)
+    torch.testing.assert_close(batch, none / (2.0 + eps), atol=1e-6, rtol=0)
+    assert torch.isfinite(batch).all()
+    # Everything kept (the default) is the plain definition; all-equal kept rows give zero.
+    full = torch.tensor([0.1, 0.3, 0.5, 0.9])
+    plain, _, _ = grpo.group_advantages(full, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(plain, (full - full.mean()) / (full.std() + eps))
+    same = torch.tensor([0.2, 0.7, 0.2, 0.2])
+    flat, flat_zero, _ = grpo.group_advantages(
+        same, torch.zeros(4, dtype=torch.long), keep=torch.tensor([True, False, True, True])
+    )
+    assert (flat == 0).all() and flat_zero.all()
+    nothing, nothing_zero, nothing_std = grpo.group_advantages(
+        same, torch.zeros(4, dtype=torch.long), keep=torch.zeros(4, dtype=torch.bool)
+    )
+    assert (nothing == 0).all() and nothing_zero.all() and torch.isnan(nothing_std).all()
+
+
+def test_judge_failures_drop_only_the_failed_samples(tiny_folder, tmp_path, monkeypatch):
     seen = []
     loss = grpo.grpo_loss
 
@@ -169,22 +207,30 @@ def test_judge_failures_drop_whole_groups(tiny_folder, tmp_path, monkeypatch):
         return loss(new, old, ref, advantages, weights, *args, **kwargs)
 
     monkeypatch.setattr(grpo, "grpo_loss", recording)
+    totals = [0.1, float("nan"), 0.5, 0.9, 0.7, float("nan"), float("nan"), float("nan")]
 
-    def failing(rollouts):  # the judge fails on row 1 (group 0): "drop" takes group 0 out
+    def failing(rollouts):  # the judge fails on row 1 (group 0) and rows 5-7 (group 1)
         rewards = code_reward(rollouts)
-        rewards.failed["pi"][1] = True
-        rewards.pi[1] = np.nan
-        rewards.keep[1] = False
-        rewards.total[1] = np.nan
+        for row in (1, 5, 6, 7):
+            rewards.failed["pi"][row] = True
+            rewards.pi[row] = np.nan
+            rewards.keep[row] = False
+        rewards.total[:] = totals
         return rewards
 
     grpo.train_grpo(quick(tiny_folder, tmp_path / "run", max_steps=1), reward_fn=failing)
     row = read_log(tmp_path / "run")[0]
-    assert row["judge/failures"] == 1 and row["judge/dropped_rows"] == 4
-    assert np.isfinite(row["reward"]) and np.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
+    assert row["judge/failures"] == 4 and row["judge/dropped_rows"] == 4
+    assert row["judge/dropped_groups"] == 1  # group 1 kept one sample: nothing to compare
+    assert row["reward"] == pytest.approx((0.1 + 0.5 + 0.9 + 0.7) / 4)
+    assert row["reward_std"] == pytest.approx(0.4) and row["frac_reward_zero_std"] == 0
+    assert np.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
     advantages, weights = seen[0]
-    assert (weights[:4] == 0).all() and (weights[4:].sum(1) > 0).all()
-    assert torch.isfinite(advantages).all()
+    # Group 0 keeps its three judged samples, normalised among themselves; the failed row and
+    # every row of group 1 (a lone survivor included) are out of the loss.
+    assert (weights[[0, 2, 3]].sum(1) > 0).all() and (weights[[1, 4, 5, 6, 7]] == 0).all()
+    expected = torch.tensor([-0.4, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0, 0.0]) / (0.4 + 1e-4)
+    torch.testing.assert_close(advantages.cpu(), expected, atol=1e-5, rtol=0)
 
 
 def test_collapsed_groups_change_nothing_and_can_be_filtered(tiny_folder, tmp_path, monkeypatch):
@@ -283,9 +329,10 @@ from test_train_helpers import code_reward
 out = sys.argv[2]
 records = []
 advantages = grpo.group_advantages
-def recording(rewards, group_ids, scale, batch_std=None, eps=1e-4):
-    result = advantages(rewards, group_ids, scale, batch_std, eps)
-    records.append({"rewards": rewards.tolist(), "advantages": result[0].tolist()})
+def recording(rewards, group_ids, scale, batch_std=None, eps=1e-4, keep=None):
+    result = advantages(rewards, group_ids, scale, batch_std, eps, keep=keep)
+    records.append({"rewards": rewards.tolist(), "advantages": result[0].tolist(),
+                    "keep": keep.tolist()})
     return result
 grpo.group_advantages = recording
 step_fn = grpo.grpo_step
@@ -301,7 +348,12 @@ def step(config, accelerator, wrapped, optimizer, scheduler, policy, reward_fn, 
 grpo.grpo_step = step
 state = {}
 config = GRPOConfig(**json.loads(sys.argv[1]))
-grpo.train_grpo(config, reward_fn=code_reward)
+def dropping(rollouts):  # on_failure="drop": the judge failed on row 1 of every process
+    rewards = code_reward(rollouts)
+    rewards.keep[1], rewards.total[1] = False, float("nan")
+    rewards.failed["pi"][1] = True
+    return rewards
+grpo.train_grpo(config, reward_fn=dropping)
 from accelerate import PartialState
 json.dump(records, open(f"{out}/records-{PartialState().process_index}.json", "w"))
 """
@@ -336,10 +388,16 @@ def test_two_processes_under_accelerate_launch(tiny_folder, tmp_path):
         assert r0["prompts"] + r1["prompts"] == [
             p for p in source.take(step * 4, 4) for _ in range(4)
         ]
-        everything = torch.tensor(r0["rewards"] + r1["rewards"])
+        # Row 1 of each process was dropped: group means over the kept rows, the batch std over
+        # the kept rows of both processes, and the dropped rows' advantage is 0.
+        assert r0["keep"] == r1["keep"] == [True, False] + [True] * 6
+        kept = torch.tensor(r0["keep"] + r1["keep"])
+        everything = torch.tensor(r0["rewards"] + r1["rewards"])[kept]
         for record in (r0, r1):
             rewards = torch.tensor(record["rewards"]).view(2, 4)
-            expected = (rewards - rewards.mean(1, keepdim=True)) / (everything.std() + 1e-4)
+            keep = torch.tensor(record["keep"]).view(2, 4)
+            mean = (rewards * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True)
+            expected = torch.where(keep, (rewards - mean) / (everything.std() + 1e-4), 0.0)
             assert torch.allclose(
                 torch.tensor(record["advantages"]).view(2, 4), expected, atol=1e-5
             )
@@ -352,6 +410,7 @@ def test_two_processes_under_accelerate_launch(tiny_folder, tmp_path):
     assert any(not torch.equal(first[k], last[k]) for k in first)
     rows = read_log(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["reward"]) for r in rows)
+    assert all(r["judge/dropped_rows"] == 2 and r["judge/dropped_groups"] == 0 for r in rows)
 
 
 @pytest.mark.slow

@@ -14,10 +14,12 @@ Combinations (``RewardConfig.combination``), over the components in ``RewardConf
 - ``weighted_sum`` — ``Σ weights[c] · R_c`` over the included components (plus
   ``extra_weight · extra``).
 
-Failures: a component the judge could not score is NaN in :class:`Rewards` and flagged in
-``failed``. With ``on_failure="zero"`` the total treats it as 0; with ``on_failure="drop"`` the
-sample's total is NaN and ``keep`` is False, so the trainer drops it (or its whole group, with
-:meth:`Rewards.group_keep`).
+Failures: a component the judge could not score (or an extra reward that raised or is not a
+finite number) is NaN in :class:`Rewards`, flagged in ``failed`` with a reason in ``reasons``.
+With ``on_failure="zero"`` the total treats it as 0; with ``on_failure="drop"`` the sample's total
+is NaN and ``keep`` is False: the GRPO trainer leaves that sample out and normalises its group's
+advantages over the samples kept (:meth:`Rewards.group_keep` gives the stricter whole-group
+variant).
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ class RewardConfig:
     layout_size: int = field(default=448, metadata={"help": "side of the drawn layout, pixels"})
     on_failure: str = field(
         default="zero",
-        metadata={"help": "a judge failure scores 0 (zero) or removes the sample (drop)"},
+        metadata={
+            "help": "a judge failure scores 0 (zero) or removes the failed sample (drop: its "
+            "total is NaN and keep False; GRPO normalises its group over the samples kept)"
+        },
     )
     extra_weight: float = field(
         default=1.0, metadata={"help": "weight of the extra reward in sum and weighted_sum"}
@@ -143,7 +148,9 @@ class Rewards:
         return {name: int(mask.sum()) for name, mask in self.failed.items()}
 
     def group_keep(self, group_ids: Any) -> np.ndarray:
-        """[B] bool: rows whose whole group kept every sample (drop a group with any dropped row)."""
+        """[B] bool: rows whose whole group kept every sample (drop a group with any dropped row).
+
+        The stricter alternative to ``keep``; the GRPO trainer uses ``keep`` (per sample)."""
         groups = np.asarray(group_ids.cpu() if hasattr(group_ids, "cpu") else group_ids)
         if groups.shape != self.keep.shape:
             raise ValueError(f"group_ids {groups.shape} do not match {self.keep.shape} rewards")
@@ -224,6 +231,40 @@ def combine(
     if extra is not None:
         total = total + config.extra_weight * extra
     return total
+
+
+def extra_scores(
+    hook: ExtraReward, prompts: list[str], images: list[Any]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Call an extra reward hook: its score per sample (NaN where it failed) and the reasons.
+
+    An exception from the hook fails every sample of the batch; a value that is not a finite
+    number (None, NaN, text) fails its sample. Both are then handled by the failure policy like a
+    judge failure. A hook that returns a wrong number of scores is a bug in the hook, not a
+    failure: that raises ValueError.
+    """
+    size = len(prompts)
+    try:
+        raw = hook(prompts, images)
+    except Exception as error:  # noqa: BLE001 - a reward hook must never crash the trainer
+        reason = f"extra reward raised {type(error).__name__}: {error}"
+        return np.full(size, np.nan), [reason] * size
+    try:
+        extra = np.asarray(raw, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):  # some values are not numbers: those samples fail
+        extra = np.array([_number(v) for v in raw], dtype=np.float64)
+    if extra.shape != (size,):
+        raise ValueError(f"extra reward returned {extra.size} scores for {size} samples")
+    bad = ~np.isfinite(extra)
+    return extra, ["extra reward is not a finite number" if b else None for b in bad]
+
+
+def _number(value: Any) -> float:
+    """A float, or NaN for anything that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _as_chain(chain: Any) -> Any:
@@ -329,15 +370,9 @@ class DualStageReward:
         extra = None
         if self.extra_reward is not None:
             start = time.perf_counter()
-            extra = np.asarray(self.extra_reward(prompts, images), dtype=np.float64).reshape(-1)
+            extra, reasons["extra"] = extra_scores(self.extra_reward, prompts, images)
             timings["extra"] = time.perf_counter() - start
-            if extra.shape != (size,):
-                raise ValueError(
-                    f"extra reward returned {extra.shape[0]} scores for {size} samples"
-                )
-            bad = ~np.isfinite(extra)
-            failed["extra"] = bad
-            reasons["extra"] = ["extra reward is not finite" if b else None for b in bad]
+            failed["extra"] = ~np.isfinite(extra)
 
         any_failed = np.zeros(size, dtype=bool)
         for mask in failed.values():

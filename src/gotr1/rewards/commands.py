@@ -52,6 +52,13 @@ def register(subparsers: Any) -> None:
     group.add_argument(
         "--layout-size", type=int, default=448, help="side of the drawn layout, pixels"
     )
+    group.add_argument(
+        "--on-failure",
+        choices=("zero", "drop"),
+        default="zero",
+        help="a judge failure scores 0 (zero: total computed with 0 there) or drops the sample "
+        "(drop: total null, kept false), as GRPO's reward_on_failure",
+    )
     qwen = parser.add_argument_group("qwen and openai judges")
     qwen.add_argument(
         "--model", default=None, help="checkpoint folder / hub id (qwen) or model name (openai)"
@@ -120,6 +127,7 @@ def _reward_config(args: argparse.Namespace) -> Any:
             weights=weights,
             spatial_input=args.spatial_input,
             layout_size=args.layout_size,
+            on_failure=args.on_failure,
         )
     except ValueError as error:
         raise UserError(f"--components/--weights/--layout-size: {error}") from error
@@ -189,6 +197,8 @@ def run_score(args: argparse.Namespace) -> int:
         "prompt": args.prompt,
         "components": {name: row[name] for name in COMPONENT_NAMES},
         "total": row["total"],
+        "kept": row["keep"],
+        "on_failure": config.on_failure,
         "combination": config.combination,
         "included": list(config.components),
         "failed": row["failed"],

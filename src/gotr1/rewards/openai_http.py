@@ -8,10 +8,13 @@ The production case is ``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``; anything that
   resize is the identity and the pixel boxes it answers refer to an image size we know;
 - at most ``max_concurrency`` requests are in flight (a thread pool of that size, one kept-alive
   connection per thread);
-- every request has a socket timeout; refused connections, timeouts, HTTP 429/5xx, malformed or
-  truncated bodies are retried up to ``max_retries`` times with exponential backoff and full jitter;
-  other HTTP errors (400, 401, ...) are not retried. What still fails becomes a Reply without text,
-  which the shared judge logic counts as a failure — nothing raises;
+- every attempt has one deadline, ``timeout`` seconds for the whole exchange (connect, send,
+  status line, headers and body), so a server that drip-feeds its answer a byte at a time times
+  out like one that never answers; refused connections, timeouts, HTTP 429/5xx, malformed or
+  truncated bodies are retried up to ``max_retries`` times with exponential backoff and full
+  jitter (:func:`backoff_ceiling`); other HTTP errors (400, 401, ...) are not retried. What still
+  fails becomes a Reply without text, which the shared judge logic counts as a failure — nothing
+  raises;
 - the API key is read from the environment variable named by ``api_key_env`` at request time; it
   is never stored on the judge, logged, or written into an error message or a repr.
 """
@@ -19,6 +22,7 @@ The production case is ``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``; anything that
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import io
 import json
@@ -60,7 +64,13 @@ class OpenAIJudgeConfig(VLMJudgeConfig):
         metadata={"help": "environment variable holding the API key (unset or empty: no key sent)"},
     )
     max_concurrency: int = field(default=8, metadata={"help": "requests in flight at most"})
-    timeout: float = field(default=60.0, metadata={"help": "socket timeout per request, seconds"})
+    timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "seconds one attempt may take in all (connect, send, wait, read the whole "
+            "answer); a slower attempt counts as a timeout and is retried"
+        },
+    )
     max_retries: int = field(
         default=4, metadata={"help": "retries of a request after a transport error or HTTP 429/5xx"}
     )
@@ -87,6 +97,58 @@ class OpenAIJudgeConfig(VLMJudgeConfig):
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {self.max_retries}")
+
+
+def backoff_ceiling(attempt: int, base: float, maximum: float) -> float:
+    """The longest wait before retry ``attempt + 1`` (attempt 0 is the first retry's wait):
+    ``base * 2**attempt``, capped at ``maximum``. The wait itself is drawn uniformly below it."""
+    return min(maximum, base * 2.0 ** min(attempt, 64))
+
+
+# Looked up at call time, so a test can pin the jitter and record the waits.
+_sleep = time.sleep
+_jitter = random.uniform
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The reading side of a socket where every read ends by one deadline (``time.monotonic``).
+
+    A socket timeout bounds each read, so a server sending one byte just inside it could stretch
+    one answer without limit; here each read may wait only for what is left of the attempt.
+    """
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the attempt's deadline passed")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """Hands http.client's response a deadline-bound reader instead of ``socket.makefile``."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An HTTP response whose status line, headers and body are all read by ``deadline``."""
+
+    def __init__(self, sock: Any, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
 
 
 class _TransportError(Exception):
@@ -213,7 +275,23 @@ class OpenAIJudge(VLMJudge):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         connection = self._connection()
+        deadline = time.monotonic() + self.config.timeout
+
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the attempt's deadline passed")
+            return left
+
         try:
+            # One deadline for the whole attempt: connect, send (sendall's timeout is its total),
+            # then every read of the answer (_DeadlineResponse).
+            if connection.sock is None:
+                connection.timeout = remaining()
+                connection.connect()
+            connection.sock.settimeout(remaining())
+            deadline_response = functools.partial(_DeadlineResponse, deadline=deadline)
+            connection.response_class = deadline_response  # type: ignore[assignment]
             connection.request("POST", self._path, body=payload, headers=headers)
             response = connection.getresponse()
             status = response.status
@@ -262,8 +340,8 @@ class OpenAIJudge(VLMJudge):
                 self._count("http_failures")
                 logger.warning("judge request failed: %s", message)
                 return Reply(None, size, message)
-            ceiling = min(self.config.backoff_max, self.config.backoff_base * 2**attempt)
-            time.sleep(random.uniform(0.0, ceiling))
+            ceiling = backoff_ceiling(attempt, self.config.backoff_base, self.config.backoff_max)
+            _sleep(_jitter(0.0, ceiling))
             attempt += 1
             self._count("http_retries")
 

@@ -157,7 +157,12 @@ class QwenLocalJudge(VLMJudge):
         )
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        """Answer requests in batches of ``config.batch_size`` (image and text-only ones apart)."""
+        """Answer requests in batches of ``config.batch_size`` (image and text-only ones apart).
+
+        Never raises: a batch whose preprocessing or generation raises is answered again one
+        request at a time, so one bad input (say, an image whose aspect ratio the processor
+        refuses) fails only itself, as a reply without text that says why.
+        """
         replies: list[Reply | None] = [None] * len(requests)
         with_image = [i for i, r in enumerate(requests) if r.image is not None]
         text_only = [i for i, r in enumerate(requests) if r.image is None]
@@ -166,10 +171,21 @@ class QwenLocalJudge(VLMJudge):
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 for index, reply in zip(
-                    chunk, self._generate_batch([requests[i] for i in chunk]), strict=True
+                    chunk, self._generate_guarded([requests[i] for i in chunk]), strict=True
                 ):
                     replies[index] = reply
         return [r if r is not None else Reply(None, None, "not generated") for r in replies]
+
+    def _generate_guarded(self, requests: list[ChatRequest]) -> list[Reply]:
+        """:meth:`_generate_batch`, or, when it raises, each request alone (failing only those
+        that raise on their own)."""
+        try:
+            return self._generate_batch(requests)
+        except Exception as error:  # noqa: BLE001 - a judge must never crash the trainer
+            if len(requests) > 1:
+                return [self._generate_guarded([r])[0] for r in requests]
+            self._count("generate_errors")
+            return [Reply(None, None, f"the judge raised {type(error).__name__}: {error}")]
 
     def _generate_batch(self, requests: list[ChatRequest]) -> list[Reply]:
         import torch

@@ -168,14 +168,23 @@ def band_to_unit(value: float, question: str) -> float:
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)
 _SCORE_KEYS = ("score", "rating", "overall_score", "final_score", "overall", "grade")
+_NUMBER = r"([-+]?\d+(?:\.\d+)?)"
+_EMPHASIS = r"[\s*_]*"  # spaces and markdown bold / italics: **Score:** **9**
+_OUT_OF = rf"(?:{_EMPHASIS}(?:/|\bout\s+of\b){_EMPHASIS}(\d+(?:\.\d+)?))"
 _SCORE_KEY_PATTERN = re.compile(
-    r"\b(?:final\s+|overall\s+)?(?:score|rating|grade)\b\s*[\"']?\s*(?:is|of|=|:)?\s*[:=]?\s*"
-    r"([-+]?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?",
+    rf"\b(?:final\s+|overall\s+)?(?:score|rating|grade)\b[\s*_\"']*(?:is\b|of\b|=|:)?"
+    rf"[\s*_:=\"']*{_NUMBER}{_OUT_OF}?",
     re.I,
 )
-_BARE_NUMBER = re.compile(
-    r"^\s*\**\s*([-+]?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?\s*\**\s*\.?\s*$"
+# "I'd rate it 8 out of 10", "I would give this image a 7/10": a rating verb, a few words without
+# digits, then a number out of another. A number after a verb without the "out of" part is not
+# taken for a score ("give 3 circles").
+_RATED_PATTERN = re.compile(
+    r"\b(?:rate|rated|rating|give|gave|giving|award|awarded|assign|assigned|scored)\b"
+    rf"[^\d\n.]{{0,24}}?{_NUMBER}{_OUT_OF}",
+    re.I,
 )
+_BARE_NUMBER = re.compile(rf"^{_EMPHASIS}{_NUMBER}{_OUT_OF}?{_EMPHASIS}\.?\s*$", re.I)
 _NOT_FOUND = re.compile(
     r"^\s*(?:none|null|no|n/a|not found|nothing)\s*\.?\s*$|"
     r"\b(?:not (?:present|visible|found|shown|in the image)|there is no|there are no|"
@@ -262,9 +271,11 @@ def parse_score(text: str | None, lo: float, hi: float) -> float | None:
     """Read a score from a judge's answer and clamp it to [lo, hi]; None when there is none.
 
     Accepted, in order: a JSON object with a ``score`` (or ``rating``…) key anywhere in the answer
-    or inside a code fence; ``score: 7`` / ``Score is 7/10`` in prose; an answer that is only a
-    number (``7``, ``7/10``, ``**7**``). A fraction ``a/b`` with b ≠ hi is rescaled to the band.
-    Anything else (prose without a score, several unlabeled numbers, garbage) is unusable.
+    or inside a code fence; ``score: 7`` / ``Score is 7/10`` / ``**Final Score:** **9**`` in
+    prose; a rating verb with a fraction (``I'd rate it 8 out of 10``); an answer that is only a
+    number (``7``, ``7/10``, ``**7**``, ``8 out of 10``). A fraction ``a/b`` (or ``a out of b``)
+    with b ≠ hi is rescaled to the band. Anything else (prose without a score, several unlabeled
+    numbers, "3 out of 4 objects", garbage) is unusable.
     """
     if not isinstance(text, str) or not text.strip():
         return None
@@ -286,8 +297,8 @@ def parse_score(text: str | None, lo: float, hi: float) -> float | None:
             if value is not None:
                 break
     if value is None:
-        for pattern in (_SCORE_KEY_PATTERN, _BARE_NUMBER):
-            match = pattern.search(text) if pattern is _SCORE_KEY_PATTERN else pattern.match(text)
+        for pattern in (_SCORE_KEY_PATTERN, _RATED_PATTERN, _BARE_NUMBER):
+            match = pattern.match(text) if pattern is _BARE_NUMBER else pattern.search(text)
             if match:
                 number = float(match.group(1))
                 if match.group(2):
@@ -350,15 +361,19 @@ def parse_boxes(text: str | None) -> list[list[float]] | None:
     Returns a list of ``[x1, y1, x2, y2]`` (possibly empty when the answer says the object is not
     there: ``[]``, "none", "there is no …"), or None for an unusable answer. Accepted: Qwen's
     ``[{"bbox_2d": [...], "label": ...}]`` (bare, in prose or a code fence), a dict with a box key,
-    a bare ``[x1, y1, x2, y2]``, and ``(x1,y1),(x2,y2)`` pairs.
+    a bare ``[x1, y1, x2, y2]``, and ``(x1,y1),(x2,y2)`` pairs. An answer cut off by the token
+    limit (its outer list never closes) keeps every complete box before the cut.
     """
     if not isinstance(text, str) or not text.strip():
         return None
     for segment in _segments(text):
-        for decoded in _json_values(segment):
+        found: list[list[float]] | None = None
+        for decoded in _json_values(segment):  # several when a truncated list did not decode
             boxes = _boxes_from_json(decoded)
             if boxes is not None:
-                return boxes
+                found = (found or []) + boxes
+        if found is not None:
+            return found
     pairs = [[float(v) for v in m.groups()] for m in _PAIR_BOX.finditer(text)]
     if pairs:
         return pairs

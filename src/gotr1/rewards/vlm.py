@@ -5,7 +5,9 @@ A subclass only says how to get answers: :meth:`VLMJudge.generate` takes a batch
 answer text, or None when no answer came, and the size of the image as the model saw it). The rest
 — building the four questions from :mod:`gotr1.rewards.qwen_prompts`, retrying an unusable answer
 once with a stricter reminder, counting failures, converting boxes to the 0–1000 grid — lives here,
-so the local and the HTTP judge behave the same.
+so the local and the HTTP judge behave the same. Nothing here raises on odd input: an image that
+cannot be prepared (say, an aspect ratio Qwen2.5-VL refuses) or a :meth:`VLMJudge.generate` that
+raises fails the samples concerned, counted and with a reason.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class VLMJudge:
             "unusable_answers": 0,
             "retries": 0,
             "no_answer": 0,
+            "bad_inputs": 0,
+            "generate_errors": 0,
             "failures": 0,
             "seconds": 0.0,
         }
@@ -128,17 +132,64 @@ class VLMJudge:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         return rgb.resize(size, Image.Resampling.BICUBIC)
 
+    def _prepare_all(
+        self, images: Sequence[Any]
+    ) -> tuple[list[Image.Image | None], list[str | None]]:
+        """Each image as sent to the judge, or None and the reason it cannot be (e.g. an aspect
+        ratio Qwen2.5-VL's processor refuses); such a sample becomes a counted failure."""
+        prepared: list[Image.Image | None] = []
+        errors: list[str | None] = []
+        for image in images:
+            try:
+                prepared.append(self.prepare_image(image))
+                errors.append(None)
+            except Exception as error:  # noqa: BLE001 - one odd image must not stop the batch
+                prepared.append(None)
+                errors.append(f"cannot prepare the image ({type(error).__name__}: {error})")
+        return prepared, errors
+
+    def _generate_safely(
+        self,
+        requests: Sequence[ChatRequest | None],
+        input_errors: Sequence[str | None] | None = None,
+    ) -> list[Reply]:
+        """One reply per request, never a raise: a None request (its input could not be prepared;
+        ``input_errors`` says why) is not sent, and an exception from :meth:`generate` becomes
+        replies without text for the requests it was asked."""
+        errors = list(input_errors) if input_errors is not None else [None] * len(requests)
+        replies = [
+            Reply(None, None, errors[i] or "the request could not be built")
+            for i in range(len(requests))
+        ]
+        index = [i for i, r in enumerate(requests) if r is not None]
+        if not index:
+            return replies
+        try:
+            answered = self.generate([r for r in requests if r is not None])
+        except Exception as error:  # noqa: BLE001 - a judge must never crash the trainer
+            self._count("generate_errors")
+            reason = f"the judge raised {type(error).__name__}: {error}"
+            answered = [Reply(None, None, reason) for _ in index]
+        if len(answered) != len(index):
+            raise RuntimeError(f"judge returned {len(answered)} replies for {len(index)} requests")
+        for i, reply in zip(index, answered, strict=True):
+            replies[i] = reply
+        return replies
+
     def _ask(
-        self, requests: list[ChatRequest], parse: Any, retry_suffixes: list[str]
+        self,
+        requests: list[ChatRequest | None],
+        parse: Any,
+        retry_suffixes: list[str],
+        input_errors: Sequence[str | None] | None = None,
     ) -> tuple[list[Any], list[Reply], list[str | None], int]:
-        """Ask, parse, re-ask the unusable ones once; returns parsed values (None = failure)."""
+        """Ask, parse, re-ask the unusable ones once; returns parsed values (None = failure).
+
+        A request given as None is not sent: it fails with its ``input_errors`` entry as reason.
+        """
         start = time.perf_counter()
-        replies = self.generate(requests) if requests else []
-        if len(replies) != len(requests):
-            raise RuntimeError(
-                f"judge returned {len(replies)} replies for {len(requests)} requests"
-            )
-        self._count("requests", len(requests))
+        replies = self._generate_safely(requests, input_errors)
+        self._count("requests", sum(r is not None for r in requests))
         values = [parse(r) if r.text is not None else None for r in replies]
         reasons: list[str | None] = [None] * len(requests)
         unusable = [
@@ -149,15 +200,12 @@ class VLMJudge:
         self._count("unusable_answers", len(unusable))
         retried = 0
         if unusable and self.config.retry_unusable:
-            again = [
-                ChatRequest(
-                    requests[i].text + retry_suffixes[i],
-                    requests[i].image,
-                    requests[i].max_new_tokens,
-                )
+            again: list[ChatRequest | None] = [
+                ChatRequest(r.text + retry_suffixes[i], r.image, r.max_new_tokens)
                 for i in unusable
+                if (r := requests[i]) is not None  # an answer came, so the request was sent
             ]
-            second = self.generate(again)
+            second = self._generate_safely(again)
             retried = len(again)
             self._count("retries", retried)
             self._count("requests", retried)
@@ -166,7 +214,10 @@ class VLMJudge:
                 values[i] = parse(reply) if reply.text is not None else None
         for i, (value, reply) in enumerate(zip(values, replies, strict=True)):
             if value is None:
-                if reply.text is None:
+                if requests[i] is None:
+                    self._count("bad_inputs")
+                    reasons[i] = reply.error
+                elif reply.text is None:
                     self._count("no_answer")
                     reasons[i] = f"no answer: {reply.error or 'unknown error'}"
                 else:
@@ -175,11 +226,19 @@ class VLMJudge:
         self._count("seconds", time.perf_counter() - start)
         return values, replies, reasons, retried
 
-    def _scores(self, question: str, requests: list[ChatRequest]) -> JudgeScores:
+    def _scores(
+        self,
+        question: str,
+        requests: list[ChatRequest | None],
+        input_errors: Sequence[str | None] | None = None,
+    ) -> JudgeScores:
         lo, hi = qp.SCORE_BANDS[question]
         suffix = qp.score_retry_suffix(question)
         values, _, reasons, retried = self._ask(
-            requests, lambda r: qp.parse_score(r.text, lo, hi), [suffix] * len(requests)
+            requests,
+            lambda r: qp.parse_score(r.text, lo, hi),
+            [suffix] * len(requests),
+            input_errors,
         )
         scores = [None if v is None else qp.band_to_unit(v, question) for v in values]
         result = JudgeScores.from_lists(scores, reasons)
@@ -202,49 +261,55 @@ class VLMJudge:
         """R_spa from the drawn layout, or from the coordinates as text when no images are given."""
         _check_lengths(prompts, chains)
         if layout_images is None:
-            requests = [
+            requests: list[ChatRequest | None] = [
                 ChatRequest(
                     qp.layout_question(p, c, as_text=True), None, self.config.score_max_new_tokens
                 )
                 for p, c in zip(prompts, chains, strict=True)
             ]
-        else:
-            _check_lengths(prompts, layout_images)
-            requests = [
-                ChatRequest(
-                    qp.layout_question(p), self.prepare_image(img), self.config.score_max_new_tokens
-                )
-                for p, img in zip(prompts, layout_images, strict=True)
-            ]
-        return self._scores("spa", requests)
+            return self._scores("spa", requests)
+        _check_lengths(prompts, layout_images)
+        prepared, errors = self._prepare_all(layout_images)
+        requests = [
+            None
+            if img is None
+            else ChatRequest(qp.layout_question(p), img, self.config.score_max_new_tokens)
+            for p, img in zip(prompts, prepared, strict=True)
+        ]
+        return self._scores("spa", requests, errors)
 
     def image(self, prompts: Sequence[str], images: Sequence[Any]) -> JudgeScores:
         """R_PI: the generated image against the prompt."""
         _check_lengths(prompts, images)
+        prepared, errors = self._prepare_all(images)
         requests = [
-            ChatRequest(
-                qp.image_question(p), self.prepare_image(img), self.config.score_max_new_tokens
-            )
-            for p, img in zip(prompts, images, strict=True)
+            None
+            if img is None
+            else ChatRequest(qp.image_question(p), img, self.config.score_max_new_tokens)
+            for p, img in zip(prompts, prepared, strict=True)
         ]
-        return self._scores("pi", requests)
+        return self._scores("pi", requests, errors)
 
     def ground(self, images: Sequence[Any], names: Sequence[Sequence[str]]) -> GroundResult:
         """Boxes of each planned object name (asked once per distinct name and image)."""
         _check_lengths(images, names)
-        requests: list[ChatRequest] = []
+        requests: list[ChatRequest | None] = []
+        input_errors: list[str | None] = []
         owners: list[tuple[int, str]] = []
         for index, (image, image_names) in enumerate(zip(images, names, strict=True)):
             distinct = list(dict.fromkeys(image_names))
             if not distinct:
                 continue
-            prepared = self.prepare_image(image)
+            (prepared,), (error,) = self._prepare_all([image])
             for name in distinct:
                 requests.append(
-                    ChatRequest(
+                    None
+                    if prepared is None
+                    else ChatRequest(
                         qp.ground_question(name), prepared, self.config.ground_max_new_tokens
                     )
                 )
+                input_errors.append(error)
                 owners.append((index, name))
         box_format = self.config.box_format
 
@@ -258,7 +323,7 @@ class VLMJudge:
                 return None
 
         suffixes = [qp.ground_retry_suffix(name) for _, name in owners]
-        values, _, reasons, retried = self._ask(requests, parse, suffixes)
+        values, _, reasons, retried = self._ask(requests, parse, suffixes, input_errors)
         found: list[dict[str, list[Box]]] = [{} for _ in images]
         failed = np.zeros(len(images), dtype=bool)
         image_reasons: list[str | None] = [None] * len(images)

@@ -307,7 +307,10 @@ class GRPOConfig(TrainConfig):
     )
     reward_weights: dict[str, float] = _field({}, "Per-component weights of weighted_sum.")
     reward_on_failure: str = _field(
-        "zero", "A judge failure scores 0 (zero) or takes its whole group out of the loss (drop)."
+        "zero",
+        "A judge failure scores 0 (zero), or takes only the failed sample out of the loss "
+        "(drop): its group's advantages are normalised over the samples kept, and a group left "
+        "with fewer than 2 kept samples contributes nothing.",
     )
     spatial_input: str = _field("canvas", "R_spa judges the drawn layout (canvas) or text.")
     world_clean_image: bool = _field(

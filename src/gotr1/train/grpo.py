@@ -45,22 +45,32 @@ def group_advantages(
     scale_rewards: str = "group",
     batch_std: float | torch.Tensor | None = None,
     eps: float = 1e-4,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A_i = r_i - mean(r of i's group), divided by the group's std ("group"), by `batch_std`
     ("batch") or by nothing ("none"). Every group must be complete in `rewards`.
 
-    Returns (advantages [B], zero_std [B] bool — the row's group has all-equal rewards, group_std
-    [G]). Rows of zero-variance groups get an advantage of exactly 0 (never NaN).
+    `keep` [B] bool (default: every row) says which rows count: a group's mean and std are over
+    its kept rows only (a dropped row's reward, NaN or not, is never read), and a row that is not
+    kept gets an advantage of 0. A group with fewer than two kept rows has no std (NaN) and gives
+    every row 0.
+
+    Returns (advantages [B], zero_std [B] bool — the row's group has no learning signal: all-equal
+    kept rewards, or fewer than two kept rows —, group_std [G], NaN where fewer than two rows were
+    kept). Rows without signal get an advantage of exactly 0 (never NaN).
     """
     rewards = rewards.float()
+    keep = torch.ones_like(rewards, dtype=torch.bool) if keep is None else keep.bool()
+    weight = keep.float()
+    kept = torch.where(keep, rewards, torch.zeros_like(rewards))
     groups = int(group_ids.max()) + 1
-    count = torch.zeros(groups, device=rewards.device).index_add_(
-        0, group_ids, torch.ones_like(rewards)
-    )
-    mean = torch.zeros(groups, device=rewards.device).index_add_(0, group_ids, rewards) / count
-    centred = rewards - mean[group_ids]
+    count = torch.zeros(groups, device=rewards.device).index_add_(0, group_ids, weight)
+    mean = torch.zeros(groups, device=rewards.device).index_add_(0, group_ids, kept)
+    mean = mean / count.clamp(min=1)
+    centred = (kept - mean[group_ids]) * weight
     variance = torch.zeros(groups, device=rewards.device).index_add_(0, group_ids, centred**2)
     group_std = (variance / (count - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
+    group_std = torch.where(count >= 2, group_std, torch.full_like(group_std, float("nan")))
     if scale_rewards == "group":
         advantages = centred / (group_std[group_ids] + eps)
     elif scale_rewards == "batch":
@@ -71,8 +81,8 @@ def group_advantages(
         advantages = centred
     else:
         raise ValueError(f"unknown scale_rewards {scale_rewards!r}")
-    zero_std = group_std[group_ids] < ZERO_STD
-    return advantages.masked_fill(zero_std, 0.0), zero_std, group_std
+    zero_std = ~(group_std[group_ids] >= ZERO_STD)  # NaN (fewer than two kept) counts as none
+    return advantages.masked_fill(zero_std | ~keep, 0.0), zero_std, group_std
 
 
 def grpo_loss(
@@ -402,21 +412,23 @@ def grpo_step(
         rollouts = policy.rollout(local_prompts, config.num_generations, sampling, generator)
     rollout_time = time.perf_counter() - started
 
-    # 2. Rewards. A judge failure under on_failure="drop" takes its whole group out of the loss.
+    # 2. Rewards. A judge failure under on_failure="drop" takes that sample (keep False) out.
     mark = time.perf_counter()
     rewards = reward_fn(rollouts)
     reward_time = time.perf_counter() - mark
     group_ids = rollouts.group_ids.cpu()
-    keep = torch.as_tensor(rewards.group_keep(group_ids), dtype=torch.bool)
+    keep = torch.as_tensor(np.asarray(rewards.keep), dtype=torch.bool)
     total = torch.as_tensor(np.nan_to_num(rewards.total, nan=0.0), dtype=torch.float32)
 
-    # 3. Advantages over complete groups (all on this process); the batch std is over all of them.
+    # 3. Advantages over the kept rows of complete groups (all on this process); the batch std
+    #    is over the kept rows of all processes. A group left with fewer than two kept rows has
+    #    no std (NaN) and stays out of the loss, like the dropped rows themselves.
     all_total, all_keep = gather(total), gather(keep)
     batch_std = all_total[all_keep].std() if int(all_keep.sum()) > 1 else torch.tensor(0.0)
     advantages, zero_std, group_std = group_advantages(
-        total, group_ids, config.scale_rewards, batch_std
+        total, group_ids, config.scale_rewards, batch_std, keep=keep
     )
-    row_weight = keep.float()
+    row_weight = (keep & torch.isfinite(group_std)[group_ids]).float()
     if config.filter_zero_std_groups:
         row_weight = row_weight * (~zero_std).float()
 
@@ -538,14 +550,17 @@ def grpo_step(
     ).sum(0)
     all_lengths = gather(lengths)
     all_truncated = gather(rollouts.truncated.cpu().float())
-    groups_zero = gather((group_std < ZERO_STD).float())
-    all_group_std = gather(group_std)
+    all_group_std = gather(group_std)  # NaN for groups left with fewer than two kept rows
+    scored_groups = torch.isfinite(all_group_std)
+    scored_std = all_group_std[scored_groups]
     tokens = max(float(counts[0]), 1.0)
     kept_total = all_total[all_keep]
     metrics: dict[str, float] = {
         "reward": float(kept_total.mean()) if kept_total.numel() else float("nan"),
-        "reward_std": float(all_group_std.mean()),
-        "frac_reward_zero_std": float(groups_zero.mean()),
+        "reward_std": float(scored_std.mean()) if scored_std.numel() else float("nan"),
+        "frac_reward_zero_std": (
+            float((scored_std < ZERO_STD).float().mean()) if scored_std.numel() else float("nan")
+        ),
         "completions/mean_length": float(all_lengths.mean()),
         "completions/min_length": float(all_lengths.min()),
         "completions/max_length": float(all_lengths.max()),
@@ -557,6 +572,7 @@ def grpo_step(
         "learning_rate": learning_rate,
         "judge/failures": float(counts[8]),
         "judge/dropped_rows": float((~all_keep).sum()),
+        "judge/dropped_groups": float((~scored_groups).sum()),
         "chains/parse_rate": float(counts[11]) / max(len(all_lengths), 1),
         "debug/logprob_gap": float(counts[9]) / max(float(counts[10]), 1.0),
         "time/rollout": rollout_time,
