@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gotr1.chain import Chain, ChainObject, format_chain, parse_chain
+from gotr1.chain import Chain, ChainObject, box_iou, format_chain, parse_chain
 from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge, match_boxes
 from gotr1.rewards.world_judge import layout_score, parse_object_name, semantic_score
 from gotr1.world import COLORS, Scene, parse_prompt, render_scene, sample_examples, sample_scene
@@ -197,6 +197,24 @@ def test_two_objects_with_one_name_cannot_claim_one_detection(judge):
     )
     assert rewards.ri[0] == pytest.approx(1.0)
     assert rewards.ri[1] == pytest.approx(0.5)  # the one circle matches only one planned object
+
+
+def test_copies_of_a_planned_object_do_not_raise_the_region_reward(judge):
+    """The judge grounds a name without seeing the plan, so scattering copies in the hope that
+    one lands on the planned box gains nothing."""
+    from gotr1.world import SceneObject
+
+    prompt = "a red circle"
+    chain = format_chain([("red circle", (600, 600, 800, 800))])
+    drawn = SceneObject("circle", "red", (0, 0, 400, 400))  # the main circle, elsewhere
+    copies = [
+        SceneObject("circle", "red", (x, y, x + 200, y + 200)) for x, y in ((600, 600), (600, 0))
+    ]
+    images = [render_scene(Scene((drawn,))), render_scene(Scene((drawn, *copies)))]
+    rewards = _score(judge, [prompt] * 2, [chain] * 2, images)
+    assert rewards.ri[0] == 0.0 and rewards.ri[1] == 0.0
+    (answer,) = judge.ground(images[1:], [["red circle"]]).candidates[0][0]  # one planned, one box
+    assert box_iou(answer, (0, 0, 400, 400)) > 0.9  # the largest: the main circle
 
 
 def test_match_boxes_is_one_to_one_and_prefers_the_best_overlap():

@@ -120,7 +120,7 @@ class DemoConfig:
     clean_image_factor: bool = _f(
         True,
         "Multiply the reward by the share of drawn objects the prompt asked for "
-        "(gotr1.rewards.clean_image: the world judge's R_PI does not penalise clutter).",
+        "(gotr1.rewards.clean_image: the world judge's R_PI counts clutter as one requirement).",
     )
     cfg_weight: float = _f(3.0, "Classifier-free guidance of rollouts and evaluation.")
     max_chain_tokens: int = _f(160, "Chain cap of rollouts and evaluation (tokens).")

@@ -552,7 +552,7 @@ def diagnose(
 ) -> list[str]:
     """Plain warnings when the benchmark gain may not come from what GRPO optimised: the
     optimised reward did not rise, GRPO's images hold more objects the prompt did not ask for
-    (the soft score, like GenEval's presence checks, never penalises extra objects), or the SFT
+    (the soft score counts extra objects as one requirement only), or the SFT
     model's images ignore the planned boxes (then R_RI only rewards chance overlaps)."""
     notes = []
     sft_plan = (plan or {}).get("sft")
@@ -575,7 +575,8 @@ def diagnose(
         notes.append(
             f"GRPO's images hold more objects the prompt did not ask for ({before:.2f} -> "
             f"{after:.2f} per image): part of the soft-score change "
-            f"({delta_overall:+.3f}) is clutter, which the soft score does not penalise"
+            f"({delta_overall:+.3f}) may be clutter, which the soft score counts as one "
+            "requirement only"
         )
     return notes
 

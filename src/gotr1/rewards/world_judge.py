@@ -14,9 +14,12 @@ requirements met:
   between the planned boxes of its two objects (GenEval's rule, as :func:`gotr1.world.relation_holds`).
   Score = mean of these requirements. The canvas itself is not read: its names and boxes are the
   chain's, so judging them directly judges exactly what the canvas shows.
-- ``ground``: the detector's detections whose shape (and colour, when the name gives one) match
-  each planned name are its candidate boxes; R_RI then matches planned boxes to candidates one to
-  one (:func:`gotr1.rewards.protocol.match_boxes`).
+- ``ground``: like a grounding model asked for "the red circle", it answers without seeing the
+  plan: of the detections whose shape (and colour, when the name gives one) match the name, the
+  most confident (then largest) ones, as many as the chain plans objects of that name. R_RI then
+  matches planned boxes to those answers one to one (:func:`gotr1.rewards.protocol.match_boxes`).
+  Offering every matching detection instead let clutter pay: the more copies drawn, the likelier
+  one lands on the planned box (the demo's GRPO drew 2-4 times more objects than asked).
 - ``image`` (R_PI): the world benchmark's soft score, :func:`gotr1.world.score_image` (the same
   detections scored by :func:`gotr1.world.score_detections`).
 
@@ -203,7 +206,9 @@ class WorldJudge:
         )
 
     def ground(self, images: Sequence[Any], names: Sequence[Sequence[str]]) -> GroundResult:
-        """Detections matching each planned name (shape, and colour when named) as candidate boxes."""
+        """Boxes for each planned name, chosen without looking at the plan: the most confident
+        (then largest) matching detections (shape, and colour when named), as many as the chain
+        plans objects of that name."""
         _check(images, names)
         candidates: list[list[list[Box]]] = []
         for image, image_names in zip(images, names, strict=True):
@@ -211,15 +216,15 @@ class WorldJudge:
             per_name = []
             for name in image_names:
                 colour, shape = parse_object_name(name)
-                per_name.append(
-                    [
-                        d.box
-                        for d in detections
-                        if shape is not None
-                        and d.shape == shape
-                        and (colour is None or d.color == colour)
-                    ]
-                )
+                matching = [
+                    d
+                    for d in detections
+                    if shape is not None
+                    and d.shape == shape
+                    and (colour is None or d.color == colour)
+                ]
+                matching.sort(key=lambda d: (-d.confidence, -_area(d.box)))
+                per_name.append([d.box for d in matching[: image_names.count(name)]])
             candidates.append(per_name)
         self.stats["requests"] += len(images)
         return GroundResult(candidates, np.zeros(len(images), dtype=bool))
@@ -231,6 +236,10 @@ class WorldJudge:
         return self._per_prompt(
             prompts, lambda i, spec: world.score_detections(spec, self.detect(images[i])).soft
         )
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
 def _names(chain: Any) -> list[str]:

@@ -317,7 +317,7 @@ class GRPOConfig(TrainConfig):
         False,
         "judge world only, with 'pi' among the components: one more reward factor (a term "
         "under sums), the share of drawn objects the prompt asked for — against the world "
-        "judge's clutter shortcut (R_PI never penalises unasked objects; "
+        "judge's clutter shortcut (R_PI counts unasked objects as one requirement only; "
         "gotr1.rewards.clean_image).",
     )
     judge: str = _field("world", "Judge: world (exact, programmatic), qwen (local), openai (HTTP).")
