@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,27 +268,28 @@ class VLMJudge:
                 for p, c in zip(prompts, chains, strict=True)
             ]
             return self._scores("spa", requests)
-        _check_lengths(prompts, layout_images)
-        prepared, errors = self._prepare_all(layout_images)
-        requests = [
-            None
-            if img is None
-            else ChatRequest(qp.layout_question(p), img, self.config.score_max_new_tokens)
-            for p, img in zip(prompts, prepared, strict=True)
-        ]
-        return self._scores("spa", requests, errors)
+        return self._image_scores("spa", prompts, layout_images, qp.layout_question)
 
     def image(self, prompts: Sequence[str], images: Sequence[Any]) -> JudgeScores:
         """R_PI: the generated image against the prompt."""
+        return self._image_scores("pi", prompts, images, qp.image_question)
+
+    def _image_scores(
+        self,
+        component: str,
+        prompts: Sequence[str],
+        images: Sequence[Any],
+        question: Callable[[str], str],
+    ) -> JudgeScores:
+        """Ask `question(prompt)` about each image; an image that cannot be prepared is a
+        counted failure of its sample only."""
         _check_lengths(prompts, images)
         prepared, errors = self._prepare_all(images)
         requests = [
-            None
-            if img is None
-            else ChatRequest(qp.image_question(p), img, self.config.score_max_new_tokens)
+            None if img is None else ChatRequest(question(p), img, self.config.score_max_new_tokens)
             for p, img in zip(prompts, prepared, strict=True)
         ]
-        return self._scores("pi", requests, errors)
+        return self._scores(component, requests, errors)
 
     def ground(self, images: Sequence[Any], names: Sequence[Sequence[str]]) -> GroundResult:
         """Boxes of each planned object name (asked once per distinct name and image)."""
