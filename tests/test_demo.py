@@ -98,6 +98,21 @@ def test_stages_skip_finished_work_and_rerun_changed_settings(tmp_path):
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
 
 
+def test_stage_identity_ignores_folders_and_progress_bars(tmp_path):
+    from gotr1.demo import pipeline as P
+    from gotr1.demo.config import DemoConfig
+
+    def identity(out, progress):
+        config = DemoConfig(out=str(out), progress=progress)
+        grpo = P.grpo_config(config, out / "sft" / "final", out / "grpo")
+        return P.fingerprint(P.stage_settings("upstream", grpo))
+
+    assert identity(tmp_path / "a", True) == identity(tmp_path / "b", False)
+    changed = DemoConfig(out=str(tmp_path), grpo_steps=41)
+    grpo = P.grpo_config(changed, tmp_path / "sft" / "final", tmp_path / "grpo")
+    assert P.fingerprint(P.stage_settings("upstream", grpo)) != identity(tmp_path, True)
+
+
 def test_an_unfinished_stage_is_rerun(tmp_path):
     folder = tmp_path / "grpo"
     folder.mkdir()

@@ -166,11 +166,16 @@ def vq_config(config: DemoConfig) -> Any:
 RUN_PATHS = ("output_dir", "model", "vq_from")
 """Training-config fields that are folders: not part of a stage's identity (the upstream stage's
 fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
+DISPLAY_ONLY = ("progress",)
+"""Training-config fields that change what is shown, not what is computed (`--no-progress` must
+not retrain a finished stage)."""
 
 
 def stage_settings(upstream: str, train_config: Any) -> dict[str, Any]:
-    """What identifies a training stage: its upstream stage and its config without folders."""
-    values = {k: v for k, v in train_config.to_dict().items() if k not in RUN_PATHS}
+    """What identifies a training stage: its upstream stage and its config without folders and
+    display switches."""
+    ignored = RUN_PATHS + DISPLAY_ONLY
+    values = {k: v for k, v in train_config.to_dict().items() if k not in ignored}
     return {"upstream": upstream, "config": values}
 
 
