@@ -113,6 +113,23 @@ def test_stage_identity_ignores_folders_and_progress_bars(tmp_path):
     assert P.fingerprint(P.stage_settings("upstream", grpo)) != identity(tmp_path, True)
 
 
+def test_ablation_finds_the_shared_tokenizer_of_a_seeds_run(tmp_path, monkeypatch):
+    from gotr1.demo.ablate import demo_tokenizer_folder
+
+    seed = tmp_path / "run" / "seed-0"
+    seed.mkdir(parents=True)
+    assert demo_tokenizer_folder(seed) == seed / "tokenizer"  # nothing recorded
+    (tmp_path / "run" / "tokenizer").mkdir()
+    settings = {"settings": {"tokenizer_dir": "run/tokenizer"}}
+    (seed / "metrics.json").write_text(json.dumps(settings))
+    monkeypatch.chdir(tmp_path)
+    assert demo_tokenizer_folder(seed) == Path("run/tokenizer")
+    monkeypatch.chdir(seed)  # the recorded relative path does not resolve from here
+    assert demo_tokenizer_folder(seed) == tmp_path / "run" / "tokenizer"
+    (seed / "metrics.json").write_text("{not json")
+    assert demo_tokenizer_folder(seed) == seed / "tokenizer"
+
+
 def test_an_unfinished_stage_is_rerun(tmp_path):
     folder = tmp_path / "grpo"
     folder.mkdir()

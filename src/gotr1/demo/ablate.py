@@ -101,6 +101,23 @@ def paper_mean(name: str) -> float | None:
     return sum(row) / len(row) if row else None
 
 
+def demo_tokenizer_folder(run: Path) -> Path:
+    """The tokenizer stage a demo run used: its own ``tokenizer/``, or the shared one a
+    ``--seeds`` run names in the seed folder's metrics.json."""
+    own = run / "tokenizer"
+    metrics = run / "metrics.json"
+    if own.is_dir() or not metrics.is_file():
+        return own
+    try:
+        shared = json.loads(metrics.read_text())["settings"]["tokenizer_dir"]
+    except (ValueError, KeyError, TypeError):
+        return own
+    if not shared:
+        return own
+    # as recorded (relative to where the demo ran), else beside the seed folders
+    return next((c for c in (Path(shared), run.parent / Path(shared).name) if c.is_dir()), own)
+
+
 def run_ablation(
     config: DemoConfig,
     arms: Sequence[str] | None = None,
@@ -127,7 +144,9 @@ def run_ablation(
     if from_demo is not None and not (base / "sft" / "final" / "config.json").is_file():
         raise UserError(f"--from-demo {base}: no finished SFT stage (sft/final) in that folder")
     preset_path = P.write_preset(config, out)
-    tokenizer_folder = Path(config.tokenizer_dir) if config.tokenizer_dir else base / "tokenizer"
+    tokenizer_folder = (
+        Path(config.tokenizer_dir) if config.tokenizer_dir else demo_tokenizer_folder(base)
+    )
     tokenizer = stages.run(
         "tokenizer",
         tokenizer_folder,
