@@ -108,6 +108,15 @@ def test_stage_identity_ignores_folders_and_progress_bars(tmp_path):
         return P.fingerprint(P.stage_settings("upstream", grpo))
 
     assert identity(tmp_path / "a", True) == identity(tmp_path / "b", False)
+    # a marker written while progress was part of the identity still matches
+    settings = {"upstream": "u", "config": {"seed": 0}}
+    old_marker = {
+        "fingerprint": "0123",
+        "settings": {"upstream": "u", "config": {"seed": 0, "progress": True}},
+    }
+    assert P.marker_matches(old_marker, settings)
+    assert not P.marker_matches(old_marker, {"upstream": "u", "config": {"seed": 1}})
+    assert not P.marker_matches(None, settings)
     changed = DemoConfig(out=str(tmp_path), grpo_steps=41)
     grpo = P.grpo_config(changed, tmp_path / "sft" / "final", tmp_path / "grpo")
     assert P.fingerprint(P.stage_settings("upstream", grpo)) != identity(tmp_path, True)

@@ -160,7 +160,7 @@ def run_ablation(
     )
     if from_demo is not None:
         marker = P.read_marker(sft_dir)
-        if marker is None or marker.get("fingerprint") != P.fingerprint(sft_settings):
+        if not P.marker_matches(marker, sft_settings):
             raise UserError(
                 f"--from-demo {base}: its SFT stage was run with other settings than this "
                 "ablation's (e.g. --quick or --seed differ); run without --from-demo"

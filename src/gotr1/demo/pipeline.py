@@ -72,6 +72,20 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def marker_matches(marker: dict[str, Any] | None, settings: dict[str, Any]) -> bool:
+    """Whether a finished stage's marker was written for these settings. A marker written while
+    display switches (`DISPLAY_ONLY`) were still part of a stage's identity matches too."""
+    if marker is None:
+        return False
+    if marker.get("fingerprint") == fingerprint(settings):
+        return True
+    stored = marker.get("settings")
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        return False
+    config = {k: v for k, v in stored["config"].items() if k not in DISPLAY_ONLY}
+    return fingerprint({**stored, "config": config}) == fingerprint(settings)
+
+
 class Stages:
     """Runs named stages in folders, skipping those whose marker matches their settings."""
 
@@ -95,7 +109,7 @@ class Stages:
         done = read_marker(folder)
         number = STAGES.index(name) + 1 if name in STAGES else 0
         header = f"[{number}/{len(STAGES)}] {STAGE_TITLES.get(name, name)}"
-        if done is not None and done.get("fingerprint") == key:
+        if marker_matches(done, settings):
             self.log(f"{header}: cached in {folder} (took {done.get('seconds', 0):.0f} s)")
             self.records[name] = {**done, "cached": True}
             return self.records[name]
