@@ -590,8 +590,8 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
 {diagnosis_html}
 <h2>Held-out benchmark by category</h2>
 <p class="note">soft = fraction of the prompt's requirements met (objects present in number,
-colours, exact counts, the relation by GenEval's rule); accuracy = share of images meeting all of
-them; overall = mean of the categories.</p>
+colours, exact counts, the relation by GenEval's rule, only asked objects drawn); accuracy = share
+of images meeting all of them; overall = mean of the categories.</p>
 {category_table(metrics)}
 
 <h2>Training curves</h2>

@@ -226,7 +226,8 @@ def world_summary_markdown(result: dict[str, Any], title: str = "World benchmark
     lines = [
         f"## {title} — judged by {result.get('judged_by', JUDGED_BY)}",
         "",
-        "soft = fraction of the prompt's requirements met (objects, colours, counts, relation); "
+        "soft = fraction of the prompt's requirements met (objects, colours, counts, relation, "
+        "only asked objects drawn); "
         "accuracy = share of images meeting all of them.",
         "",
         "| category | soft | accuracy | images |",
