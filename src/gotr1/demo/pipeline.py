@@ -526,8 +526,8 @@ def build_metrics(
         "seed": config.seed,
         "quick": config.quick,
         "score": "soft: fraction of the prompt's requirements met (objects, colours, counts, "
-        "relation, only asked objects drawn), mean per category, overall = mean of the categories; *_accuracy: share of "
-        "images meeting all of them",
+        "relation, only asked objects drawn), mean per category, overall = mean of the "
+        "categories; *_accuracy: share of images meeting all of them",
         "judged_by": sft.get("judged_by"),
         "benchmark": {
             "split": "test",

@@ -200,8 +200,7 @@ def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[st
     """What the pixel detector finds in a model's evaluation images (``folder/<image>``):
     objects per image, objects the prompt did not ask for, and the share of images without any.
     Images that cannot be read are counted in ``unreadable``."""
-    from gotr1.rewards.clean_image import count_extra_objects
-    from gotr1.world import detect, parse_prompt
+    from gotr1.world import count_extra_objects, detect, parse_prompt
 
     found, extra, unreadable = [], [], 0
     for sample in samples:

@@ -110,6 +110,14 @@ _sleep = time.sleep
 _jitter = random.uniform
 
 
+def _time_left(deadline: float) -> float:
+    """Seconds until `deadline` (``time.monotonic``); TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return left
+
+
 class _DeadlineReader(io.RawIOBase):
     """The reading side of a socket where every read ends by one deadline (``time.monotonic``).
 
@@ -126,10 +134,7 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the attempt's deadline passed")
-        self._sock.settimeout(remaining)
+        self._sock.settimeout(_time_left(self._deadline))
         return self._sock.recv_into(buffer)
 
 
@@ -276,20 +281,13 @@ class OpenAIJudge(VLMJudge):
             headers["Authorization"] = f"Bearer {key}"
         connection = self._connection()
         deadline = time.monotonic() + self.config.timeout
-
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the attempt's deadline passed")
-            return left
-
         try:
             # One deadline for the whole attempt: connect, send (sendall's timeout is its total),
             # then every read of the answer (_DeadlineResponse).
             if connection.sock is None:
-                connection.timeout = remaining()
+                connection.timeout = _time_left(deadline)
                 connection.connect()
-            connection.sock.settimeout(remaining())
+            connection.sock.settimeout(_time_left(deadline))
             deadline_response = functools.partial(_DeadlineResponse, deadline=deadline)
             connection.response_class = deadline_response  # type: ignore[assignment]
             connection.request("POST", self._path, body=payload, headers=headers)
