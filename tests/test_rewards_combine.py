@@ -210,12 +210,19 @@ def _run(argv, capsys):
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_score_command_with_the_world_judge(tmp_path, capsys):
-    example = sample_examples(1, seed=2)[0]
+def _example_files(tmp_path, seed):
+    """A world example with its chain and rendered image written as files: (example, chain
+    file, image file), as `gotr1 score` reads them."""
+    example = sample_examples(1, seed=seed)[0]
     (tmp_path / "chain.txt").write_text(example.chain)
     example.render().save(tmp_path / "image.png")
-    argv = ["score", "--prompt", example.prompt, "--chain", str(tmp_path / "chain.txt")]
-    code, report = _run([*argv, "--image", str(tmp_path / "image.png")], capsys)
+    return example, str(tmp_path / "chain.txt"), str(tmp_path / "image.png")
+
+
+def test_score_command_with_the_world_judge(tmp_path, capsys):
+    example, chain, image = _example_files(tmp_path, seed=2)
+    argv = ["score", "--prompt", example.prompt, "--chain", chain]
+    code, report = _run([*argv, "--image", image], capsys)
     assert code == 0
     assert report["components"] == {"sem": 1.0, "spa": 1.0, "ri": 1.0, "pi": 1.0}
     assert report["total"] == 2.0 and report["failed"] == []
@@ -237,17 +244,8 @@ def test_score_command_with_the_world_judge(tmp_path, capsys):
 
 
 def test_score_command_failure_policy(tmp_path, capsys):
-    example = sample_examples(1, seed=2)[0]
-    (tmp_path / "chain.txt").write_text(example.chain)
-    example.render().save(tmp_path / "image.png")
-    argv = [
-        "score",
-        "--prompt",
-        "not a world prompt at all",
-        "--chain",
-        str(tmp_path / "chain.txt"),
-    ]
-    argv += ["--image", str(tmp_path / "image.png")]
+    _, chain, image = _example_files(tmp_path, seed=2)
+    argv = ["score", "--prompt", "not a world prompt at all", "--chain", chain, "--image", image]
     code, zero = _run(argv, capsys)  # the world judge cannot read this prompt: failures
     assert code == 0 and zero["failed"] and zero["on_failure"] == "zero"
     assert zero["total"] == 0.0 and zero["kept"] is True
@@ -295,9 +293,7 @@ def test_score_command_openai_judge_against_nothing_reports_failures(tmp_path, c
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    example = sample_examples(1, seed=3)[0]
-    (tmp_path / "chain.txt").write_text(example.chain)
-    example.render().save(tmp_path / "image.png")
+    example, chain, image = _example_files(tmp_path, seed=3)
     argv = [
         "score",
         "--judge",
@@ -307,14 +303,7 @@ def test_score_command_openai_judge_against_nothing_reports_failures(tmp_path, c
         "--max-retries",
         "0",
     ]
-    argv += [
-        "--prompt",
-        example.prompt,
-        "--chain",
-        str(tmp_path / "chain.txt"),
-        "--image",
-        str(tmp_path / "image.png"),
-    ]
+    argv += ["--prompt", example.prompt, "--chain", chain, "--image", image]
     code, report = _run(argv, capsys)
     assert code == 0
     assert sorted(report["failed"]) == ["pi", "ri", "sem", "spa"]
