@@ -487,6 +487,10 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     followed = {"image_loss": 1.0, "image_loss_boxes_swapped": 1.5, "plan_sensitivity": 0.5}
     assert "ignore the planned boxes" in diagnose(0.1, rising, clean, {"sft": ignored})[0]
     assert diagnose(0.1, rising, clean, {"sft": followed, "grpo": None}) == []
+    astray = {"sft": {"planned_objects_at_box": 0.06, "planned_objects_named_at_box": 0.01}}
+    (note,) = diagnose(0.1, rising, astray)
+    assert "draws 6% of its planned objects" in note and "1% as named" in note
+    assert diagnose(0.1, rising, {"sft": {"planned_objects_at_box": 0.8}}) == []
 
 
 def test_swapped_boxes_keep_the_prose_and_names():
@@ -527,3 +531,30 @@ def test_the_clean_factor_only_applies_beside_r_pi():
     chain_only = make_demo_reward(["sem", "spa"], "product", clean_factor=True)
     scores = chain_only.score(["a red circle"] * 2, [chain, chain], [blank, crowded])
     assert scores.total[0] == pytest.approx(scores.total[1])  # the image does not matter
+
+
+def test_image_statistics_count_planned_objects_drawn_at_their_box(tmp_path: Path) -> None:
+    from gotr1.world.scene import Scene, SceneObject, render_scene
+
+    red_square = SceneObject("square", "red", (0, 0, 250, 250))
+    blue_circle = SceneObject("circle", "blue", (500, 500, 750, 750))
+    render_scene(Scene((red_square, blue_circle)), 64).save(tmp_path / "a.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    samples = [
+        {
+            "prompt": "a red square and a blue circle",
+            "image": "a.png",
+            "objects": [
+                {"name": "red square", "box": [0, 0, 250, 250]},  # drawn there, as named
+                {"name": "green circle", "box": [500, 500, 750, 750]},  # a blue circle there
+                {"name": "red triangle", "box": [750, 0, 1000, 250]},  # nothing there
+                {"name": "red square", "box": "not a box"},  # malformed: not counted
+            ],
+        },
+        {"prompt": "a red square", "image": "broken.png", "objects": []},
+    ]
+    stats = report.image_statistics(samples, tmp_path)
+    assert stats["planned_objects_at_box"] == pytest.approx(2 / 3)
+    assert stats["planned_objects_named_at_box"] == pytest.approx(1 / 3)
+    assert stats["unreadable"] == 1
+    assert stats["mean_detected_objects"] == 2

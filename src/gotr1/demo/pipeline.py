@@ -551,6 +551,9 @@ CLUTTER_MARGIN = 0.5
 PLAN_SENSITIVITY_FLOOR = 0.05
 """Below this rise of the image loss (nats per token) when the boxes are swapped, the SFT model's
 images count as ignoring the plan (`gotr1.demo.diagnostics.plan_sensitivity`)."""
+AT_BOX_FLOOR = 0.5
+"""Below this share of planned objects drawn at their planned box (any shape, box IoU >= 0.5), the
+SFT model's images count as not following the plan (`gotr1.demo.report.image_statistics`)."""
 
 
 def reward_trend(rows: list[dict[str, Any]], key: str = "reward") -> dict[str, float] | None:
@@ -581,6 +584,15 @@ def diagnose(
             f"{sft_plan['image_loss']:.3f} with the true boxes, "
             f"{sft_plan['image_loss_boxes_swapped']:.3f} with other examples' boxes): R_RI "
             "can only reward chance overlaps"
+        )
+    at_box = images.get("sft", {}).get("planned_objects_at_box")
+    if at_box is not None and at_box < AT_BOX_FLOOR:
+        named = images["sft"].get("planned_objects_named_at_box")
+        named_text = f"; {named:.0%} as named" if named is not None else ""
+        notes.append(
+            f"the SFT model draws {at_box:.0%} of its planned objects at their planned boxes "
+            f"(any shape, box IoU >= 0.5{named_text}): GRPO's R_RI has little plan-following "
+            "to reward"
         )
     if trend is not None and trend["last"] <= trend["first"]:
         notes.append(

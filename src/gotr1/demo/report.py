@@ -198,11 +198,15 @@ def chain_statistics(
 
 def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[str, Any]:
     """What the pixel detector finds in a model's evaluation images (``folder/<image>``):
-    objects per image, objects the prompt did not ask for, and the share of images without any.
-    Images that cannot be read are counted in ``unreadable``."""
+    objects per image, objects the prompt did not ask for, the share of images without any, and
+    whether the planned objects were drawn at their planned boxes (any detection, and one of the
+    planned name, at box IoU >= `AT_BOX_IOU`). Images that cannot be read are counted in
+    ``unreadable``."""
+    from gotr1.chain import box_iou
+    from gotr1.rewards.world_judge import parse_object_name
     from gotr1.world import count_extra_objects, detect, parse_prompt
 
-    found, extra, unreadable = [], [], 0
+    found, extra, at_box, named_at_box, unreadable = [], [], [], [], 0
     for sample in samples:
         try:
             spec = parse_prompt(str(sample.get("prompt", "")))
@@ -213,12 +217,45 @@ def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[st
             continue
         found.append(len(detections))
         extra.append(count_extra_objects(spec, detections))
+        for planned in _planned_objects(sample):
+            colour, shape = parse_object_name(planned["name"])
+            ious = [(box_iou(d.box, planned["box"]), d) for d in detections]
+            at_box.append(float(any(iou >= AT_BOX_IOU for iou, _ in ious)))
+            named_at_box.append(
+                float(
+                    any(
+                        iou >= AT_BOX_IOU and d.shape == shape and colour in (None, d.color)
+                        for iou, d in ious
+                    )
+                )
+            )
     return {
         "mean_detected_objects": _mean(found),
         "mean_extra_objects": _mean(extra),
         "images_without_extra_objects": _mean([float(e == 0) for e in extra]),
+        "planned_objects_at_box": _mean(at_box),
+        "planned_objects_named_at_box": _mean(named_at_box),
         "unreadable": unreadable,
     }
+
+
+AT_BOX_IOU = 0.5
+"""A planned object counts as drawn at its box when a detection overlaps the box this much."""
+
+
+def _planned_objects(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sample's planned objects with a well-formed name and four-number box."""
+    planned = []
+    for obj in sample.get("objects") or []:
+        box = obj.get("box") if isinstance(obj, dict) else None
+        if (
+            isinstance(obj.get("name"), str)
+            and isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, int | float) for v in box)
+        ):
+            planned.append({"name": obj["name"], "box": box})
+    return planned
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +468,8 @@ _STAT_ROWS: tuple[tuple[str, str, int], ...] = (
     ("mean_detected_objects", "image: objects the detector finds", 2),
     ("mean_extra_objects", "image: objects the prompt did not ask for", 2),
     ("images_without_extra_objects", "image: share without unasked objects", 3),
+    ("planned_objects_at_box", "image: planned objects drawn at their box (any shape)", 3),
+    ("planned_objects_named_at_box", "image: planned objects drawn at their box, as named", 3),
 )
 
 
