@@ -18,6 +18,7 @@ from gotr1.policy.vq import (
     encode_images,
     evaluate_vq,
     images_to_pixels,
+    pixel_loss_weights,
     train_vq,
 )
 from gotr1.world import random_scene, render_scene
@@ -76,10 +77,12 @@ def test_train_vq_command_writes_a_loadable_folder_and_report(tmp_path: Path, ca
     out = tmp_path / "vq"
     code = main(
         ["train-vq", "--out", str(out), "--steps", "2", "--batch-size", "2", "--eval-scenes", "3"]
+        + ["--foreground-margin", "1"]
     )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["train"]["step"] == 2 and report["eval"]["scenes"] == 3
+    assert report["config"]["foreground_margin"] == 1
     loaded = JanusVQVAE.from_pretrained(out)
     assert loaded.config.num_embeddings == 512
     assert main(["train-vq", "--out", str(out), "--steps", "0"]) == 2
@@ -88,6 +91,8 @@ def test_train_vq_command_writes_a_loadable_folder_and_report(tmp_path: Path, ca
     assert "--consistency-from must be in [0, 1]" in capsys.readouterr().err
     assert main(["train-vq", "--out", str(out), "--foreground-weight", "-1"]) == 2
     assert "--foreground-weight must be >= 0" in capsys.readouterr().err
+    assert main(["train-vq", "--out", str(out), "--foreground-margin", "-1"]) == 2
+    assert "--foreground-margin must be >= 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,3 +130,14 @@ def test_merged_duplicate_codes_encode_to_one_index():
     near = codebook[4] + 0.001 * torch.randn(64, 8)
     nearest = torch.cdist(near, codebook).argmin(-1)
     assert set(nearest.tolist()) == {2}  # exact ties resolve to one index, never noise
+
+
+def test_pixel_loss_weights_cover_objects_and_their_margin() -> None:
+    background = torch.full((1, 3, 1, 1), -0.5)
+    pixels = background.expand(1, 3, 9, 9).clone()
+    pixels[:, :, 4, 4] = 0.8  # one object pixel in the middle
+    plain = pixel_loss_weights(pixels, background, 9.0, 0)[0, 0]
+    assert plain[4, 4] == 10.0 and plain.sum() == 81 + 9
+    ringed = pixel_loss_weights(pixels, background, 9.0, 2)[0, 0]
+    assert (ringed[2:7, 2:7] == 10.0).all() and ringed.sum() == 81 + 9 * 25
+    assert ringed[1, 4] == 1.0 and ringed[4, 7] == 1.0  # three pixels away: plain background

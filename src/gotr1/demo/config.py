@@ -95,6 +95,9 @@ class DemoConfig:
     vq_batch_size: int = _f(16, "World renders per VQ step.")
     vq_learning_rate: float = _f(3e-3, "VQ peak learning rate.")
     vq_foreground_weight: float = _f(9.0, "Extra VQ loss weight of object pixels.")
+    vq_foreground_margin: int = _f(
+        1, "Background pixels this close to an object get its weight (1 px of 32 = 2 px of 64)."
+    )
 
     # Stage 2: SFT.
     sft_steps: int = _f(

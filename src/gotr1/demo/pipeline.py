@@ -170,6 +170,7 @@ def vq_config(config: DemoConfig) -> Any:
         batch_size=config.vq_batch_size,
         learning_rate=config.vq_learning_rate,
         foreground_weight=config.vq_foreground_weight,
+        foreground_margin=config.vq_foreground_margin,
         image_size=image_size(config),
         crop_size=0,
         consistency_from=0.0,  # the demo's shallow encoder takes it from the first step

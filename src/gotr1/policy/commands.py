@@ -97,6 +97,12 @@ def register_train_vq(subparsers: argparse._SubParsersAction) -> None:
         "--foreground-weight", type=float, default=None, help="extra loss weight of object pixels"
     )
     parser.add_argument(
+        "--foreground-margin",
+        type=int,
+        default=None,
+        help="background pixels this close to an object get its weight (default 2, for 64 px)",
+    )
+    parser.add_argument(
         "--consistency-weight",
         type=float,
         default=None,
@@ -139,6 +145,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     weights = {
         "foreground_weight": args.foreground_weight,
+        "foreground_margin": args.foreground_margin,
         "consistency_weight": args.consistency_weight,
     }
     for name, value in weights.items():

@@ -35,7 +35,7 @@ class VQTrainConfig:
     steps: int = field(
         default=4000,
         metadata={
-            "help": "optimizer steps (world-tiny with these defaults: detector agreement 0.89 on "
+            "help": "optimizer steps (world-tiny with these defaults: detector agreement 0.986 on "
             "500 held-out scenes after 4,000 steps)"
         },
     )
@@ -53,6 +53,15 @@ class VQTrainConfig:
         metadata={
             "help": "extra pixel-loss weight of object (non-background) pixels: renders are mostly "
             "flat background, and without it a small VQ learns object colours very slowly"
+        },
+    )
+    foreground_margin: int = field(
+        default=2,
+        metadata={
+            "help": "background pixels within this many pixels of an object get the object weight: "
+            "otherwise painting colour into the gaps and corners around shapes is cheap, and "
+            "reconstructions swell (world-tiny, 4,000 steps: detector agreement 0.894 with 0, "
+            "0.986 with 2)"
         },
     )
     consistency_weight: float = field(
@@ -257,6 +266,17 @@ def _restart_dead_codes(
     return int(dead.numel())
 
 
+def pixel_loss_weights(
+    pixels: torch.Tensor, background: torch.Tensor, foreground_weight: float, margin: int
+) -> torch.Tensor:
+    """Per-pixel weights [B, 1, H, W] of the reconstruction loss: 1 + `foreground_weight` on
+    object pixels and on background pixels within `margin` pixels of an object."""
+    foreground = ((pixels - background).abs().sum(1, keepdim=True) > 0.05).float()
+    if margin > 0:
+        foreground = F.max_pool2d(foreground, 2 * margin + 1, stride=1, padding=margin)
+    return 1.0 + foreground_weight * foreground
+
+
 def train_vq(
     vq: JanusVQVAE,
     config: VQTrainConfig,
@@ -299,8 +319,9 @@ def train_vq(
     for step in bar:
         crop = config.crop_size if step < full_from else 0
         pixels = _world_batch(rng, config.batch_size, config.image_size, crop, stride)
-        foreground = ((pixels - background).abs().sum(1, keepdim=True) > 0.05).float()
-        weight = 1.0 + config.foreground_weight * foreground
+        weight = pixel_loss_weights(
+            pixels, background, config.foreground_weight, config.foreground_margin
+        )
         quantised, codes, unit = quantize(vq, _encode_latents(vq, pixels))
         error = _decode_latents(vq, quantised) - pixels
         reconstruction_loss = (weight * (error.square() + error.abs())).mean() / weight.mean()
