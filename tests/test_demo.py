@@ -56,7 +56,14 @@ def test_full_settings_score_the_whole_benchmark():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("sft_steps", 0), ("grpo_num_generations", 1), ("mixed_precision", "fp8"), ("threads", 0)],
+    [
+        ("sft_steps", 0),
+        ("grpo_num_generations", 1),
+        ("mixed_precision", "fp8"),
+        ("threads", 0),
+        ("vq_foreground_margin", -1),
+        ("report_examples", -1),
+    ],
 )
 def test_bad_settings_name_the_field(field, value):
     config = DemoConfig.full(**{field: value})
@@ -549,6 +556,7 @@ def test_image_statistics_count_planned_objects_drawn_at_their_box(tmp_path: Pat
                 {"name": "green circle", "box": [500, 500, 750, 750]},  # a blue circle there
                 {"name": "red triangle", "box": [750, 0, 1000, 250]},  # nothing there
                 {"name": "red square", "box": "not a box"},  # malformed: not counted
+                "not an object",  # malformed: not counted
             ],
         },
         {"prompt": "a red square", "image": "broken.png", "objects": []},

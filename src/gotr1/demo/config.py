@@ -185,5 +185,6 @@ class DemoConfig:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r}")
-        if self.report_examples < 0:
-            raise UserError(f"report_examples must be >= 0, got {self.report_examples}")
+        for name in ("report_examples", "vq_foreground_margin"):
+            if getattr(self, name) < 0:
+                raise UserError(f"demo setting {name} must be >= 0, got {getattr(self, name)}")

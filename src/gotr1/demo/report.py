@@ -247,7 +247,9 @@ def _planned_objects(sample: dict[str, Any]) -> list[dict[str, Any]]:
     """The sample's planned objects with a well-formed name and four-number box."""
     planned = []
     for obj in sample.get("objects") or []:
-        box = obj.get("box") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict):
+            continue
+        box = obj.get("box")
         if (
             isinstance(obj.get("name"), str)
             and isinstance(box, list)
