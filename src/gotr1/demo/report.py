@@ -203,7 +203,7 @@ def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[st
     planned name, at box IoU >= `AT_BOX_IOU`). Images that cannot be read are counted in
     ``unreadable``."""
     from gotr1.chain import box_iou
-    from gotr1.rewards.world_judge import parse_object_name
+    from gotr1.rewards.world_judge import detection_fits_name, parse_object_name
     from gotr1.world import count_extra_objects, detect, parse_prompt
 
     found, extra, at_box, named_at_box, unreadable = [], [], [], [], 0
@@ -224,7 +224,7 @@ def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[st
             named_at_box.append(
                 float(
                     any(
-                        iou >= AT_BOX_IOU and d.shape == shape and colour in (None, d.color)
+                        iou >= AT_BOX_IOU and detection_fits_name(d, colour, shape)
                         for iou, d in ious
                     )
                 )
@@ -245,19 +245,15 @@ AT_BOX_IOU = 0.5
 
 def _planned_objects(sample: dict[str, Any]) -> list[dict[str, Any]]:
     """The sample's planned objects with a well-formed name and four-number box."""
-    planned = []
-    for obj in sample.get("objects") or []:
-        if not isinstance(obj, dict):
-            continue
-        box = obj.get("box")
-        if (
-            isinstance(obj.get("name"), str)
-            and isinstance(box, list)
-            and len(box) == 4
-            and all(isinstance(v, int | float) for v in box)
-        ):
-            planned.append({"name": obj["name"], "box": box})
-    return planned
+    return [
+        obj
+        for obj in sample.get("objects") or []
+        if isinstance(obj, dict)
+        and isinstance(obj.get("name"), str)
+        and isinstance(obj.get("box"), list)
+        and len(obj["box"]) == 4
+        and all(isinstance(v, int | float) for v in obj["box"])
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ def parse_object_name(name: str) -> tuple[str | None, str | None]:
     return colour, shape
 
 
+def detection_fits_name(detection: Any, colour: str | None, shape: str | None) -> bool:
+    """Whether a detection can be the object a chain names as (colour, shape) — from
+    `parse_object_name`: the same shape, and the same colour when the name gives one."""
+    return shape is not None and detection.shape == shape and colour in (None, detection.color)
+
+
 def _matches(colour: str | None, shape: str | None, obj: Any) -> bool:
     """Whether a named object can be an instance of a prompt object (shape, colour when asked)."""
     return shape == obj.shape and (obj.color is None or colour == obj.color)
@@ -216,13 +222,7 @@ class WorldJudge:
             per_name = []
             for name in image_names:
                 colour, shape = parse_object_name(name)
-                matching = [
-                    d
-                    for d in detections
-                    if shape is not None
-                    and d.shape == shape
-                    and (colour is None or d.color == colour)
-                ]
+                matching = [d for d in detections if detection_fits_name(d, colour, shape)]
                 matching.sort(key=lambda d: (-d.confidence, -_area(d.box)))
                 per_name.append([d.box for d in matching[: image_names.count(name)]])
             candidates.append(per_name)
