@@ -287,6 +287,11 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         progress=config.progress,
     )
     values.update(overrides)
+    # The reward is the configured one (gotr1.train.grpo.make_reward), so config.yaml says it all.
+    values.setdefault(
+        "world_clean_image",
+        uses_clean_factor(values["reward_components"], config.clean_image_factor),
+    )
     return GRPOConfig(**values)
 
 
@@ -321,15 +326,12 @@ def eval_settings(config: DemoConfig) -> dict[str, Any]:
     }
 
 
-def train_grpo_stage(config: DemoConfig, grpo: Any) -> dict[str, Any]:
-    """Run GRPO with the demo's reward (`gotr1.demo.rewards.make_demo_reward`)."""
-    from gotr1.demo.rewards import make_demo_reward
+def train_grpo_stage(grpo: Any) -> dict[str, Any]:
+    """Run GRPO with the demo's reward (its `world_clean_image` says whether the clean-image
+    factor of `gotr1.demo.rewards` applies)."""
     from gotr1.train.grpo import train_grpo
 
-    reward = make_demo_reward(
-        grpo.reward_components, grpo.reward_combination, config.clean_image_factor
-    )
-    final = train_grpo(grpo, reward_fn=reward)
+    final = train_grpo(grpo)
     return {"model": str(final)}
 
 
@@ -422,7 +424,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     )
 
     def run_grpo(folder: Path) -> dict[str, Any]:
-        return train_grpo_stage(config, grpo_config(config, sft_final, folder))
+        return train_grpo_stage(grpo_config(config, sft_final, folder))
 
     grpo = stages.run("grpo", out / "grpo", grpo_settings, run_grpo)
     grpo_final = out / "grpo" / "final"

@@ -18,10 +18,14 @@ def make_demo_reward(components: Sequence[str], combination: str, clean_factor: 
     combined by `combination`, times (product) or plus (sums) `clean_fraction` when
     `clean_factor` and R_PI is among the components (the factor corrects R_PI's blindness to
     clutter; without R_PI it would reward drawing nothing: a blank image is perfectly clean)."""
-    from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge
-    from gotr1.rewards.clean_image import CleanImageReward
+    from gotr1.train.config import GRPOConfig
+    from gotr1.train.grpo import make_reward
 
-    judge = WorldJudge()
-    config = RewardConfig(components=tuple(components), combination=combination)
-    extra = CleanImageReward(judge) if uses_clean_factor(components, clean_factor) else None
-    return DualStageReward(judge, config, extra_reward=extra)
+    return make_reward(
+        GRPOConfig(
+            judge="world",
+            reward_components=list(components),
+            reward_combination=combination,
+            world_clean_image=uses_clean_factor(components, clean_factor),
+        )
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -377,6 +378,58 @@ def train_grpo(
     return final
 
 
+@dataclass
+class ScoredRollouts:
+    """What the GRPO loss needs from one judged rollout batch (this process's rows)."""
+
+    advantages: torch.Tensor  # [B] float32, 0 for rows without signal
+    weights: torch.Tensor  # [B, chain + image tokens]: each token's weight in the loss
+    normaliser: float  # the batch divisor of `loss_type`
+    zero_std: torch.Tensor  # [B] bool: the row's group has no learning signal
+    group_std: torch.Tensor  # [G], NaN where fewer than two rows were kept
+    all_total: torch.Tensor  # [rows of all processes] rewards, NaN as 0
+    all_keep: torch.Tensor  # [rows of all processes] bool: the judge scored the row
+
+
+def score_rollouts(
+    config: GRPOConfig,
+    rollouts: Any,
+    rewards: Any,
+    gather: Any = None,
+    global_sum: Any = None,
+    processes: int = 1,
+) -> ScoredRollouts:
+    """Advantages and token weights of a judged batch, as configured.
+
+    Advantages are over the kept rows of complete groups (all on this process); the batch std is
+    over the kept rows of all processes (`gather` concatenates a tensor over them; default: this
+    process only). A group left with fewer than two kept rows has no std (NaN) and stays out of
+    the loss, like the dropped rows themselves. Weights: chain tokens (minus truncated chains, if
+    asked), then the image tokens, times the row's weight.
+    """
+    gather = gather or (lambda values: values.cpu())
+    group_ids = rollouts.group_ids.cpu()
+    keep = torch.as_tensor(np.asarray(rewards.keep), dtype=torch.bool)
+    total = torch.as_tensor(np.nan_to_num(rewards.total, nan=0.0), dtype=torch.float32)
+    all_total, all_keep = gather(total), gather(keep)
+    batch_std = all_total[all_keep].std() if int(all_keep.sum()) > 1 else torch.tensor(0.0)
+    advantages, zero_std, group_std = group_advantages(
+        total, group_ids, config.scale_rewards, batch_std, keep=keep
+    )
+    row_weight = (keep & torch.isfinite(group_std)[group_ids]).float()
+    if config.filter_zero_std_groups:
+        row_weight = row_weight * (~zero_std).float()
+
+    chain_weight = rollouts.chain_mask.cpu().float() * config.chain_token_weight
+    if config.mask_truncated_chains:
+        chain_weight[rollouts.truncated.cpu()] = 0.0
+    image_weight = torch.full(rollouts.image_ids.shape, config.image_token_weight)
+    weights = torch.cat([chain_weight, image_weight], dim=1) * row_weight[:, None]
+    max_length = config.max_chain_tokens + rollouts.image_ids.shape[1]
+    normaliser = loss_normaliser(config.loss_type, weights, max_length, global_sum, processes)
+    return ScoredRollouts(advantages, weights, normaliser, zero_std, group_std, all_total, all_keep)
+
+
 def grpo_step(
     config: GRPOConfig,
     accelerator: Any,
@@ -416,32 +469,13 @@ def grpo_step(
     mark = time.perf_counter()
     rewards = reward_fn(rollouts)
     reward_time = time.perf_counter() - mark
-    group_ids = rollouts.group_ids.cpu()
-    keep = torch.as_tensor(np.asarray(rewards.keep), dtype=torch.bool)
-    total = torch.as_tensor(np.nan_to_num(rewards.total, nan=0.0), dtype=torch.float32)
 
-    # 3. Advantages over the kept rows of complete groups (all on this process); the batch std
-    #    is over the kept rows of all processes. A group left with fewer than two kept rows has
-    #    no std (NaN) and stays out of the loss, like the dropped rows themselves.
-    all_total, all_keep = gather(total), gather(keep)
-    batch_std = all_total[all_keep].std() if int(all_keep.sum()) > 1 else torch.tensor(0.0)
-    advantages, zero_std, group_std = group_advantages(
-        total, group_ids, config.scale_rewards, batch_std, keep=keep
-    )
-    row_weight = (keep & torch.isfinite(group_std)[group_ids]).float()
-    if config.filter_zero_std_groups:
-        row_weight = row_weight * (~zero_std).float()
-
-    # 4. Which tokens count, and how much: chain tokens (minus truncated chains, if asked), then
-    #    the image tokens, times the row's weight.
-    chain_weight = rollouts.chain_mask.cpu().float() * config.chain_token_weight
-    if config.mask_truncated_chains:
-        chain_weight[rollouts.truncated.cpu()] = 0.0
-    image_weight = torch.full(rollouts.image_ids.shape, config.image_token_weight)
-    weights = torch.cat([chain_weight, image_weight], dim=1) * row_weight[:, None]
-    max_length = config.max_chain_tokens + rollouts.image_ids.shape[1]
-    normaliser = loss_normaliser(config.loss_type, weights, max_length, global_sum, processes)
-    weights, advantages = weights.to(device), advantages.to(device)
+    # 3-4. Advantages over the kept rows of complete groups, and which tokens count.
+    scored = score_rollouts(config, rollouts, rewards, gather, global_sum, processes)
+    advantages, group_std = scored.advantages, scored.group_std
+    all_total, all_keep = scored.all_total, scored.all_keep
+    weights, advantages = scored.weights.to(device), advantages.to(device)
+    normaliser = scored.normaliser
 
     # 5. Reference and old log-probs, without gradients (no reference forward when beta == 0;
     #    old log-probs only when a rollout batch is reused, else old = new.detach(): ratio 1).
