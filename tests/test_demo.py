@@ -540,6 +540,20 @@ def test_the_clean_factor_only_applies_beside_r_pi():
     assert scores.total[0] == pytest.approx(scores.total[1])  # the image does not matter
 
 
+def test_the_grpo_stage_config_records_its_reward(tmp_path: Path) -> None:
+    """The demo's GRPO reward is the one its config.yaml describes (gotr1 grpo-signal and gotr1
+    grpo rebuild it from there): the clean-image factor is on exactly beside R_PI."""
+    from gotr1.demo import pipeline as P
+    from gotr1.demo.config import DemoConfig
+
+    def grpo(config: DemoConfig, **overrides):
+        return P.grpo_config(config, tmp_path / "sft", tmp_path / "grpo", **overrides)
+
+    assert grpo(DemoConfig()).world_clean_image
+    assert not grpo(DemoConfig(), reward_components=["sem", "spa"]).world_clean_image
+    assert not grpo(DemoConfig(clean_image_factor=False)).world_clean_image
+
+
 def test_image_statistics_count_planned_objects_drawn_at_their_box(tmp_path: Path) -> None:
     from gotr1.world.scene import Scene, SceneObject, render_scene
 

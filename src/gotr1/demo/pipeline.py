@@ -601,7 +601,8 @@ def diagnose(
         notes.append(
             f"the reward GRPO optimised did not rise over the run ({trend['first']:.4f} in the "
             f"first tenth of steps, {trend['last']:.4f} in the last): the benchmark change is "
-            "not the result of optimising it"
+            "not the result of optimising it (`gotr1 grpo-signal --config <run>/grpo/config.yaml` "
+            "measures whether one step's gradient holds more than sampling noise)"
         )
     before = images.get("sft", {}).get("mean_extra_objects")
     after = images.get("grpo", {}).get("mean_extra_objects")
