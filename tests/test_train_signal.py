@@ -17,8 +17,10 @@ from gotr1.train.config import ConfigError, GRPOConfig
 from gotr1.train.signal import (
     SignalFraction,
     SignalReport,
+    batch_gradients,
     measure_gradient_signal,
     shuffled_advantages,
+    token_coefficients,
 )
 from test_train_helpers import REPO, code_reward, make_tiny_model, subprocess_env
 
@@ -94,6 +96,49 @@ def test_shuffled_advantages_permute_only_rows_in_the_loss():
     shuffled = shuffled_advantages(advantages, in_loss, torch.Generator().manual_seed(0))
     assert shuffled[~in_loss].tolist() == [0.0, 0.0]
     assert sorted(shuffled[in_loss].tolist()) == sorted(advantages[in_loss].tolist())
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_batch_gradients_are_the_update_gradient(tiny_folder, tmp_path, loss_type):
+    """Per stage and summed, in micro-batches or not: the gradient of `grpo_loss` that the first
+    update of a step takes (ratio 1)."""
+    from gotr1.policy.policy import Policy
+    from gotr1.policy.rollout import SamplingConfig
+    from gotr1.train.grpo import grpo_loss, score_rollouts
+    from gotr1.train.runtime import TrainingModule
+
+    config = signal_config(tiny_folder, tmp_path, loss_type=loss_type, chain_token_weight=0.5)
+    policy = Policy.load(tiny_folder)
+    wrapped = TrainingModule(policy.model)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    sampling = SamplingConfig(cfg_weight=2.0, max_chain_tokens=8)
+    rollouts = policy.rollout(
+        ["a red circle", "two squares"], 8, sampling, torch.Generator().manual_seed(3)
+    )
+    scored = score_rollouts(config, rollouts, code_reward(rollouts))
+    coefficients = {"real": token_coefficients(scored.advantages, scored, config)}
+
+    policy.model.zero_grad()
+    lp = policy.logprobs(rollouts, config.image_logprob)
+    new = torch.cat([lp.chain, lp.image], dim=1)
+    loss, _ = grpo_loss(
+        new, new.detach(), None, scored.advantages, scored.weights, scored.normaliser,
+        loss_type=loss_type,
+    )  # fmt: skip
+    loss.backward()
+    expected = torch.cat(
+        [(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params]
+    )
+    assert expected.norm() > 0
+
+    for micro_batches in (1, 4):
+        config.gradient_accumulation_steps = micro_batches
+        found = batch_gradients(wrapped, policy, rollouts, coefficients, config, params)
+        torch.testing.assert_close(found["real/all"], expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            found["real/chain"] + found["real/image"], found["real/all"], rtol=0, atol=0
+        )
+        assert found["real/chain"].norm() > 0 and found["real/image"].norm() > 0
 
 
 def test_a_reward_the_policy_controls_has_signal(tiny_folder, tmp_path):

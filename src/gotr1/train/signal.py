@@ -180,7 +180,7 @@ def measure_gradient_signal(
     signal fraction per part against the shuffled-advantage null. Single process."""
     from gotr1.policy.rollout import SamplingConfig
     from gotr1.train.data import PromptSource
-    from gotr1.train.grpo import build_policy, grpo_loss, make_reward, score_rollouts
+    from gotr1.train.grpo import build_policy, make_reward, score_rollouts
     from gotr1.train.runtime import TrainingModule, make_accelerator, step_seed
 
     if batches < 2:
@@ -205,7 +205,7 @@ def measure_gradient_signal(
     )
     named = [(n, p) for n, p in policy.model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    shuffle_generator = torch.Generator().manual_seed(step_seed(config.seed, 1, 0))
+    shuffle_generator = torch.Generator().manual_seed(step_seed(config.seed, -1))
     estimates: dict[str, list[torch.Tensor]] = {
         f"{kind}/{part}": [] for kind in ("real", "shuffled") for part in PARTS
     }
@@ -226,31 +226,13 @@ def measure_gradient_signal(
         in_loss.append(float(row_in_loss.sum()))
         shuffled = shuffled_advantages(scored.advantages, row_in_loss, shuffle_generator)
 
-        wrapped.train()
-        lp = wrapped(
-            "logprobs",
-            rollouts,
-            special=policy.special,
-            image_logprob=config.image_logprob,
-            micro_batch_size=config.logprob_micro_batch_size,
-        )
-        chain_columns = lp.chain.shape[1]
-        new = torch.cat([lp.chain, lp.image], dim=1)
-        for kind, advantages in (("real", scored.advantages), ("shuffled", shuffled)):
-            coefficients = _token_coefficients(
-                grpo_loss, new.detach(), advantages, scored.weights, scored.normaliser, config
-            ).to(new.device)
-            grads = {}
-            for part, columns in (
-                ("chain", slice(0, chain_columns)),
-                ("image", slice(chain_columns, None)),
-            ):
-                surrogate = (new[:, columns] * coefficients[:, columns]).sum()
-                grads[part] = _flat_grad(surrogate, params)
-            grads["all"] = grads["chain"] + grads["image"]
-            for part, grad in grads.items():
-                estimates[f"{kind}/{part}"].append(grad)
-        del lp, new
+        coefficients = {
+            kind: token_coefficients(advantages, scored, config)
+            for kind, advantages in (("real", scored.advantages), ("shuffled", shuffled))
+        }
+        sums = batch_gradients(wrapped, policy, rollouts, coefficients, config, params)
+        for key, grad in sums.items():
+            estimates[key].append(grad)
         if log:
             log(f"batch {step + 1}/{batches}: reward {float(rewards_seen[-1].mean()):.3f}")
 
@@ -285,24 +267,63 @@ def measure_gradient_signal(
     )
 
 
-def _token_coefficients(
-    loss_fn: Callable[..., tuple[torch.Tensor, Any]],
-    logprobs: torch.Tensor,
+def batch_gradients(
+    wrapped: torch.nn.Module,
+    policy: Any,
+    rollouts: Any,
+    coefficients: dict[str, torch.Tensor],
+    config: GRPOConfig,
+    params: list[torch.nn.Parameter],
+) -> dict[str, torch.Tensor]:
+    """The loss gradient of a rollout batch for each coefficient table ("KIND" ->
+    [rows, columns] from `token_coefficients`), split by stage: {"KIND/chain", "KIND/image",
+    "KIND/all"} -> flat float32 CPU vectors. The surrogate is linear in the rows, so
+    micro-batches of rows (as the update takes them) add up to the batch's gradient."""
+    sums: dict[str, torch.Tensor] = {}
+    wrapped.train()
+    for rows in torch.arange(len(rollouts)).tensor_split(config.gradient_accumulation_steps):
+        lp = wrapped(
+            "logprobs",
+            rollouts.select(rows),
+            special=policy.special,
+            image_logprob=config.image_logprob,
+            micro_batch_size=config.logprob_micro_batch_size,
+        )
+        new = torch.cat([lp.chain, lp.image], dim=1)
+        chain_columns = lp.chain.shape[1]
+        for kind, table in coefficients.items():
+            picked = table[rows].to(new.device)
+            for part, columns in (
+                ("chain", slice(0, chain_columns)),
+                ("image", slice(chain_columns, None)),
+            ):
+                grad = _flat_grad((new[:, columns] * picked[:, columns]).sum(), params)
+                key = f"{kind}/{part}"
+                sums[key] = grad if key not in sums else sums[key] + grad
+        del lp, new
+    for kind in coefficients:
+        sums[f"{kind}/all"] = sums[f"{kind}/chain"] + sums[f"{kind}/image"]
+    return sums
+
+
+def token_coefficients(
     advantages: torch.Tensor,
-    weights: torch.Tensor,
-    normaliser: float,
+    scored: Any,
     config: GRPOConfig,
 ) -> torch.Tensor:
-    """d loss / d log-prob of every token at ratio 1 (the first update of a step): the loss's
-    gradient is the sum over tokens of this coefficient times the token's log-prob gradient."""
-    point = logprobs.detach().float().cpu().requires_grad_(True)
-    loss, _ = loss_fn(
+    """d loss / d log-prob of every token [rows, chain + image columns] at ratio 1 (the first
+    update of a step, where it does not depend on the log-probs' values): the loss's gradient is
+    the sum over tokens of this coefficient times the token's log-prob gradient."""
+    from gotr1.train.grpo import grpo_loss
+
+    point = torch.zeros(scored.weights.shape, dtype=torch.float32, requires_grad=True)
+    loss, _ = grpo_loss(
         point,
         point.detach(),
         None,
         advantages.cpu(),
-        weights.cpu(),
-        normaliser,
+        scored.weights.cpu(),
+        scored.normaliser,
         config.epsilon,
         config.clip_high,
         0.0,  # the KL term's gradient is 0 at the start weights (policy = reference)
