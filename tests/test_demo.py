@@ -352,7 +352,14 @@ def test_report_escapes_what_the_model_wrote(tmp_path):
         "the upper left part. <script>alert(1)</script> & <b>bold</b>"
     )
     metrics = _fake_run(tmp_path, chain)
+    metrics["seen_compositions"] = {
+        "sft": {"overall": 0.6},
+        "grpo": {"overall": 0.65},
+        "delta": {"overall": 0.05},
+        "rewards": {"sft": {"total": 0.2}, "grpo": {"total": 0.25}},
+    }
     page = report.write_report(tmp_path, metrics).read_text()
+    assert "SFT 0.600 → GRPO 0.650 (+0.050); the optimised reward 0.200 → 0.250" in page
     assert "<script>" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "&lt;|obj_start|&gt;red circle" in page
@@ -396,6 +403,13 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert set(metrics["grpo_reward_trend"]) == {"first", "last", "steps"}
     assert metrics["images"]["sft"]["mean_detected_objects"] is not None
     assert isinstance(metrics["diagnosis"], list)
+    seen = metrics["seen_compositions"]
+    assert seen["split"] == "train" and list(seen["grpo"]) == [*CATEGORIES, "overall"]
+    assert seen["delta"]["overall"] == pytest.approx(
+        seen["grpo"]["overall"] - seen["sft"]["overall"]
+    )
+    assert seen["sft"] != metrics["sft"]  # other prompts than the held-out benchmark's
+    assert "seen (train)" in printed and "train-split prompts" in page
     sensitivity = metrics["plan_sensitivity"]["sft"]
     assert sensitivity["image_loss"] > 0 and sensitivity["image_loss_boxes_swapped"] > 0
 
@@ -437,7 +451,13 @@ def test_tiny_ablation_writes_the_paper_table(tmp_path):
         for a in ablate.ARM_NAMES
     ]
     differing = {k for c in configs for k in c if c[k] != configs[0][k]}
-    assert differing == {"output_dir", "reward_components", "reward_combination"}
+    # (the clean-image factor is part of the reward: off in the arms without R_PI)
+    assert differing == {
+        "output_dir",
+        "reward_components",
+        "reward_combination",
+        "world_clean_image",
+    }
 
     # another ablation (another folder) reuses this one's tokenizer and SFT stages
     messages: list[str] = []
@@ -498,6 +518,17 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     (note,) = diagnose(0.1, rising, astray)
     assert "draws 6% of its planned objects" in note and "1% as named" in note
     assert diagnose(0.1, rising, {"sft": {"planned_objects_at_box": 0.8}}) == []
+
+    # the held-out score did not rise: what happened where GRPO trained (seen compositions)
+    def seen(delta: float, before: float, after: float) -> dict:
+        rewards = {"sft": {"total": before}, "grpo": {"total": after}}
+        return {"delta": {"overall": delta}, "rewards": rewards}
+
+    (note,) = diagnose(-0.02, rising, clean, None, seen(0.01, 0.236, 0.254))
+    assert "+0.010 and its reward from 0.236 to 0.254" in note and "did not carry over" in note
+    (note,) = diagnose(-0.02, rising, clean, None, seen(-0.01, 0.24, 0.2))
+    assert "did not improve where it trained either" in note
+    assert diagnose(0.05, rising, clean, None, seen(0.01, 0.2, 0.3)) == []
 
 
 def test_swapped_boxes_keep_the_prose_and_names():

@@ -314,9 +314,9 @@ def grpo_stage_settings(config: DemoConfig, upstream: str, grpo: Any) -> dict[st
     }
 
 
-def eval_settings(config: DemoConfig) -> dict[str, Any]:
+def eval_settings(config: DemoConfig, split: str = "test") -> dict[str, Any]:
     """What identifies a benchmark stage, besides the model it scores (its ``upstream``)."""
-    return {
+    settings = {
         "seed": config.seed,
         "prompts": config.eval_prompts,
         "prompt_seed": config.eval_prompt_seed,
@@ -324,6 +324,9 @@ def eval_settings(config: DemoConfig) -> dict[str, Any]:
         "max_chain_tokens": config.max_chain_tokens,
         "prompts_per_batch": config.eval_prompts_per_batch,
     }
+    if split != "test":  # the held-out benchmark's identity predates the split setting
+        settings["split"] = split
+    return settings
 
 
 def train_grpo_stage(grpo: Any) -> dict[str, Any]:
@@ -335,11 +338,12 @@ def train_grpo_stage(grpo: Any) -> dict[str, Any]:
     return {"model": str(final)}
 
 
-def benchmark(config: DemoConfig) -> list[tuple[str, Any]]:
-    """The held-out prompts both models are scored on (test split: unseen compositions)."""
+def benchmark(config: DemoConfig, split: str = "test") -> list[tuple[str, Any]]:
+    """The prompts both models are scored on: the held-out benchmark (test split: unseen
+    compositions), or the same number from the train split (seen compositions)."""
     from gotr1.world import benchmark_prompts
 
-    return benchmark_prompts("test", config.eval_prompts, seed=config.eval_prompt_seed)
+    return benchmark_prompts(split, config.eval_prompts, seed=config.eval_prompt_seed)
 
 
 def sampling(config: DemoConfig) -> Any:
@@ -349,8 +353,10 @@ def sampling(config: DemoConfig) -> Any:
     return SamplingConfig(cfg_weight=config.cfg_weight, max_chain_tokens=config.max_chain_tokens)
 
 
-def evaluate_model(config: DemoConfig, model_dir: Path, folder: Path) -> dict[str, Any]:
-    """Score a model folder on the held-out benchmark (sampling seed = the demo seed) and write
+def evaluate_model(
+    config: DemoConfig, model_dir: Path, folder: Path, split: str = "test"
+) -> dict[str, Any]:
+    """Score a model folder on the benchmark of `split` (sampling seed = the demo seed) and write
     the results (summary.json/md, samples.jsonl, images/) into `folder`."""
     from gotr1.eval.world_bench import evaluate_world, world_result_record, write_world_results
     from gotr1.policy.policy import Policy
@@ -362,7 +368,7 @@ def evaluate_model(config: DemoConfig, model_dir: Path, folder: Path) -> dict[st
     policy = Policy.load(model_dir)
     result = evaluate_world(
         policy,
-        prompts=benchmark(config),
+        prompts=benchmark(config, split),
         seed=config.seed,
         num_generations=1,
         sampling=sampling(config),
@@ -430,16 +436,19 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     grpo_final = out / "grpo" / "final"
 
     evals = {}
-    for name, model_dir, upstream in (
-        ("sft", sft_final, sft),
-        ("grpo", grpo_final, grpo),
-    ):
-        evals[name] = stages.run(
-            f"eval-{name}",
-            out / "eval" / name,
-            {**eval_settings(config), "upstream": upstream["fingerprint"]},
-            lambda folder, model_dir=model_dir: evaluate_model(config, model_dir, folder),
-        )
+    for split, prefix in (("test", ""), ("train", "seen-")):
+        for name, model_dir, upstream in (
+            ("sft", sft_final, sft),
+            ("grpo", grpo_final, grpo),
+        ):
+            evals[prefix + name] = stages.run(
+                f"eval-{prefix}{name}",
+                out / "eval" / (prefix + name),
+                {**eval_settings(config, split), "upstream": upstream["fingerprint"]},
+                lambda folder, model_dir=model_dir, split=split: evaluate_model(
+                    config, model_dir, folder, split
+                ),
+            )
 
     merge_train_logs(out)
     metrics = build_metrics(config, stages.records, evals)
@@ -480,7 +489,9 @@ def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
     metrics["grpo_reward_trend"] = trend
     metrics["images"] = images
     metrics["plan_sensitivity"] = plan
-    metrics["diagnosis"] = diagnose(metrics["delta"]["overall"], trend, images, plan)
+    metrics["diagnosis"] = diagnose(
+        metrics["delta"]["overall"], trend, images, plan, metrics.get("seen_compositions")
+    )
 
 
 def merge_train_logs(out: Path) -> Path:
@@ -542,10 +553,28 @@ def build_metrics(
             "note": benchmark_note,
         },
         "rewards": {"sft": sft.get("rewards"), "grpo": grpo.get("rewards")},
+        "seen_compositions": seen_compositions(evals),
         "chains": {"sft": sft.get("chains"), "grpo": grpo.get("chains")},
         "image_tokenizer": tokenizer.get("vq_eval"),
         "stages": stage_times,
         "settings": config.to_dict(),
+    }
+
+
+def seen_compositions(evals: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Both models on as many train-split prompts (seen compositions: the distribution GRPO
+    trains on, some prompts possibly identical to its training prompts): whether GRPO improved
+    where it trained, apart from whether that carries over to unseen compositions."""
+    if "seen-sft" not in evals or "seen-grpo" not in evals:
+        return None
+    sft, grpo = evals["seen-sft"]["result"], evals["seen-grpo"]["result"]
+    return {
+        "split": "train",
+        "sft": sft["soft"],
+        "grpo": grpo["soft"],
+        "delta": {k: grpo["soft"][k] - sft["soft"][k] for k in sft["soft"] if k in grpo["soft"]},
+        "rewards": {"sft": sft.get("rewards"), "grpo": grpo.get("rewards")},
+        "note": "train-split prompts: compositions seen in SFT and GRPO training (not held out)",
     }
 
 
@@ -574,11 +603,13 @@ def diagnose(
     trend: dict[str, float] | None,
     images: dict[str, dict[str, Any]],
     plan: dict[str, dict[str, float] | None] | None = None,
+    seen: dict[str, Any] | None = None,
 ) -> list[str]:
     """Plain warnings when the benchmark gain may not come from what GRPO optimised: the
     optimised reward did not rise, GRPO's images hold more objects the prompt did not ask for
     (the soft score counts extra objects as one requirement only), or the SFT
-    model's images ignore the planned boxes (then R_RI only rewards chance overlaps)."""
+    model's images ignore the planned boxes (then R_RI only rewards chance overlaps); and, when
+    the held-out score did not rise, what GRPO did on seen compositions (`seen_compositions`)."""
     notes = []
     sft_plan = (plan or {}).get("sft")
     if sft_plan is not None and sft_plan["plan_sensitivity"] < PLAN_SENSITIVITY_FLOOR:
@@ -603,6 +634,25 @@ def diagnose(
             f"first tenth of steps, {trend['last']:.4f} in the last): the benchmark change is "
             "not the result of optimising it (`gotr1 grpo-signal --config <run>/grpo/config.yaml` "
             "measures whether one step's gradient holds more than sampling noise)"
+        )
+    if seen is not None and delta_overall <= 0:
+        seen_delta = seen["delta"]["overall"]
+        totals = [(seen["rewards"].get(m) or {}).get("total") for m in ("sft", "grpo")]
+        reward_text = (
+            f" and its reward from {totals[0]:.3f} to {totals[1]:.3f}"
+            if all(isinstance(t, int | float) for t in totals)
+            else ""
+        )
+        improved = seen_delta > 0 or (reward_text and totals[1] > totals[0])
+        notes.append(
+            f"on train-split prompts (seen compositions) GRPO changed the soft score by "
+            f"{seen_delta:+.3f}{reward_text}: "
+            + (
+                "what it gained where it trained did not carry over to the unseen compositions "
+                "of the held-out benchmark"
+                if improved
+                else "it did not improve where it trained either"
+            )
         )
     before = images.get("sft", {}).get("mean_extra_objects")
     after = images.get("grpo", {}).get("mean_extra_objects")
@@ -631,6 +681,13 @@ def summary_table(metrics: dict[str, Any]) -> str:
         lines.append(
             f"{key:<{width}}{sft[key]:>8.3f} ({sft_acc[key]:.3f}){grpo[key]:>8.3f} "
             f"({grpo_acc[key]:.3f}){grpo[key] - sft[key]:>+9.3f}"
+        )
+    seen = metrics.get("seen_compositions")
+    if seen:
+        lines.append(
+            f"{'seen (train)':<{width}}{seen['sft']['overall']:>8.3f}{'':>8}"
+            f"{seen['grpo']['overall']:>8.3f}{'':>8}{seen['delta']['overall']:>+9.3f}"
+            "   (overall on train-split prompts: compositions seen in training)"
         )
     lines.append("")
     lines.append(f"{'stage':<{width}}{'wall s':>10}{'CPU s':>10}")

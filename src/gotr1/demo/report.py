@@ -427,6 +427,23 @@ def _delta_cell(delta: float) -> str:
     return f'<td class="{css}">{delta:+.3f}</td>'
 
 
+def _seen_paragraph(seen: dict[str, Any] | None) -> str:
+    """One line on the train-split (seen compositions) scores, when the run has them."""
+    if not seen:
+        return ""
+    totals = [(seen.get("rewards", {}).get(m) or {}).get("total") for m in ("sft", "grpo")]
+    reward = (
+        f"; the optimised reward {_fmt(totals[0])} → {_fmt(totals[1])}"
+        if all(_is_number(t) for t in totals)
+        else ""
+    )
+    return (
+        '<p class="note">On as many train-split prompts (compositions seen in training, not held '
+        f"out): SFT {_fmt(seen['sft']['overall'])} → GRPO {_fmt(seen['grpo']['overall'])} "
+        f"({seen['delta']['overall']:+.3f}){reward}.</p>"
+    )
+
+
 def category_table(metrics: dict[str, Any]) -> str:
     """The per-category table (soft score, accuracy, differences) as HTML."""
     sft, grpo = metrics["sft"], metrics["grpo"]
@@ -623,6 +640,7 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
  {html.escape(str(bench.get("note", "")))}</p>
 <p>Overall soft score: SFT {_fmt(metrics["sft"]["overall"])} → GRPO
  {_fmt(metrics["grpo"]["overall"])} (<b>{overall:+.3f}</b>).</p>
+{_seen_paragraph(metrics.get("seen_compositions"))}
 {diagnosis_html}
 <h2>Held-out benchmark by category</h2>
 <p class="note">soft = fraction of the prompt's requirements met (objects present in number,
