@@ -571,6 +571,45 @@ def test_the_clean_factor_only_applies_beside_r_pi():
     assert scores.total[0] == pytest.approx(scores.total[1])  # the image does not matter
 
 
+def test_demo_settings_from_the_command_line(tmp_path: Path) -> None:
+    """--set FIELD=VALUE reaches DemoConfig typed; bad names, values and combinations are one-line
+    errors before anything trains."""
+    from gotr1.cli import UserError
+    from gotr1.demo.commands import _demo_config
+    from gotr1.demo.config import parse_settings
+
+    args = _parser().parse_args(
+        ["demo", "--out", str(tmp_path / "run"), "--quick", "--set", "grpo_steps=24",
+         "--set", "grpo-num-prompts=64", "--set", "reward_components=sem, pi",
+         "--set", "clean_image_factor=false", "--set", "grpo_learning_rate=1e-4",
+         "--set", "tokenizer_dir=none"]
+    )  # fmt: skip
+    config = _demo_config(args)
+    assert config.quick and config.grpo_steps == 24 and config.grpo_num_prompts == 64
+    assert config.reward_components == ["sem", "pi"] and config.clean_image_factor is False
+    assert config.grpo_learning_rate == 1e-4 and config.tokenizer_dir is None
+    assert config.eval_prompts == 60  # the other quick settings stay
+    for bad, message in (
+        (["nope=1"], "expected FIELD=VALUE"),
+        (["grpo_steps"], "expected FIELD=VALUE"),
+        (["seed=3"], "expected FIELD=VALUE"),  # has its own option
+        (["grpo_steps=many"], "'many' is not an integer"),
+        (["clean_image_factor=maybe"], "not a boolean"),
+        (["cfg_weight=x"], "not a number"),
+    ):
+        with pytest.raises(UserError, match=message):
+            parse_settings(bad)
+    for bad, message in (
+        ("reward_combination=average", "reward_combination must be one of"),
+        ("reward_components=sem,xx", "reward_components must be a non-empty subset"),
+        ("grpo_steps=0", "grpo_steps must be >= 1"),
+    ):
+        args = _parser().parse_args(["demo", "--out", str(tmp_path / "bad"), "--set", bad])
+        with pytest.raises(UserError, match=message):
+            args.func(args)
+    assert not (tmp_path / "bad").exists()  # refused before any stage ran
+
+
 def test_the_grpo_stage_config_records_its_reward(tmp_path: Path) -> None:
     """The demo's GRPO reward is the one its config.yaml describes (gotr1 grpo-signal and gotr1
     grpo rebuild it from there): the clean-image factor is on exactly beside R_PI."""

@@ -1,6 +1,6 @@
 """`gotr1 demo` and `gotr1 ablate`.
 
-    gotr1 demo   --out DIR [--quick] [--seed S] [--seeds 0 1 2] [--threads N]
+    gotr1 demo   --out DIR [--quick] [--seed S] [--seeds 0 1 2] [--threads N] [--set F=V ...]
     gotr1 ablate --out DIR [--quick] [--seed S] [--from-demo DEMO_DIR] [--arms product sum ...]
 
 Registration imports nothing heavy; the handlers import torch when they run.
@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set_option(demo)
     demo.set_defaults(func=run_demo_command)
 
     ablate = subparsers.add_parser(
@@ -73,15 +74,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ablate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set_option(ablate)
     ablate.set_defaults(func=run_ablate_command)
 
 
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="settings",
+        help="change a demo setting (gotr1.demo.config.DemoConfig; repeatable), e.g. "
+        "--set grpo_steps=24 --set grpo_num_prompts=64; lists are comma-separated; stages "
+        "whose settings change rerun",
+    )
+
+
 def _demo_config(args: argparse.Namespace, **overrides: object) -> DemoConfig:
-    from gotr1.demo.config import DemoConfig
+    from gotr1.demo.config import DemoConfig, parse_settings
 
     values: dict[str, object] = dict(
         out=str(args.out), seed=args.seed, threads=args.threads, progress=not args.no_progress
     )
+    values.update(parse_settings(args.settings))
     values.update(overrides)
     if args.quick:
         return DemoConfig.quick_settings(**values)

@@ -188,3 +188,69 @@ class DemoConfig:
         for name in ("report_examples", "vq_foreground_margin"):
             if getattr(self, name) < 0:
                 raise UserError(f"demo setting {name} must be >= 0, got {getattr(self, name)}")
+        # The GRPO stage's own checks (reward components, combination, ...), before any training.
+        from pathlib import Path
+
+        from gotr1.demo.pipeline import grpo_config
+
+        grpo_config(self, Path("sft"), Path("grpo"))
+
+
+SET_RESERVED = ("out", "seed", "quick", "threads", "progress", "preset")
+"""Fields with their own command-line option (or, for the preset, no text form): not for --set."""
+
+
+def parse_settings(assignments: list[str]) -> dict[str, Any]:
+    """``["grpo_steps=24", "reward_components=sem,pi"]`` -> typed DemoConfig overrides; raises
+    `gotr1.cli.UserError` naming the bad assignment (unknown field, wrong type)."""
+    import typing
+
+    from gotr1.cli import UserError
+
+    hints = typing.get_type_hints(DemoConfig)
+    settable = sorted(f.name for f in dataclasses.fields(DemoConfig) if f.name not in SET_RESERVED)
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or name not in settable:
+            raise UserError(
+                f"--set {assignment!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}"
+            )
+        try:
+            values[name] = _convert(text.strip(), hints[name])
+        except ValueError as error:
+            raise UserError(f"--set {assignment!r}: {error}") from None
+    return values
+
+
+def _convert(text: str, hint: Any) -> Any:
+    """`text` as a value of type `hint` (int, float, bool, str, list[str], or X | None)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", ""):
+            return None
+        return _convert(text, next(a for a in args if a is not type(None)))
+    if origin is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if hint is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{text!r} is not a boolean (true or false)")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+    return text
