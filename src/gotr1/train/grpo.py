@@ -213,6 +213,20 @@ def make_judge(config: GRPOConfig) -> Any:
     )
 
 
+def rollout_sampling(config: GRPOConfig) -> Any:
+    """The `SamplingConfig` of the run's rollouts."""
+    from gotr1.policy.rollout import SamplingConfig
+
+    return SamplingConfig(
+        text_temperature=config.text_temperature,
+        image_temperature=config.image_temperature,
+        top_p=config.top_p,
+        cfg_weight=config.cfg_weight,
+        max_chain_tokens=config.max_chain_tokens,
+        max_batch_rows=config.max_batch_rows,
+    )
+
+
 def build_policy(config: GRPOConfig, resume_from: Path | None = None) -> Policy:
     """The policy to train: LoRA adapters on the start model (reference = adapters off), or the
     full model with a frozen reference copy (only when beta > 0). Resumes the trained weights
@@ -265,7 +279,6 @@ def train_grpo(
     folder). `reward_fn` replaces the configured reward (anything called with Rollouts that
     returns `Rewards`). Works under ``accelerate launch``.
     """
-    from gotr1.policy.rollout import SamplingConfig
     from gotr1.train import checkpoint as ckpt
     from gotr1.train.config import save_config
     from gotr1.train.data import PromptSource
@@ -317,14 +330,7 @@ def train_grpo(
 
     reward_fn = reward_fn or make_reward(config)
     prompts = PromptSource(config.prompts, config.seed, config.world_split)
-    sampling = SamplingConfig(
-        text_temperature=config.text_temperature,
-        image_temperature=config.image_temperature,
-        top_p=config.top_p,
-        cfg_weight=config.cfg_weight,
-        max_chain_tokens=config.max_chain_tokens,
-        max_batch_rows=config.max_batch_rows,
-    )
+    sampling = rollout_sampling(config)
     log = RunLog(
         out, accelerator, config.to_dict(), start_step if resume_from else None, "gotr1-grpo"
     )

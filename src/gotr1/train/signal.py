@@ -178,9 +178,8 @@ def measure_gradient_signal(
 ) -> SignalReport:
     """Gradients of the first `batches` GRPO steps of `config` at its start weights, and their
     signal fraction per part against the shuffled-advantage null. Single process."""
-    from gotr1.policy.rollout import SamplingConfig
     from gotr1.train.data import PromptSource
-    from gotr1.train.grpo import build_policy, make_reward, score_rollouts
+    from gotr1.train.grpo import build_policy, make_reward, rollout_sampling, score_rollouts
     from gotr1.train.runtime import TrainingModule, make_accelerator, step_seed
 
     if batches < 2:
@@ -195,14 +194,7 @@ def measure_gradient_signal(
     policy.model = accelerator.unwrap_model(wrapped).model
     reward_fn = reward_fn or make_reward(config)
     prompts = PromptSource(config.prompts, config.seed, config.world_split)
-    sampling = SamplingConfig(
-        text_temperature=config.text_temperature,
-        image_temperature=config.image_temperature,
-        top_p=config.top_p,
-        cfg_weight=config.cfg_weight,
-        max_chain_tokens=config.max_chain_tokens,
-        max_batch_rows=config.max_batch_rows,
-    )
+    sampling = rollout_sampling(config)
     named = [(n, p) for n, p in policy.model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     shuffle_generator = torch.Generator().manual_seed(step_seed(config.seed, -1))
