@@ -1,7 +1,7 @@
 """Does a GRPO step's gradient carry signal, or is it noise? Measured before training.
 
 A policy-gradient estimate from one batch is g = s + n: the expected gradient s (what the reward
-asks of the model) plus sampling noise n, which shrinks only as 1/rows. With K independent
+asks of the model) plus sampling noise n, whose E|n|^2 shrinks only as 1/rows. With K independent
 batches from the same start weights, E[g_j . g_k] = |s|^2 for j != k and E|g_k|^2 = |s|^2 + E|n|^2,
 so the **signal fraction**
 
@@ -14,12 +14,16 @@ drifts); the batch with as much signal as noise holds rows * (1 - rho) / rho rol
 The same batches with their advantages shuffled across the rows that count give the null:
 shuffled advantages no longer depend on what was sampled, so their expected gradient is exactly 0
 and their rho says how far from 0 this estimate wanders by chance. The gradient is split into its
-chain-token and image-token parts (the two stages of GoT-R1), each with its own rho.
+chain-token and image-token parts (the two stages of GoT-R1), each with its own rho, and rho is
+also taken per parameter tensor: Adam steps each weight on its own gradient history, so signal
+confined to a few tensors can train while the whole vector's rho is ~0 (the largest per-tensor rho
+of the shuffled gradients says what chance gives the best of many tensors).
 
 Batch k is what GRPO step k would train on (the run's prompt order and sampling seeds), taken at
 the start weights, with the run's reward, advantages, token weights and loss normaliser
-(`gotr1.train.grpo.score_rollouts`). Memory: K gradient vectors per part are kept on the CPU
-(trainable parameters x 4 bytes x K x 6): meant for small models or LoRA adapters.
+(`gotr1.train.grpo.score_rollouts`), in the update's micro-batches of rows. Memory: K gradient
+vectors per part are kept on the CPU (trainable parameters x 4 bytes x K x 6): meant for small
+models or LoRA adapters.
 """
 
 from __future__ import annotations
