@@ -580,12 +580,12 @@ def test_demo_settings_from_the_command_line(tmp_path: Path) -> None:
 
     args = _parser().parse_args(
         ["demo", "--out", str(tmp_path / "run"), "--quick", "--set", "grpo_steps=24",
-         "--set", "grpo-num-prompts=64", "--set", "reward_components=sem, pi",
+         "--set", "grpo-num-prompts=32", "--set", "reward_components=sem, pi",
          "--set", "clean_image_factor=false", "--set", "grpo_learning_rate=1e-4",
          "--set", "tokenizer_dir=none"]
     )  # fmt: skip
     config = _demo_config(args)
-    assert config.quick and config.grpo_steps == 24 and config.grpo_num_prompts == 64
+    assert config.quick and config.grpo_steps == 24 and config.grpo_num_prompts == 32
     assert config.reward_components == ["sem", "pi"] and config.clean_image_factor is False
     assert config.grpo_learning_rate == 1e-4 and config.tokenizer_dir is None
     assert config.eval_prompts == 60  # the other quick settings stay
