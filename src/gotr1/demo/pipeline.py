@@ -11,6 +11,7 @@ setting reruns it and every stage after it):
     grpo/        GRPO from sft/final with the dual-stage reward (world judge, product)
     eval/sft/    both models on the same held-out prompts with the same sampling seed
     eval/grpo/   (`gotr1.eval.world_bench`: summary.json, samples.jsonl, images/)
+    eval/seen-sft/, eval/seen-grpo/   the same on train-split prompts (seen compositions)
 
 then ``metrics.json``, ``train_log.jsonl`` (SFT and GRPO rows, each with its ``stage``) and
 ``report.html`` (`gotr1.demo.report`). Times are wall clock (``seconds``) and CPU time
