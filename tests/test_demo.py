@@ -399,7 +399,7 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert "<|obj_start|>" not in page  # model text is escaped
     assert page.count('class="pair"') == DemoConfig.quick_settings().report_examples
     printed = capsys.readouterr().out
-    assert "[3/5] GRPO" in printed and "overall" in printed
+    assert "[3/7] GRPO" in printed and "[7/7] seen compositions" in printed and "overall" in printed
     assert set(metrics["grpo_reward_trend"]) == {"first", "last", "steps"}
     assert metrics["images"]["sft"]["mean_detected_objects"] is not None
     assert isinstance(metrics["diagnosis"], list)
@@ -465,7 +465,7 @@ def test_tiny_ablation_writes_the_paper_table(tmp_path):
     again = ablate.run_ablation(
         reused, arms=["pi_only"], from_demo=tmp_path / "ablate", log=messages.append
     )
-    assert any("[2/5]" in m and "cached" in m for m in messages)
+    assert any("[2/7]" in m and "cached" in m for m in messages)
     assert again["results"]["sft"]["soft"] == summary["results"]["sft"]["soft"]
 
 

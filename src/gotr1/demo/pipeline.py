@@ -33,13 +33,23 @@ from gotr1.demo.config import DemoConfig
 from gotr1.demo.rewards import uses_clean_factor
 
 STAGE_MARKER = "demo_stage.json"
-STAGES: tuple[str, ...] = ("tokenizer", "sft", "grpo", "eval-sft", "eval-grpo")
+STAGES: tuple[str, ...] = (
+    "tokenizer",
+    "sft",
+    "grpo",
+    "eval-sft",
+    "eval-grpo",
+    "eval-seen-sft",
+    "eval-seen-grpo",
+)
 STAGE_TITLES: dict[str, str] = {
     "tokenizer": "image tokenizer: world BPE + VQ trained on world renders",
     "sft": "SFT: chain + image tokens from scratch (the GoT model)",
     "grpo": "GRPO: dual-stage reward, world judge",
     "eval-sft": "held-out benchmark: SFT model",
     "eval-grpo": "held-out benchmark: GRPO model",
+    "eval-seen-sft": "seen compositions (train-split prompts): SFT model",
+    "eval-seen-grpo": "seen compositions (train-split prompts): GRPO model",
 }
 
 
