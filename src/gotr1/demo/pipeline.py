@@ -649,12 +649,11 @@ def diagnose(
     if seen is not None and delta_overall <= 0:
         seen_delta = seen["delta"]["overall"]
         totals = [(seen["rewards"].get(m) or {}).get("total") for m in ("sft", "grpo")]
+        has_totals = all(isinstance(t, int | float) for t in totals)
         reward_text = (
-            f" and its reward from {totals[0]:.3f} to {totals[1]:.3f}"
-            if all(isinstance(t, int | float) for t in totals)
-            else ""
+            f" and its reward from {totals[0]:.3f} to {totals[1]:.3f}" if has_totals else ""
         )
-        improved = seen_delta > 0 or (reward_text and totals[1] > totals[0])
+        improved = seen_delta > 0 or (has_totals and totals[1] > totals[0])
         notes.append(
             f"on train-split prompts (seen compositions) GRPO changed the soft score by "
             f"{seen_delta:+.3f}{reward_text}: "
