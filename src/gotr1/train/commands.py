@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "batch's squared gradient that is signal rather than sampling noise, for the chain "
             "tokens, the image tokens and both, beside the same batches with shuffled advantages "
             "(no signal by construction). Prints a table; --json writes it. Single process; "
-            "memory: 6 x batches gradient vectors on the CPU (small models or LoRA)."
+            "memory: 4 x batches gradient vectors on the CPU (small models or LoRA)."
         ),
         allow_abbrev=False,
     )

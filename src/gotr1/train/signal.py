@@ -22,7 +22,7 @@ of the shuffled gradients says what chance gives the best of many tensors).
 Batch k is what GRPO step k would train on (the run's prompt order and sampling seeds), taken at
 the start weights, with the run's reward, advantages, token weights and loss normaliser
 (`gotr1.train.grpo.score_rollouts`), in the update's micro-batches of rows. Memory: K gradient
-vectors per part are kept on the CPU (trainable parameters x 4 bytes x K x 6): meant for small
+vectors per part are kept on the CPU (trainable parameters x 4 bytes x K x 4): meant for small
 models or LoRA adapters.
 """
 
@@ -43,7 +43,7 @@ PARTS = ("chain", "image", "all")
 
 @dataclass
 class SignalFraction:
-    """rho of K gradient estimates (see the module docstring), with its spread over pairs."""
+    """rho of K gradient estimates (see the module docstring), with its jackknife error."""
 
     rho: float
     standard_error: float  # jackknife over the batches
@@ -202,8 +202,9 @@ def measure_gradient_signal(
     named = [(n, p) for n, p in policy.model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     shuffle_generator = torch.Generator().manual_seed(step_seed(config.seed, -1))
+    # Per batch, the chain and the image parts (their sum, the whole gradient, is derived).
     estimates: dict[str, list[torch.Tensor]] = {
-        f"{kind}/{part}": [] for kind in ("real", "shuffled") for part in PARTS
+        f"{kind}/{part}": [] for kind in ("real", "shuffled") for part in ("chain", "image")
     }
     rewards_seen, group_stds, in_loss = [], [], []
     for step in range(batches):
@@ -227,20 +228,25 @@ def measure_gradient_signal(
             for kind, advantages in (("real", scored.advantages), ("shuffled", shuffled))
         }
         sums = batch_gradients(wrapped, policy, rollouts, coefficients, config, params)
-        for key, grad in sums.items():
-            estimates[key].append(grad)
+        for key, vectors in estimates.items():
+            vectors.append(sums[key])
         if log:
             log(f"batch {step + 1}/{batches}: reward {float(rewards_seen[-1].mean()):.3f}")
 
-    def fraction(key: str) -> SignalFraction:
-        stacked = torch.stack(estimates[key]).double()
-        return SignalFraction.from_gram((stacked @ stacked.T).numpy())
+    def stacked(kind: str, part: str) -> torch.Tensor:
+        if part == "all":
+            return stacked(kind, "chain") + stacked(kind, "image")
+        return torch.stack(estimates[f"{kind}/{part}"]).double()
+
+    def fraction(kind: str, part: str) -> SignalFraction:
+        vectors = stacked(kind, part)
+        return SignalFraction.from_gram((vectors @ vectors.T).numpy())
 
     def tensors(kind: str) -> list[TensorSignal]:
-        stacked = torch.stack(estimates[f"{kind}/all"]).double()
+        whole = stacked(kind, "all")
         ranked, start = [], 0
         for name, param in named:
-            block = stacked[:, start : start + param.numel()]
+            block = whole[:, start : start + param.numel()]
             start += param.numel()
             found = SignalFraction.from_gram((block @ block.T).numpy())
             if np.isfinite(found.rho):
@@ -255,8 +261,8 @@ def measure_gradient_signal(
         rows_in_loss=float(np.mean(in_loss)),
         reward_mean=float(all_rewards.mean()) if all_rewards.numel() else float("nan"),
         reward_std_in_groups=float(all_stds.mean()) if all_stds.numel() else float("nan"),
-        real={part: fraction(f"real/{part}") for part in PARTS},
-        shuffled={part: fraction(f"shuffled/{part}") for part in PARTS},
+        real={part: fraction("real", part) for part in PARTS},
+        shuffled={part: fraction("shuffled", part) for part in PARTS},
         seconds=time.perf_counter() - started,
         top_tensors=tensors("real"),
         top_shuffled_tensors=tensors("shuffled"),
