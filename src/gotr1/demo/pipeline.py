@@ -525,7 +525,7 @@ def build_metrics(
 ) -> dict[str, Any]:
     """metrics.json: soft scores per category for each stage, accuracies, deltas, times."""
     sft, grpo = evals["sft"]["result"], evals["grpo"]["result"]
-    delta = {k: grpo["soft"][k] - sft["soft"][k] for k in sft["soft"] if k in grpo["soft"]}
+    delta = soft_delta(sft, grpo)
     stage_times = {
         name: {
             "seconds": round(float(record.get("seconds", 0.0)), 2),
@@ -572,6 +572,11 @@ def build_metrics(
     }
 
 
+def soft_delta(sft: dict[str, Any], grpo: dict[str, Any]) -> dict[str, float]:
+    """GRPO's soft score minus SFT's, per category both evaluation results hold."""
+    return {k: grpo["soft"][k] - sft["soft"][k] for k in sft["soft"] if k in grpo["soft"]}
+
+
 def seen_compositions(evals: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """Both models on as many train-split prompts (seen compositions: the distribution GRPO
     trains on, some prompts possibly identical to its training prompts): whether GRPO improved
@@ -583,7 +588,7 @@ def seen_compositions(evals: dict[str, dict[str, Any]]) -> dict[str, Any] | None
         "split": "train",
         "sft": sft["soft"],
         "grpo": grpo["soft"],
-        "delta": {k: grpo["soft"][k] - sft["soft"][k] for k in sft["soft"] if k in grpo["soft"]},
+        "delta": soft_delta(sft, grpo),
         "rewards": {"sft": sft.get("rewards"), "grpo": grpo.get("rewards")},
         "note": "train-split prompts: compositions seen in SFT and GRPO training (not held out)",
     }
@@ -647,13 +652,12 @@ def diagnose(
             "measures whether one step's gradient holds more than sampling noise)"
         )
     if seen is not None and delta_overall <= 0:
+        from gotr1.demo.report import seen_reward_totals
+
         seen_delta = seen["delta"]["overall"]
-        totals = [(seen["rewards"].get(m) or {}).get("total") for m in ("sft", "grpo")]
-        has_totals = all(isinstance(t, int | float) for t in totals)
-        reward_text = (
-            f" and its reward from {totals[0]:.3f} to {totals[1]:.3f}" if has_totals else ""
-        )
-        improved = seen_delta > 0 or (has_totals and totals[1] > totals[0])
+        totals = seen_reward_totals(seen)
+        reward_text = f" and its reward from {totals[0]:.3f} to {totals[1]:.3f}" if totals else ""
+        improved = seen_delta > 0 or (totals is not None and totals[1] > totals[0])
         notes.append(
             f"on train-split prompts (seen compositions) GRPO changed the soft score by "
             f"{seen_delta:+.3f}{reward_text}: "

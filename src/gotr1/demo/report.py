@@ -427,16 +427,19 @@ def _delta_cell(delta: float) -> str:
     return f'<td class="{css}">{delta:+.3f}</td>'
 
 
+def seen_reward_totals(seen: dict[str, Any]) -> tuple[float, float] | None:
+    """(SFT, GRPO) optimised reward on the seen-composition prompts of `seen_compositions`
+    (`gotr1.demo.pipeline`), or None when either is missing or not a finite number."""
+    totals = [((seen.get("rewards") or {}).get(m) or {}).get("total") for m in ("sft", "grpo")]
+    return (totals[0], totals[1]) if all(_is_number(t) for t in totals) else None
+
+
 def _seen_paragraph(seen: dict[str, Any] | None) -> str:
     """One line on the train-split (seen compositions) scores, when the run has them."""
     if not seen:
         return ""
-    totals = [(seen.get("rewards", {}).get(m) or {}).get("total") for m in ("sft", "grpo")]
-    reward = (
-        f"; the optimised reward {_fmt(totals[0])} → {_fmt(totals[1])}"
-        if all(_is_number(t) for t in totals)
-        else ""
-    )
+    totals = seen_reward_totals(seen)
+    reward = f"; the optimised reward {_fmt(totals[0])} → {_fmt(totals[1])}" if totals else ""
     return (
         '<p class="note">On as many train-split prompts (compositions seen in training, not held '
         f"out): SFT {_fmt(seen['sft']['overall'])} → GRPO {_fmt(seen['grpo']['overall'])} "
