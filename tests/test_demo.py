@@ -593,9 +593,9 @@ def test_demo_settings_from_the_command_line(tmp_path: Path) -> None:
         (["nope=1"], "expected FIELD=VALUE"),
         (["grpo_steps"], "expected FIELD=VALUE"),
         (["seed=3"], "expected FIELD=VALUE"),  # has its own option
-        (["grpo_steps=many"], "'many' is not an integer"),
-        (["clean_image_factor=maybe"], "not a boolean"),
-        (["cfg_weight=x"], "not a number"),
+        (["grpo_steps=many"], "expected an integer, got 'many'"),
+        (["clean_image_factor=maybe"], "expected true or false, got 'maybe'"),
+        (["cfg_weight=x"], "expected a number, got 'x'"),
     ):
         with pytest.raises(UserError, match=message):
             parse_settings(bad)

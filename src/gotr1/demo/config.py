@@ -211,6 +211,7 @@ def parse_settings(assignments: list[str]) -> dict[str, Any]:
     import typing
 
     from gotr1.cli import UserError
+    from gotr1.train.config import coerce
 
     hints = typing.get_type_hints(DemoConfig)
     settable = sorted(f.name for f in dataclasses.fields(DemoConfig) if f.name not in SET_RESERVED)
@@ -223,39 +224,7 @@ def parse_settings(assignments: list[str]) -> dict[str, Any]:
                 f"--set {assignment!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}"
             )
         try:
-            values[name] = _convert(text.strip(), hints[name])
+            values[name] = coerce(text.strip(), hints[name])
         except ValueError as error:
             raise UserError(f"--set {assignment!r}: {error}") from None
     return values
-
-
-def _convert(text: str, hint: Any) -> Any:
-    """`text` as a value of type `hint` (int, float, bool, str, list[str], or X | None)."""
-    import types
-    import typing
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null", ""):
-            return None
-        return _convert(text, next(a for a in args if a is not type(None)))
-    if origin is list:
-        return [item.strip() for item in text.split(",") if item.strip()]
-    if hint is bool:
-        lowered = text.lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"{text!r} is not a boolean (true or false)")
-    if hint is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
-    if hint is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number") from None
-    return text
