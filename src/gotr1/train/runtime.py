@@ -59,11 +59,14 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     from accelerate.utils import ProjectConfiguration
     from transformers.utils import logging as hf_logging
 
+    from gotr1.policy.attention import use_float32_cpu_attention
+
     check_trackers(config.report_to)
     if config.threads:
         torch.set_num_threads(config.threads)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     _forget_previous_run_precision(config.mixed_precision)
+    use_float32_cpu_attention()  # bf16 attention is the slow part of a bf16 step on CPU
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
