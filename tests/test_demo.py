@@ -571,6 +571,38 @@ def test_the_clean_factor_only_applies_beside_r_pi():
     assert scores.total[0] == pytest.approx(scores.total[1])  # the image does not matter
 
 
+@pytest.mark.slow
+def test_grpo_stage_in_two_processes(tmp_path):
+    """grpo_processes=2: the GRPO stage runs under torchrun in two gloo processes (each saves its
+    own RNG state), its settings say so, and a failing launch is a one-line error."""
+    from gotr1.demo import pipeline as P
+
+    config = DemoConfig.quick_settings(
+        out=str(tmp_path / "demo"),
+        threads=1,
+        progress=False,
+        vq_steps=3,
+        sft_steps=3,
+        grpo_steps=2,
+        grpo_num_prompts=2,
+        grpo_num_generations=2,
+        grpo_processes=2,
+        eval_prompts=6,
+        max_chain_tokens=24,
+    )
+    metrics = P.run_demo(config, log=lambda _: None)
+    grpo = tmp_path / "demo" / "grpo"
+    assert (grpo / "checkpoint-2" / "rng-0.json").is_file()
+    assert (grpo / "checkpoint-2" / "rng-1.json").is_file()
+    assert json.loads((grpo / "demo_stage.json").read_text())["settings"]["processes"] == 2
+    assert list(metrics["grpo"]) == [*CATEGORIES, "overall"]
+    assert len(report.read_jsonl(grpo / "train_log.jsonl")) == 2
+
+    broken = P.grpo_config(config, tmp_path / "no-such-model", tmp_path / "broken")
+    with pytest.raises(UserError, match=r"grpo in 2 processes failed \(exit status"):
+        P.run_training("grpo", broken, processes=2)
+
+
 def test_demo_settings_from_the_command_line(tmp_path: Path) -> None:
     """--set FIELD=VALUE reaches DemoConfig typed; bad names, values and combinations are one-line
     errors before anything trains."""
@@ -603,6 +635,8 @@ def test_demo_settings_from_the_command_line(tmp_path: Path) -> None:
         ("reward_combination=average", "reward_combination must be one of"),
         ("reward_components=sem,xx", "reward_components must be a non-empty subset"),
         ("grpo_steps=0", "grpo_steps must be >= 1"),
+        ("grpo_processes=3", "must be a multiple of grpo_processes"),
+        ("grpo_processes=0", "grpo_processes must be >= 1"),
     ):
         args = _parser().parse_args(["demo", "--out", str(tmp_path / "bad"), "--set", bad])
         with pytest.raises(UserError, match=message):

@@ -193,3 +193,20 @@ def test_policy_save_and_load_plain_and_lora(tmp_path):
     assert (reference.image - before.image).abs().max() < 1e-5
     with pytest.raises(UserError, match="nowhere"):
         Policy.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+def test_text_width_padding_changes_no_logprob(policy, monkeypatch, micro_batch_size):
+    """The text block is left-padded to a multiple of TEXT_WIDTH_MULTIPLE columns (repeating
+    shapes); the extra masked columns change no log-prob."""
+    import gotr1.policy.logprobs as logprobs
+
+    rollouts = sample(policy, seed=4)
+    with torch.no_grad():
+        padded = policy.logprobs(rollouts, micro_batch_size=micro_batch_size)
+        monkeypatch.setattr(logprobs, "TEXT_WIDTH_MULTIPLE", 1)
+        unpadded = policy.logprobs(rollouts, micro_batch_size=micro_batch_size)
+    text_width = rollouts.prompt_ids.shape[1] + int(rollouts.chain_mask.sum(1).max())
+    assert text_width % 16 != 0  # so the padded run really adds columns
+    assert (padded.chain - unpadded.chain).abs().max() <= 1e-5
+    assert (padded.image - unpadded.image).abs().max() <= 1e-5

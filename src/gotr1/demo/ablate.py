@@ -195,7 +195,8 @@ def run_ablation(
         )
 
         def run_grpo(target: Path, overrides: dict[str, Any] = overrides) -> dict[str, Any]:
-            return P.train_grpo_stage(P.grpo_config(config, sft_final, target, **overrides))
+            grpo = P.grpo_config(config, sft_final, target, **overrides)
+            return P.train_grpo_stage(grpo, config.grpo_processes)
 
         log(f"--- arm {arm.name}: {arm.label}")
         grpo = stages.run("grpo", folder / "grpo", settings, run_grpo)

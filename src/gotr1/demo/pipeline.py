@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,12 +201,15 @@ DISPLAY_ONLY = ("progress",)
 not retrain a finished stage)."""
 
 
-def stage_settings(upstream: str, train_config: Any) -> dict[str, Any]:
-    """What identifies a training stage: its upstream stage and its config without folders and
-    display switches."""
+def stage_settings(upstream: str, train_config: Any, processes: int = 1) -> dict[str, Any]:
+    """What identifies a training stage: its upstream stage, its config without folders and
+    display switches, and the number of training processes when more than one."""
     ignored = RUN_PATHS + DISPLAY_ONLY
     values = {k: v for k, v in train_config.to_dict().items() if k not in ignored}
-    return {"upstream": upstream, "config": values}
+    settings = {"upstream": upstream, "config": values}
+    if processes > 1:  # another sampling stream per process: another model
+        settings["processes"] = processes
+    return settings
 
 
 def tokenizer_settings(config: DemoConfig) -> dict[str, Any]:
@@ -294,7 +301,7 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         save_steps=config.grpo_steps + 1,
         save_total_limit=1,
         sample_steps=0,
-        threads=config.threads,
+        threads=config.threads or (1 if config.grpo_processes > 1 else None),
         progress=config.progress,
     )
     values.update(overrides)
@@ -306,21 +313,51 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
     return GRPOConfig(**values)
 
 
+def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
+    """Train SFT or GRPO (`kind`) from its config: in this process, or on CPU in `processes`
+    processes (DDP over gloo) that torchrun starts; returns the final model folder."""
+    import torch
+
+    from gotr1.cli import UserError
+
+    if processes == 1 or torch.cuda.is_available():
+        if kind == "sft":
+            from gotr1.train.sft import train_sft as train
+        else:
+            from gotr1.train.grpo import train_grpo as train
+        return train(train_config)
+    from gotr1.train.config import save_config
+
+    with tempfile.TemporaryDirectory(prefix="gotr1-launch-") as scratch:
+        config_path = Path(scratch) / f"{kind}.yaml"
+        save_config(train_config, config_path)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc_per_node", str(processes), "-m", "gotr1", kind]
+        command += ["--config", str(config_path)]
+        threads = str(train_config.threads or 1)
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": threads}
+        done = subprocess.run(command, env=env)
+    if done.returncode != 0:
+        raise UserError(
+            f"{kind} in {processes} processes failed (exit status {done.returncode}; its messages "
+            "are above); --set grpo_processes=1 trains in this process"
+        )
+    return Path(train_config.output_dir) / "final"
+
+
 def train_sft_stage(
     config: DemoConfig, preset_path: Path, tokenizer_model: Path, folder: Path
 ) -> dict[str, Any]:
     """Run the demo's SFT into `folder`."""
-    from gotr1.train.sft import train_sft
-
-    final = train_sft(sft_config(config, preset_path, tokenizer_model, folder))
-    return {"model": str(final)}
+    train = sft_config(config, preset_path, tokenizer_model, folder)
+    return {"model": str(run_training("sft", train))}
 
 
 def grpo_stage_settings(config: DemoConfig, upstream: str, grpo: Any) -> dict[str, Any]:
     """What identifies a GRPO stage: `stage_settings` plus whether the clean-image factor
     applies to its reward components."""
     return {
-        **stage_settings(upstream, grpo),
+        **stage_settings(upstream, grpo, config.grpo_processes),
         "clean_image_factor": uses_clean_factor(grpo.reward_components, config.clean_image_factor),
     }
 
@@ -340,13 +377,10 @@ def eval_settings(config: DemoConfig, split: str = "test") -> dict[str, Any]:
     return settings
 
 
-def train_grpo_stage(grpo: Any) -> dict[str, Any]:
+def train_grpo_stage(grpo: Any, processes: int = 1) -> dict[str, Any]:
     """Run GRPO with the demo's reward (its `world_clean_image` says whether the clean-image
     factor of `gotr1.demo.rewards` applies)."""
-    from gotr1.train.grpo import train_grpo
-
-    final = train_grpo(grpo)
-    return {"model": str(final)}
+    return {"model": str(run_training("grpo", grpo, processes))}
 
 
 def benchmark(config: DemoConfig, split: str = "test") -> list[tuple[str, Any]]:
@@ -425,7 +459,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     tokenizer_model = tokenizer_folder / "model"
 
     sft_settings = stage_settings(
-        tokenizer["fingerprint"], sft_config(config, preset_path, tokenizer_model, out / "sft")
+        tokenizer["fingerprint"],
+        sft_config(config, preset_path, tokenizer_model, out / "sft"),
     )
 
     sft = stages.run(
@@ -441,7 +476,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     )
 
     def run_grpo(folder: Path) -> dict[str, Any]:
-        return train_grpo_stage(grpo_config(config, sft_final, folder))
+        return train_grpo_stage(grpo_config(config, sft_final, folder), config.grpo_processes)
 
     grpo = stages.run("grpo", out / "grpo", grpo_settings, run_grpo)
     grpo_final = out / "grpo" / "final"

@@ -11,6 +11,7 @@ underscores are interchangeable. Registration imports nothing heavy.
 from __future__ import annotations
 
 import argparse
+import os
 import typing
 from typing import Any
 
@@ -132,6 +133,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return load_config(args.config_class, args.config, overrides_from_args(args))
 
 
+def is_main_process() -> bool:
+    """Whether this is the first (or only) process of a launch (torchrun / accelerate set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_sft(args: argparse.Namespace) -> int:
     """Handler of `gotr1 sft`."""
     config = config_from_args(args)
@@ -139,7 +145,8 @@ def run_sft(args: argparse.Namespace) -> int:
     from gotr1.train.sft import train_sft
 
     final = train_sft(config, resume=args.resume)
-    print(f"sft: final model in {final}")
+    if is_main_process():
+        print(f"sft: final model in {final}")
     return 0
 
 
@@ -150,7 +157,8 @@ def run_grpo(args: argparse.Namespace) -> int:
     from gotr1.train.grpo import train_grpo
 
     final = train_grpo(config, resume=args.resume)
-    print(f"grpo: final policy in {final}")
+    if is_main_process():
+        print(f"grpo: final policy in {final}")
     return 0
 
 
