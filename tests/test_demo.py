@@ -421,10 +421,10 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert again["run_seconds"] < first["run_seconds"]
 
 
-@pytest.mark.slow
-def test_tiny_ablation_writes_the_paper_table(tmp_path):
-    config = DemoConfig.quick_settings(
-        out=str(tmp_path / "ablate"),
+def tiny_demo_config(out: Path, **overrides) -> DemoConfig:
+    """Demo settings small enough for a test: every stage runs for a step or three."""
+    values = dict(
+        out=str(out),
         threads=1,
         progress=False,
         vq_steps=3,
@@ -435,6 +435,12 @@ def test_tiny_ablation_writes_the_paper_table(tmp_path):
         eval_prompts=6,
         max_chain_tokens=24,
     )
+    return DemoConfig.quick_settings(**{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_tiny_ablation_writes_the_paper_table(tmp_path):
+    config = tiny_demo_config(tmp_path / "ablate")
     summary = ablate.run_ablation(config, log=lambda _: None)
     assert set(summary["results"]) == {"sft", *ablate.ARM_NAMES}
     for result in summary["results"].values():
@@ -577,19 +583,7 @@ def test_grpo_stage_in_two_processes(tmp_path):
     own RNG state), its settings say so, and a failing launch is a one-line error."""
     from gotr1.demo import pipeline as P
 
-    config = DemoConfig.quick_settings(
-        out=str(tmp_path / "demo"),
-        threads=1,
-        progress=False,
-        vq_steps=3,
-        sft_steps=3,
-        grpo_steps=2,
-        grpo_num_prompts=2,
-        grpo_num_generations=2,
-        grpo_processes=2,
-        eval_prompts=6,
-        max_chain_tokens=24,
-    )
+    config = tiny_demo_config(tmp_path / "demo", grpo_steps=2, grpo_processes=2)
     metrics = P.run_demo(config, log=lambda _: None)
     grpo = tmp_path / "demo" / "grpo"
     assert (grpo / "checkpoint-2" / "rng-0.json").is_file()
