@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 _REDUCED = (torch.bfloat16, torch.float16)
 
@@ -28,8 +29,6 @@ def float32_cpu_sdpa(
     """transformers' SDPA attention, computed in float32 where it would run in reduced precision on
     CPU (reduced-precision inputs, or CPU autocast to a reduced dtype); the output has the dtype
     it would have had."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if query.device.type != "cpu":
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _REDUCED:

@@ -233,26 +233,26 @@ def measure_gradient_signal(
         if log:
             log(f"batch {step + 1}/{batches}: reward {float(rewards_seen[-1].mean()):.3f}")
 
-    def stacked(kind: str, part: str) -> torch.Tensor:
-        if part == "all":
-            return stacked(kind, "chain") + stacked(kind, "image")
-        return torch.stack(estimates[f"{kind}/{part}"]).double()
-
-    def fraction(kind: str, part: str) -> SignalFraction:
-        vectors = stacked(kind, part)
+    def gram_fraction(vectors: torch.Tensor) -> SignalFraction:
         return SignalFraction.from_gram((vectors @ vectors.T).numpy())
 
-    def tensors(kind: str) -> list[TensorSignal]:
-        whole = stacked(kind, "all")
+    def analyse(kind: str) -> tuple[dict[str, SignalFraction], list[TensorSignal]]:
+        """rho of each part, and the tensors of the whole gradient ranked by rho."""
+        chain, image = (torch.stack(estimates[f"{kind}/{p}"]).double() for p in ("chain", "image"))
+        fractions = {"chain": gram_fraction(chain), "image": gram_fraction(image)}
+        whole = chain + image
+        del chain, image
+        fractions["all"] = gram_fraction(whole)
         ranked, start = [], 0
         for name, param in named:
-            block = whole[:, start : start + param.numel()]
+            found = gram_fraction(whole[:, start : start + param.numel()])
             start += param.numel()
-            found = SignalFraction.from_gram((block @ block.T).numpy())
             if np.isfinite(found.rho):
                 ranked.append(TensorSignal(name, param.numel(), found.rho, found.standard_error))
-        return sorted(ranked, key=lambda t: -t.rho)[:top]
+        return fractions, sorted(ranked, key=lambda t: -t.rho)[:top]
 
+    real, real_tensors = analyse("real")
+    shuffled, shuffled_tensors = analyse("shuffled")
     all_rewards = torch.cat(rewards_seen)
     all_stds = torch.cat(group_stds)
     return SignalReport(
@@ -261,11 +261,11 @@ def measure_gradient_signal(
         rows_in_loss=float(np.mean(in_loss)),
         reward_mean=float(all_rewards.mean()) if all_rewards.numel() else float("nan"),
         reward_std_in_groups=float(all_stds.mean()) if all_stds.numel() else float("nan"),
-        real={part: fraction("real", part) for part in PARTS},
-        shuffled={part: fraction("shuffled", part) for part in PARTS},
+        real=real,
+        shuffled=shuffled,
         seconds=time.perf_counter() - started,
-        top_tensors=tensors("real"),
-        top_shuffled_tensors=tensors("shuffled"),
+        top_tensors=real_tensors,
+        top_shuffled_tensors=shuffled_tensors,
     )
 
 
