@@ -63,6 +63,8 @@ def test_full_settings_score_the_whole_benchmark():
         ("threads", 0),
         ("vq_foreground_margin", -1),
         ("report_examples", -1),
+        ("eval_images_per_prompt", 0),
+        ("grpo_min_lr_ratio", 1.5),
     ],
 )
 def test_bad_settings_name_the_field(field, value):
@@ -309,6 +311,12 @@ def test_metrics_json_of_a_finished_run_is_rewritten_from_cache(tmp_path):
     for category in CATEGORIES:
         assert category in text
     assert "+0.100" in text and "(cached)" in text
+    metrics["delta_standard_error"] = {**dict.fromkeys(CATEGORIES, 0.04), "overall": 0.0123}
+    metrics["benchmark"]["images_per_prompt"] = 4
+    lines = summary_table(metrics).splitlines()
+    assert "300 prompts x 4 images" in lines[1] and lines[2].split()[-1] == "s.e."
+    overall = next(line for line in lines if line.startswith("overall"))
+    assert overall.split()[-2:] == ["+0.100", "0.012"]
 
 
 def _fake_run(tmp_path, chain):
@@ -346,6 +354,18 @@ def _fake_run(tmp_path, chain):
     }
 
 
+def test_report_examples_show_each_prompts_first_image_first():
+    samples = [
+        {"prompt_index": p, "sample_index": k, "category": category}
+        for p, category in enumerate(["spatial", "spatial", "counting"])
+        for k in range(2)
+    ]
+    chosen = report.pick_examples(samples, samples, 4)
+    keys = [(a["prompt_index"], a["sample_index"]) for a, b in chosen]
+    assert keys == [(0, 0), (2, 0), (1, 0), (2, 1)]
+    assert all(a is b for a, b in chosen)
+
+
 def test_report_escapes_what_the_model_wrote(tmp_path):
     chain = (
         "A <|obj_start|>red circle<|obj_end|> <|box_start|>(0,0),(500,500)<|box_end|> sits in "
@@ -358,8 +378,10 @@ def test_report_escapes_what_the_model_wrote(tmp_path):
         "delta": {"overall": 0.05},
         "rewards": {"sft": {"total": 0.2}, "grpo": {"total": 0.25}},
     }
+    metrics["delta_standard_error"] = {"single_object": 0.031, "overall": 0.0123}
     page = report.write_report(tmp_path, metrics).read_text()
     assert "SFT 0.600 → GRPO 0.650 (+0.050); the optimised reward 0.200 → 0.250" in page
+    assert "(<b>+0.100</b> ± 0.012 standard error)" in page and "<td>0.031</td>" in page
     assert "<script>" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "&lt;|obj_start|&gt;red circle" in page
@@ -390,6 +412,7 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
         overall = sum(metrics[stage][c] for c in CATEGORIES) / len(CATEGORIES)
         assert metrics[stage]["overall"] == pytest.approx(overall)
     assert metrics["seed"] == 0 and metrics["quick"] is True and metrics["seconds"] > 0
+    assert metrics["delta_standard_error"]["overall"] >= 0
     assert metrics["benchmark"]["prompts"] == DemoConfig.quick_settings().eval_prompts
     assert "quick" in metrics["benchmark"]["note"]
     rows = report.read_jsonl(out / "train_log.jsonl")
@@ -583,8 +606,14 @@ def test_grpo_stage_in_two_processes(tmp_path):
     own RNG state), its settings say so, and a failing launch is a one-line error."""
     from gotr1.demo import pipeline as P
 
-    config = tiny_demo_config(tmp_path / "demo", grpo_steps=2, grpo_processes=2)
+    config = tiny_demo_config(
+        tmp_path / "demo", grpo_steps=2, grpo_processes=2, eval_images_per_prompt=2
+    )
     metrics = P.run_demo(config, log=lambda _: None)
+    assert metrics["benchmark"]["images_per_prompt"] == 2
+    assert sum(metrics["benchmark"]["images"].values()) == 2 * config.eval_prompts
+    errors = metrics["delta_standard_error"]
+    assert set(errors) == {*CATEGORIES, "overall"} and errors["overall"] >= 0
     grpo = tmp_path / "demo" / "grpo"
     assert (grpo / "checkpoint-2" / "rng-0.json").is_file()
     assert (grpo / "checkpoint-2" / "rng-1.json").is_file()

@@ -15,6 +15,7 @@ from gotr1.eval.prompt_parsing import find_spatial_relation, parse_numeracy, par
 from gotr1.eval.scorers import WorldEvidenceScorer
 from gotr1.eval.world_bench import (
     evaluate_world,
+    paired_delta_standard_error,
     world_compbench_prompts,
     world_geneval_metadata,
     world_summary_markdown,
@@ -120,6 +121,40 @@ def test_evaluate_world_accepts_prompt_texts_and_rejects_others(policy):
         evaluate_world(policy, ["a green bench"], sampling=SAMPLING)
     with pytest.raises(ValueError, match="num_generations"):
         evaluate_world(policy, ["a red circle"], num_generations=0)
+
+
+def _samples(category, scores):
+    """Samples of one category: ``scores[p]`` lists prompt p's image scores."""
+    return [
+        {"category": category, "prompt_index": p, "soft": score}
+        for p, images in enumerate(scores)
+        for score in images
+    ]
+
+
+def test_paired_delta_standard_error_pairs_each_prompts_mean():
+    # prompt differences of the image means: +0.5, +0.25, 0 -> sd 0.25 over sqrt(3) prompts
+    before = _samples("spatial", [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]])
+    after = _samples("spatial", [[0.5, 0.5], [1.0, 0.5], [1.0, 1.0]])
+    errors = paired_delta_standard_error(before, after)
+    assert errors["spatial"] == pytest.approx(0.25 / 3**0.5)
+    assert errors["overall"] == pytest.approx(0.25 / 3**0.5)
+    # a shift every prompt shares has no error; overall = sqrt(sum of squares) / categories
+    shifted = _samples("counting", [[0.0], [0.5]]), _samples("counting", [[0.5], [1.0]])
+    both = paired_delta_standard_error(before + shifted[0], after + shifted[1])
+    assert both["counting"] == pytest.approx(0.0)
+    assert both["overall"] == pytest.approx(0.25 / 3**0.5 / 2)
+    # one prompt says nothing about the spread: None, and so is overall
+    lone = paired_delta_standard_error(
+        before + _samples("complex", [[0.0]]), after + _samples("complex", [[1.0]])
+    )
+    assert lone["complex"] is None and lone["overall"] is None
+
+
+def test_paired_delta_standard_error_of_a_real_evaluation(result):
+    errors = paired_delta_standard_error(result["samples"], result["samples"])
+    assert set(errors) == {*CATEGORIES, "overall"}
+    assert all(error == pytest.approx(0.0) for error in errors.values())
 
 
 def test_write_world_results_files(result, tmp_path):

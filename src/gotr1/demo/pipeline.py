@@ -283,7 +283,7 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         num_generations=config.grpo_num_generations,
         learning_rate=config.grpo_learning_rate,
         lr_scheduler_type="cosine",
-        min_lr_ratio=0.1,
+        min_lr_ratio=config.grpo_min_lr_ratio,
         beta=config.grpo_beta,
         num_iterations=config.grpo_num_iterations,
         epsilon=0.2,
@@ -374,6 +374,8 @@ def eval_settings(config: DemoConfig, split: str = "test") -> dict[str, Any]:
     }
     if split != "test":  # the held-out benchmark's identity predates the split setting
         settings["split"] = split
+    if config.eval_images_per_prompt != 1:  # ... and the images-per-prompt setting
+        settings["images_per_prompt"] = config.eval_images_per_prompt
     return settings
 
 
@@ -415,7 +417,7 @@ def evaluate_model(
         policy,
         prompts=benchmark(config, split),
         seed=config.seed,
-        num_generations=1,
+        num_generations=config.eval_images_per_prompt,
         sampling=sampling(config),
         prompts_per_batch=config.eval_prompts_per_batch,
         with_rewards=True,
@@ -498,6 +500,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     merge_train_logs(out)
     metrics = build_metrics(config, stages.records, evals)
+    add_delta_errors(metrics, out)
     add_diagnosis(metrics, out)
     metrics["run_seconds"] = time.perf_counter() - started
     metrics["run_cpu_seconds"] = cpu_seconds() - started_cpu
@@ -510,6 +513,24 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     log(summary_table(metrics))
     log(f"wrote {out / 'metrics.json'}, {report}, {out / 'train_log.jsonl'}")
     return metrics
+
+
+def add_delta_errors(metrics: dict[str, Any], out: Path) -> None:
+    """Add the standard error of GRPO's soft-score difference to SFT (per category and
+    overall, `gotr1.eval.world_bench.paired_delta_standard_error`) on the held-out prompts and,
+    when the run has them, on the seen ones."""
+    from gotr1.demo.report import read_jsonl
+    from gotr1.eval.world_bench import paired_delta_standard_error
+
+    def error(prefix: str) -> dict[str, float | None]:
+        return paired_delta_standard_error(
+            read_jsonl(out / "eval" / f"{prefix}sft" / "samples.jsonl"),
+            read_jsonl(out / "eval" / f"{prefix}grpo" / "samples.jsonl"),
+        )
+
+    metrics["delta_standard_error"] = error("")
+    if metrics.get("seen_compositions"):
+        metrics["seen_compositions"]["delta_standard_error"] = error("seen-")
 
 
 def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
@@ -593,7 +614,7 @@ def build_metrics(
             "split": "test",
             "prompts": config.eval_prompts,
             "prompt_seed": config.eval_prompt_seed,
-            "images_per_prompt": 1,
+            "images_per_prompt": config.eval_images_per_prompt,
             "sampling_seed": config.seed,
             "images": sft.get("images"),
             "note": benchmark_note,
@@ -715,27 +736,36 @@ def diagnose(
     return notes
 
 
+def _error_text(error: float | None) -> str:
+    return f"{error:>8.3f}" if isinstance(error, int | float) else f"{'':>8}"
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """The plain-text table printed at the end of a demo."""
     sft, grpo = metrics["sft"], metrics["grpo"]
     sft_acc, grpo_acc = metrics["sft_accuracy"], metrics["grpo_accuracy"]
     width = max(len(k) for k in sft) + 2
+    errors = metrics.get("delta_standard_error") or {}
+    images = metrics["benchmark"].get("images_per_prompt", 1)
     lines = [
         "",
-        f"held-out world benchmark ({metrics['benchmark']['prompts']} prompts, seed "
-        f"{metrics['seed']}{', quick' if metrics['quick'] else ''}): soft score (accuracy)",
-        f"{'category':<{width}}{'SFT':>16}{'GRPO':>16}{'delta':>9}",
+        f"held-out world benchmark ({metrics['benchmark']['prompts']} prompts x {images} "
+        f"images, seed {metrics['seed']}{', quick' if metrics['quick'] else ''}): soft score "
+        "(accuracy); s.e. = standard error of the delta",
+        f"{'category':<{width}}{'SFT':>16}{'GRPO':>16}{'delta':>9}{'s.e.':>8}",
     ]
     for key in sft:
         lines.append(
             f"{key:<{width}}{sft[key]:>8.3f} ({sft_acc[key]:.3f}){grpo[key]:>8.3f} "
-            f"({grpo_acc[key]:.3f}){grpo[key] - sft[key]:>+9.3f}"
+            f"({grpo_acc[key]:.3f}){grpo[key] - sft[key]:>+9.3f}{_error_text(errors.get(key))}"
         )
     seen = metrics.get("seen_compositions")
     if seen:
+        seen_error = (seen.get("delta_standard_error") or {}).get("overall")
         lines.append(
             f"{'seen (train)':<{width}}{seen['sft']['overall']:>8.3f}{'':>8}"
             f"{seen['grpo']['overall']:>8.3f}{'':>8}{seen['delta']['overall']:>+9.3f}"
+            f"{_error_text(seen_error)}"
             "   (overall on train-split prompts: compositions seen in training)"
         )
     lines.append("")
@@ -790,6 +820,7 @@ def seed_summary(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 "grpo_accuracy": results[s]["grpo_accuracy"],
                 "seconds": results[s]["seconds"],
                 "cpu_seconds": results[s]["cpu_seconds"],
+                "delta_standard_error": results[s].get("delta_standard_error"),
             }
             for s in seeds
         },
@@ -823,6 +854,17 @@ def seed_markdown(summary: dict[str, Any]) -> str:
         f"{checks['color_binding_improves']}; worst category change "
         f"{checks['worst_category_change']:+.3f} (target >= -{HEADLINE_MAX_LOSS:.2f}).",
     ]
+    errors = [
+        (seed, (summary["per_seed"][str(seed)].get("delta_standard_error") or {}).get("overall"))
+        for seed in summary["seeds"]
+    ]
+    if all(isinstance(error, int | float) for _, error in errors):
+        lines.append(
+            "Standard error of each seed's overall Δ (the benchmark's prompts and images, not "
+            "training's randomness): "
+            + ", ".join(f"seed {seed} {error:.3f}" for seed, error in errors)
+            + "."
+        )
     return "\n".join(lines) + "\n"
 
 

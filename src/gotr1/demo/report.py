@@ -452,6 +452,7 @@ def category_table(metrics: dict[str, Any]) -> str:
     sft, grpo = metrics["sft"], metrics["grpo"]
     sft_acc, grpo_acc = metrics["sft_accuracy"], metrics["grpo_accuracy"]
     images = (metrics.get("benchmark") or {}).get("images") or {}
+    errors = metrics.get("delta_standard_error") or {}
     rows = []
     for key in sft:
         css = ' class="overall"' if key == "overall" else ""
@@ -459,13 +460,14 @@ def category_table(metrics: dict[str, Any]) -> str:
         rows.append(
             f"<tr{css}><td>{html.escape(key)}</td><td>{_fmt(sft[key])}</td>"
             f"<td>{_fmt(grpo.get(key))}</td>{_delta_cell(grpo.get(key, 0) - sft[key])}"
+            f"<td>{_fmt(errors.get(key))}</td>"
             f"<td>{_fmt(sft_acc.get(key))}</td><td>{_fmt(grpo_acc.get(key))}</td>"
             f"{_delta_cell(grpo_acc.get(key, 0) - sft_acc.get(key, 0))}"
             f"<td>{count}</td></tr>"
         )
     return (
         "<table><tr><th>category</th><th>SFT soft</th><th>GRPO soft</th><th>Δ soft</th>"
-        "<th>SFT accuracy</th><th>GRPO accuracy</th><th>Δ accuracy</th><th>images</th></tr>"
+        "<th>s.e. of Δ soft</th><th>SFT accuracy</th><th>GRPO accuracy</th><th>Δ accuracy</th><th>images</th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -527,13 +529,14 @@ def pick_examples(
     sft: Sequence[dict[str, Any]], grpo: Sequence[dict[str, Any]], count: int
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Pairs of samples for the same prompt and sampling index, spread over the categories
-    (round robin, in benchmark order)."""
+    (round robin, in benchmark order; each prompt's first image before any prompt's second)."""
     by_key = {(s["prompt_index"], s.get("sample_index", 0)): s for s in grpo}
     pairs = [
         (s, by_key[k])
         for s in sft
         if (k := (s["prompt_index"], s.get("sample_index", 0))) in by_key
     ]
+    pairs.sort(key=lambda pair: (pair[0].get("sample_index", 0), pair[0]["prompt_index"]))
     queues: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for pair in pairs:
         queues.setdefault(str(pair[0].get("category")), []).append(pair)
@@ -624,6 +627,8 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     )
     vq = metrics.get("image_tokenizer") or {}
     overall = metrics["grpo"]["overall"] - metrics["sft"]["overall"]
+    overall_error = (metrics.get("delta_standard_error") or {}).get("overall")
+    error_text = f" ± {overall_error:.3f} standard error" if _is_number(overall_error) else ""
     warnings = metrics.get("diagnosis") or []
     diagnosis_html = (
         '<div class="warning"><b>Read before the headline:</b><ul>'
@@ -638,11 +643,11 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
 <h1>gotr1 demo: does GRPO teach the model to reason better?</h1>
 <p class="note">Seed {_fmt(metrics.get("seed"))}{" · quick mode" if metrics.get("quick") else ""}
  · {_fmt(bench.get("prompts"))} held-out prompts (test split: every prompt holds a colour–shape pair
- or a relation never seen in training), {_fmt(bench.get("images_per_prompt"))} image per prompt,
+ or a relation never seen in training), {_fmt(bench.get("images_per_prompt"))} image(s) per prompt,
  the same sampling seed for both models · judged by {html.escape(str(metrics.get("judged_by")))}.
  {html.escape(str(bench.get("note", "")))}</p>
 <p>Overall soft score: SFT {_fmt(metrics["sft"]["overall"])} → GRPO
- {_fmt(metrics["grpo"]["overall"])} (<b>{overall:+.3f}</b>).</p>
+ {_fmt(metrics["grpo"]["overall"])} (<b>{overall:+.3f}</b>{error_text}).</p>
 {_seen_paragraph(metrics.get("seen_compositions"))}
 {diagnosis_html}
 <h2>Held-out benchmark by category</h2>

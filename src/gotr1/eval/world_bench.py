@@ -191,6 +191,38 @@ def evaluate_world(
     return result
 
 
+def paired_delta_standard_error(
+    before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]
+) -> dict[str, float | None]:
+    """The standard error of the soft-score difference ``after - before`` per category and
+    overall, for two evaluations of the same prompts (samples of :func:`evaluate_world`).
+
+    Paired by prompt: each prompt's difference of its mean soft score over its images; the error
+    of a category is their standard deviation over the square root of its prompts, and overall
+    (the mean of the category means) combines them. It measures the benchmark's sampling of
+    prompts and images, not how much another training run would differ. None where a category
+    has fewer than two prompts in both."""
+    per_prompt: dict[str, dict[tuple[str, int], list[list[float]]]] = {}
+    for index, samples in enumerate((before, after)):
+        for sample in samples:
+            key = (str(sample["category"]), int(sample["prompt_index"]))
+            lists = per_prompt.setdefault(key[0], {}).setdefault(key, [[], []])
+            lists[index].append(float(sample["soft"]))
+    errors: dict[str, float | None] = {}
+    for category, prompts in per_prompt.items():
+        diffs = [sum(b) / len(b) - sum(a) / len(a) for a, b in prompts.values() if a and b]
+        if len(diffs) < 2:
+            errors[category] = None
+            continue
+        mean = sum(diffs) / len(diffs)
+        variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+        errors[category] = math.sqrt(variance / len(diffs))
+    known = [e for e in errors.values() if e is not None]
+    complete = bool(known) and len(known) == len(errors)
+    errors["overall"] = math.sqrt(sum(e * e for e in known)) / len(known) if complete else None
+    return errors
+
+
 def _finite_or_none(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
