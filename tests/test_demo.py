@@ -280,7 +280,7 @@ def test_ablation_markdown_has_the_paper_layout():
     }
     text = ablate.ablation_markdown(summary)
     table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert table[0] == "| rewards | " + " | ".join(soft) + " |"
+    assert table[0] == "| rewards | " + " | ".join(soft) + " | Δ overall vs SFT | s.e. |"
     labels = [line.split(" | ")[0][2:] for line in table[1:6]]
     assert labels == [
         "none (SFT only)",
@@ -293,6 +293,23 @@ def test_ablation_markdown_has_the_paper_layout():
     assert claims["the product of the four rewards beats their sum"]["world_agrees"] is False
     assert claims["R_RI alone collapses below SFT"]["world_agrees"] is False
     assert "DISAGREES" in text and "paper +0.0" in text
+    assert table[4].endswith(" | +0.0300 |  |")  # product: Δ vs SFT, no error without samples
+
+    # with the arms' samples: each difference gets its paired standard error and a verdict
+    def samples(shift: float, spread: float) -> list[dict]:
+        return [
+            {"category": c, "prompt_index": p, "soft": 0.4 + shift + spread * (p % 2)}
+            for c in CATEGORIES
+            for p in range(10)
+        ]
+
+    arms = {"sft": samples(0, 0), "sum": samples(0.01, 0.2), "product": samples(0.01, 0.0)}
+    arms.update(ri_only=samples(-0.2, 0.0), pi_only=samples(0.0, 0.0))
+    rows = {row["claim"]: row for row in ablate.compare_with_paper(results, arms)}
+    noisy = rows["the product of the four rewards beats their sum"]
+    assert noisy["standard_error"] > 0.01 and noisy["verdict"] == "within noise"
+    collapse = rows["R_RI alone collapses below SFT"]
+    assert collapse["standard_error"] == pytest.approx(0.0) and collapse["verdict"] == "DISAGREES"
 
 
 def test_metrics_json_of_a_finished_run_is_rewritten_from_cache(tmp_path):

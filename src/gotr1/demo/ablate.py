@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gotr1.demo.config import DemoConfig
+from gotr1.eval.world_bench import paired_delta_standard_error
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ def run_ablation(
         lambda folder: P.evaluate_model(config, sft_final, folder),
     )
     results["sft"] = _arm_result(sft_eval, None)
+    samples = {"sft": _eval_samples(out / "arms" / "sft" / "eval")}
     for arm in chosen:
         folder = out / "arms" / arm.name
         overrides = {
@@ -207,6 +209,10 @@ def run_ablation(
             lambda target, model=folder / "grpo" / "final": P.evaluate_model(config, model, target),
         )
         results[arm.name] = _arm_result(evaluated, grpo)
+        samples[arm.name] = _eval_samples(folder / "eval")
+        results[arm.name]["delta_standard_error"] = paired_delta_standard_error(
+            samples["sft"], samples[arm.name]
+        )["overall"]
 
     summary = {
         "seed": config.seed,
@@ -216,6 +222,7 @@ def run_ablation(
             "prompts": config.eval_prompts,
             "prompt_seed": config.eval_prompt_seed,
             "sampling_seed": config.seed,
+            "images_per_prompt": config.eval_images_per_prompt,
         },
         "budget": {
             "grpo_steps": config.grpo_steps,
@@ -236,7 +243,7 @@ def run_ablation(
             "columns": list(PAPER_COLUMNS),
             "rows": {k: list(v) if v else None for k, v in PAPER_ABLATION.items()},
         },
-        "comparison": compare_with_paper(results),
+        "comparison": compare_with_paper(results, samples),
         "seconds": time.perf_counter() - started,
         "cpu_seconds": P.cpu_seconds() - started_cpu,
     }
@@ -245,6 +252,12 @@ def run_ablation(
     (out / "ablation.md").write_text(text)
     log(text)
     return summary
+
+
+def _eval_samples(folder: Path) -> list[dict[str, Any]]:
+    from gotr1.demo.report import read_jsonl
+
+    return read_jsonl(folder / "samples.jsonl")
 
 
 def _arm_result(evaluated: dict[str, Any], grpo: dict[str, Any] | None) -> dict[str, Any]:
@@ -261,14 +274,26 @@ def _arm_result(evaluated: dict[str, Any], grpo: dict[str, Any] | None) -> dict[
     return out
 
 
-def compare_with_paper(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+NOISE_ERRORS = 2.0
+"""A world difference within this many standard errors of zero counts as noise."""
+
+
+def compare_with_paper(
+    results: dict[str, dict[str, Any]],
+    samples: dict[str, Sequence[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
     """Each ordering the paper reports, checked in the world (overall soft score); claims whose
-    arms were not run are left out."""
+    arms were not run are left out. With the arms' evaluation `samples`, each difference gets
+    its standard error (paired by prompt) and a verdict: agrees, disagrees or within noise
+    (`NOISE_ERRORS`)."""
     rows = []
     for better, worse, claim in PAPER_CLAIMS:
         if better not in results or worse not in results:
             continue
         world = results[better]["soft"]["overall"] - results[worse]["soft"]["overall"]
+        error = None
+        if samples is not None and better in samples and worse in samples:
+            error = paired_delta_standard_error(samples[worse], samples[better])["overall"]
         paper_better, paper_worse = paper_mean(better), paper_mean(worse)
         paper = (
             paper_better - paper_worse
@@ -281,11 +306,19 @@ def compare_with_paper(results: dict[str, dict[str, Any]]) -> list[dict[str, Any
                 "better": better,
                 "worse": worse,
                 "world_difference": world,
+                "standard_error": error,
                 "paper_difference": paper,
                 "world_agrees": world > 0,
+                "verdict": _verdict(world, error),
             }
         )
     return rows
+
+
+def _verdict(difference: float, error: float | None) -> str:
+    if error is not None and abs(difference) <= NOISE_ERRORS * error:
+        return "within noise"
+    return "agrees" if difference > 0 else "DISAGREES"
 
 
 _ROW_ORDER = ("sft", "ri_only", "pi_only", "sem_spa", "product", "sum", "no_sem", "no_spa")
@@ -303,18 +336,24 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
         f"GRPO from one SFT checkpoint, seed {summary['seed']}, the same budget per arm "
         f"({summary['budget']['grpo_steps']} steps x {summary['budget']['num_prompts']} prompts x "
         f"{summary['budget']['num_generations']} samples); held-out world benchmark "
-        f"({summary['benchmark']['prompts']} test-split prompts), soft score"
+        f"({summary['benchmark']['prompts']} test-split prompts x "
+        f"{summary['benchmark'].get('images_per_prompt', 1)} images), soft score; s.e. = "
+        "standard error of the difference (paired by prompt)"
         f"{' (quick mode: a smoke run)' if summary.get('quick') else ''}.",
         "",
-        "| rewards | " + " | ".join(categories) + " |",
-        "|" + " --- |" * (len(categories) + 1),
+        "| rewards | " + " | ".join(categories) + " | Δ overall vs SFT | s.e. |",
+        "|" + " --- |" * (len(categories) + 3),
     ]
     for name in _ROW_ORDER:
         if name not in results:
             continue
         soft = results[name]["soft"]
         cells = " | ".join(f"{soft[c]:.4f}" for c in categories)
-        lines.append(f"| {_ROW_LABELS[name]} | {cells} |")
+        delta = soft["overall"] - results["sft"]["soft"]["overall"]
+        error = results[name].get("delta_standard_error")
+        change = "" if name == "sft" else f"{delta:+.4f}"
+        error_text = f"{error:.4f}" if isinstance(error, int | float) else ""
+        lines.append(f"| {_ROW_LABELS[name]} | {cells} | {change} | {error_text} |")
     lines += [
         "",
         "The paper (GoT-R1-1B, T2I-CompBench, " + " / ".join(PAPER_COLUMNS) + "; mean):",
@@ -336,6 +375,11 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
             if row["paper_difference"] is not None
             else "paper: not reported"
         )
-        verdict = "agrees" if row["world_agrees"] else "DISAGREES"
-        lines.append(f"- {row['claim']}: world {row['world_difference']:+.4f} ({verdict}); {paper}")
+        error = row.get("standard_error")
+        error_text = f" ± {error:.4f}" if isinstance(error, int | float) else ""
+        verdict = row.get("verdict") or _verdict(row["world_difference"], None)
+        lines.append(
+            f"- {row['claim']}: world {row['world_difference']:+.4f}{error_text} ({verdict}); "
+            f"{paper}"
+        )
     return "\n".join(lines) + "\n"
