@@ -134,10 +134,7 @@ def run_ablation(
     chosen = resolve_arms(arms)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
+    P.apply_process_settings(config)
     stages = P.Stages(log)
 
     # The SFT checkpoint every arm starts from: a demo run's, or trained here.

@@ -432,6 +432,19 @@ def evaluate_model(
 # ----------------------------------------------------------------------------------------------
 
 
+def apply_process_settings(config: DemoConfig) -> None:
+    """Set this process's torch threads and, without progress bars, silence the ones
+    transformers draws while loading weights."""
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    if not config.progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the whole demo in ``config.out``; returns metrics.json's content."""
     from gotr1.cli import UserError
@@ -443,10 +456,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out}: cannot create the folder ({error})") from None
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
+    apply_process_settings(config)
     preset_path = write_preset(config, out)
     stages = Stages(log)
 
