@@ -149,6 +149,14 @@ def test_paired_delta_standard_error_pairs_each_prompts_mean():
         before + _samples("complex", [[0.0]]), after + _samples("complex", [[1.0]])
     )
     assert lone["complex"] is None and lone["overall"] is None
+    # damaged rows are left out; nothing left means no error at all
+    damaged = [
+        {"category": "spatial", "prompt_index": 0},
+        {"soft": 1.0},
+        {**before[0], "soft": None},
+    ]
+    assert paired_delta_standard_error(before + damaged, after) == errors
+    assert paired_delta_standard_error([], []) == {"overall": None}
 
 
 def test_paired_delta_standard_error_of_a_real_evaluation(result):

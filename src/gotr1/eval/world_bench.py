@@ -201,13 +201,20 @@ def paired_delta_standard_error(
     of a category is their standard deviation over the square root of its prompts, and overall
     (the mean of the category means) combines them. It measures the benchmark's sampling of
     prompts and images, not how much another training run would differ. None where a category
-    has fewer than two prompts in both."""
+    has fewer than two prompts in both. Samples without a category, prompt index or finite
+    soft score (a damaged samples.jsonl row) are left out."""
     per_prompt: dict[str, dict[tuple[str, int], list[list[float]]]] = {}
     for index, samples in enumerate((before, after)):
         for sample in samples:
-            key = (str(sample["category"]), int(sample["prompt_index"]))
+            try:
+                key = (str(sample["category"]), int(sample["prompt_index"]))
+                soft = float(sample["soft"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if not math.isfinite(soft):
+                continue
             lists = per_prompt.setdefault(key[0], {}).setdefault(key, [[], []])
-            lists[index].append(float(sample["soft"]))
+            lists[index].append(soft)
     errors: dict[str, float | None] = {}
     for category, prompts in per_prompt.items():
         diffs = [sum(b) / len(b) - sum(a) / len(a) for a, b in prompts.values() if a and b]
