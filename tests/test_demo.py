@@ -487,7 +487,8 @@ def test_tiny_ablation_writes_the_paper_table(tmp_path):
         assert list(result["soft"]) == [*CATEGORIES, "overall"]
     text = (tmp_path / "ablate" / "ablation.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[0] == "| rewards | " + " | ".join([*CATEGORIES, "overall"]) + " |"
+    header = " | ".join([*CATEGORIES, "overall", "Δ overall vs SFT", "s.e."])
+    assert rows[0] == f"| rewards | {header} |"
     assert len(rows) == 1 + 1 + len(ablate.ARMS) + 1 + 6  # header, SFT, arms, paper header+rows
     saved = json.loads((tmp_path / "ablate" / "ablation.json").read_text())
     assert [c["claim"] for c in saved["comparison"]] == [c for _, _, c in ablate.PAPER_CLAIMS]
@@ -624,7 +625,11 @@ def test_grpo_stage_in_two_processes(tmp_path):
     from gotr1.demo import pipeline as P
 
     config = tiny_demo_config(
-        tmp_path / "demo", grpo_steps=2, grpo_processes=2, eval_images_per_prompt=2
+        tmp_path / "demo",
+        grpo_steps=2,
+        grpo_processes=2,
+        eval_prompts=12,  # two a category: enough for a standard error
+        eval_images_per_prompt=2,
     )
     metrics = P.run_demo(config, log=lambda _: None)
     assert metrics["benchmark"]["images_per_prompt"] == 2
