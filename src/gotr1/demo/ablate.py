@@ -128,6 +128,7 @@ def run_ablation(
     """Run the ablation arms from one SFT checkpoint; writes ablation.json / ablation.md."""
     from gotr1.cli import UserError
     from gotr1.demo import pipeline as P
+    from gotr1.demo.report import read_eval_samples
 
     config.validate()
     started, started_cpu = time.perf_counter(), P.cpu_seconds()
@@ -180,7 +181,7 @@ def run_ablation(
         lambda folder: P.evaluate_model(config, sft_final, folder),
     )
     results["sft"] = _arm_result(sft_eval, None)
-    samples = {"sft": _eval_samples(out / "arms" / "sft" / "eval")}
+    samples = {"sft": read_eval_samples(out / "arms" / "sft" / "eval")}
     for arm in chosen:
         folder = out / "arms" / arm.name
         overrides = {
@@ -206,7 +207,7 @@ def run_ablation(
             lambda target, model=folder / "grpo" / "final": P.evaluate_model(config, model, target),
         )
         results[arm.name] = _arm_result(evaluated, grpo)
-        samples[arm.name] = _eval_samples(folder / "eval")
+        samples[arm.name] = read_eval_samples(folder / "eval")
         results[arm.name]["delta_standard_error"] = paired_delta_standard_error(
             samples["sft"], samples[arm.name]
         )["overall"]
@@ -249,12 +250,6 @@ def run_ablation(
     (out / "ablation.md").write_text(text)
     log(text)
     return summary
-
-
-def _eval_samples(folder: Path) -> list[dict[str, Any]]:
-    from gotr1.demo.report import read_jsonl
-
-    return read_jsonl(folder / "samples.jsonl")
 
 
 def _arm_result(evaluated: dict[str, Any], grpo: dict[str, Any] | None) -> dict[str, Any]:
@@ -372,11 +367,10 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
             if row["paper_difference"] is not None
             else "paper: not reported"
         )
-        error = row.get("standard_error")
+        error = row["standard_error"]
         error_text = f" ± {error:.4f}" if isinstance(error, int | float) else ""
-        verdict = row.get("verdict") or _verdict(row["world_difference"], None)
         lines.append(
-            f"- {row['claim']}: world {row['world_difference']:+.4f}{error_text} ({verdict}); "
-            f"{paper}"
+            f"- {row['claim']}: world {row['world_difference']:+.4f}{error_text} "
+            f"({row['verdict']}); {paper}"
         )
     return "\n".join(lines) + "\n"

@@ -510,8 +510,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     merge_train_logs(out)
     metrics = build_metrics(config, stages.records, evals)
-    add_delta_errors(metrics, out)
-    add_diagnosis(metrics, out)
+    from gotr1.demo.report import read_eval_samples
+
+    samples = {name: read_eval_samples(out / "eval" / name) for name in evals}
+    add_delta_errors(metrics, samples)
+    add_diagnosis(metrics, out, samples)
     metrics["run_seconds"] = time.perf_counter() - started
     metrics["run_cpu_seconds"] = cpu_seconds() - started_cpu
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -525,17 +528,16 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     return metrics
 
 
-def add_delta_errors(metrics: dict[str, Any], out: Path) -> None:
+def add_delta_errors(metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
     """Add the standard error of GRPO's soft-score difference to SFT (per category and
     overall, `gotr1.eval.world_bench.paired_delta_standard_error`) on the held-out prompts and,
-    when the run has them, on the seen ones."""
-    from gotr1.demo.report import read_jsonl
+    when the run has them, on the seen ones; `samples` holds each evaluation's samples by
+    stage name ("sft", "grpo", "seen-sft", "seen-grpo")."""
     from gotr1.eval.world_bench import paired_delta_standard_error
 
     def error(prefix: str) -> dict[str, float | None]:
         return paired_delta_standard_error(
-            read_jsonl(out / "eval" / f"{prefix}sft" / "samples.jsonl"),
-            read_jsonl(out / "eval" / f"{prefix}grpo" / "samples.jsonl"),
+            samples.get(f"{prefix}sft", []), samples.get(f"{prefix}grpo", [])
         )
 
     metrics["delta_standard_error"] = error("")
@@ -543,18 +545,19 @@ def add_delta_errors(metrics: dict[str, Any], out: Path) -> None:
         metrics["seen_compositions"]["delta_standard_error"] = error("seen-")
 
 
-def add_diagnosis(metrics: dict[str, Any], out: Path) -> None:
+def add_diagnosis(
+    metrics: dict[str, Any], out: Path, samples: dict[str, list[dict[str, Any]]]
+) -> None:
     """Add the GRPO reward trend, the evaluation images' object counts, both models'
-    `plan_sensitivity` and `diagnose`'s warnings to `metrics`."""
+    `plan_sensitivity` and `diagnose`'s warnings to `metrics` (`samples`: as for
+    `add_delta_errors`)."""
     from gotr1.demo.diagnostics import plan_sensitivity
     from gotr1.demo.report import image_statistics, read_jsonl
     from gotr1.train.runlog import LOG_FILE
 
     trend = reward_trend(read_jsonl(out / "grpo" / LOG_FILE))
     images = {
-        name: image_statistics(
-            read_jsonl(out / "eval" / name / "samples.jsonl"), out / "eval" / name
-        )
+        name: image_statistics(samples.get(name, []), out / "eval" / name)
         for name in ("sft", "grpo")
     }
     plan = {

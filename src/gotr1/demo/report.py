@@ -65,6 +65,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_eval_samples(folder: Path) -> list[dict[str, Any]]:
+    """The per-image samples an evaluation stage wrote in `folder` (empty when missing)."""
+    return read_jsonl(folder / "samples.jsonl")
+
+
 # ----------------------------------------------------------------------------------------------
 # Chain phrasing: sentences the world's templates can produce
 # ----------------------------------------------------------------------------------------------
@@ -578,7 +583,7 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     rows = read_jsonl(run / LOG_FILE)
     curves = draw_curves(rows, assets / "curves.png")
 
-    samples = {name: read_jsonl(run / "eval" / name / "samples.jsonl") for name in ("sft", "grpo")}
+    samples = {name: read_eval_samples(run / "eval" / name) for name in ("sft", "grpo")}
     pattern = template_sentence_pattern()
     stats = {
         name: {
