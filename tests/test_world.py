@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import replace
 
@@ -13,6 +14,8 @@ from gotr1.world import (
     COLORS,
     HELD_OUT_PAIRS,
     HELD_OUT_RELATIONS,
+    RL_ONLY_PAIRS,
+    RL_ONLY_RELATIONS,
     SHAPES,
     ObjectSpec,
     PromptSpec,
@@ -95,6 +98,39 @@ def test_splits_hold_out_compositions_deterministically() -> None:
     assert benchmark_prompts("test", n=300, seed=0) == test
     assert benchmark_prompts("test", n=300, seed=1) != test
     assert {spec.category for _, spec in test} == set(CATEGORIES)
+
+
+def _pairs_and_triples(specs: list[PromptSpec]) -> tuple[set[tuple], set[tuple]]:
+    """Colour–shape pairs and (shape, relation, shape) triples, mirrors included."""
+    mirror = {"left": "right", "right": "left", "above": "below", "below": "above"}
+    pairs = {(o.color, o.shape) for s in specs for o in s.objects if o.color}
+    triples = set()
+    for s in specs:
+        if s.relation:
+            first, second = s.objects[0].shape, s.objects[1].shape
+            triples |= {(first, s.relation, second), (second, mirror[s.relation], first)}
+    return pairs, triples
+
+
+def test_sft_split_leaves_out_the_rl_only_compositions_that_train_holds() -> None:
+    sft = [e.spec for e in sample_examples(2000, seed=3, split="sft")]
+    train = [e.spec for e in sample_examples(2000, seed=3, split="train")]
+    assert not any(s.is_unseen or s.is_rl_only for s in sft)
+    sft_pairs, sft_triples = _pairs_and_triples(sft)
+    train_pairs, train_triples = _pairs_and_triples(train)
+    assert not sft_pairs & (RL_ONLY_PAIRS | HELD_OUT_PAIRS)
+    assert not sft_triples & (RL_ONLY_RELATIONS | HELD_OUT_RELATIONS)
+    assert RL_ONLY_PAIRS <= train_pairs and RL_ONLY_RELATIONS <= train_triples
+    assert not RL_ONLY_PAIRS & HELD_OUT_PAIRS
+    # Every colour and every shape is still drawn in SFT, only in fewer combinations.
+    assert {c for c, _ in sft_pairs} == set(COLORS) and {s for _, s in sft_pairs} == set(SHAPES)
+    assert {s.category for s in sft} == set(CATEGORIES)
+    # The train and test splits draw exactly what they drew before the sft split existed
+    # (digests taken with the code before it).
+    train_prompts = "|".join(e.prompt for e in sample_examples(300, seed=3, split="train"))
+    test_prompts = "|".join(p for p, _ in benchmark_prompts("test", n=300, seed=0))
+    assert hashlib.sha256(train_prompts.encode()).hexdigest()[:16] == "4cc6f5b2a44282c5"
+    assert hashlib.sha256(test_prompts.encode()).hexdigest()[:16] == "36bd61f438c60051"
 
 
 def test_examples_chains_name_every_object_with_its_true_box() -> None:

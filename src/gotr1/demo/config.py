@@ -113,6 +113,11 @@ class DemoConfig:
     sft_batch_size: int = _f(32, "SFT examples per step.")
     sft_learning_rate: float = _f(3e-3, "SFT peak learning rate (cosine).")
     sft_warmup_steps: int = _f(20, "SFT warm-up steps.")
+    sft_world_split: str = _f(
+        "train",
+        "World split of the SFT corpus: train, or sft (train without the RL-only compositions, "
+        "gotr1.world.RL_ONLY_PAIRS / RL_ONLY_RELATIONS, which only GRPO's prompts then hold).",
+    )
     mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
 
     # Stage 3: GRPO.
@@ -223,6 +228,10 @@ class DemoConfig:
         if not 0 <= self.grpo_min_lr_ratio <= 1:
             raise UserError(
                 f"demo setting grpo_min_lr_ratio must be in [0, 1], got {self.grpo_min_lr_ratio}"
+            )
+        if self.sft_world_split not in ("train", "sft"):
+            raise UserError(
+                f"demo setting sft_world_split must be train or sft, got {self.sft_world_split!r}"
             )
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r}")

@@ -247,6 +247,7 @@ def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folde
         overwrite_output_dir=True,
         model=str(preset_path),
         vq_from=str(tokenizer_dir),
+        world_split=config.sft_world_split,
         seed=config.seed,
         max_steps=config.sft_steps,
         batch_size=config.sft_batch_size,

@@ -37,7 +37,8 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
     "below": ("below", "under", "beneath"),
 }
 NUMBER_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "test", "sft")
+"""train: no held-out composition; test: at least one; sft: train without the RL-only compositions."""
 
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("green", "circle"), ("blue", "square"), ("purple", "circle")}
@@ -53,6 +54,14 @@ HELD_OUT_RELATIONS: frozenset[tuple[str, str, str]] = frozenset(
 )
 """(first shape, relation, second shape) triples that appear only in test prompts (their mirror
 images too: "a circle right of a triangle" is "a triangle left of a circle")."""
+RL_ONLY_PAIRS: frozenset[tuple[str, str]] = frozenset({("yellow", "square"), ("purple", "triangle")})
+"""Colour–shape pairs of the train split that the sft split leaves out: compositions an SFT corpus
+drawn from the sft split never shows, which GRPO's train-split prompts do (as the paper's RL
+prompts hold compositions its SFT data may lack). Every colour and shape still occurs in sft."""
+RL_ONLY_RELATIONS: frozenset[tuple[str, str, str]] = frozenset(
+    {("square", "left", "triangle"), ("circle", "above", "triangle")}
+)
+"""Shape–relation–shape triples (and their mirrors) of the train split left out of the sft split."""
 MIRROR_RELATION: dict[str, str] = {
     "left": "right",
     "right": "left",
@@ -86,14 +95,25 @@ class PromptSpec:
     @property
     def is_unseen(self) -> bool:
         """Whether the prompt contains a held-out composition (so it belongs to the test split)."""
-        if any((o.color, o.shape) in HELD_OUT_PAIRS for o in self.objects if o.color):
+        return self._holds(HELD_OUT_PAIRS, HELD_OUT_RELATIONS)
+
+    @property
+    def is_rl_only(self) -> bool:
+        """Whether the prompt contains a composition the sft split leaves out (RL_ONLY_PAIRS,
+        RL_ONLY_RELATIONS)."""
+        return self._holds(RL_ONLY_PAIRS, RL_ONLY_RELATIONS)
+
+    def _holds(
+        self, pairs: frozenset[tuple[str, str]], triples: frozenset[tuple[str, str, str]]
+    ) -> bool:
+        """Whether an object is one of the colour–shape pairs or the relation one of the triples
+        (either way round)."""
+        if any((o.color, o.shape) in pairs for o in self.objects if o.color):
             return True
         if self.relation is not None:
             first, second = self.objects[0].shape, self.objects[1].shape
             mirrored = (second, MIRROR_RELATION[self.relation], first)
-            return (first, self.relation, second) in HELD_OUT_RELATIONS or (
-                mirrored in HELD_OUT_RELATIONS
-            )
+            return (first, self.relation, second) in triples or mirrored in triples
         return False
 
 
@@ -199,12 +219,16 @@ def _draw_spec(rng: random.Random, category: str) -> PromptSpec:
 def sample_prompt(
     rng: random.Random, category: str, split: str = "train"
 ) -> tuple[str, PromptSpec]:
-    """Sample a prompt of a category from a split: train never holds unseen compositions, test always does."""
+    """Sample a prompt of a category from a split: train never holds unseen compositions, test
+    always does, sft is train without the RL-only compositions."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     while True:
         spec = _draw_spec(rng, category)
-        if spec.category == category and spec.is_unseen == (split == "test"):
-            return format_prompt(spec, rng), spec
+        if spec.category != category or spec.is_unseen != (split == "test"):
+            continue
+        if split == "sft" and spec.is_rl_only:
+            continue
+        return format_prompt(spec, rng), spec
