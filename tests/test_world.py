@@ -120,7 +120,7 @@ def test_sft_split_leaves_out_the_rl_only_compositions_that_train_holds() -> Non
     train_pairs, train_triples = _pairs_and_triples(train)
     assert not sft_pairs & (RL_ONLY_PAIRS | HELD_OUT_PAIRS)
     assert not sft_triples & (RL_ONLY_RELATIONS | HELD_OUT_RELATIONS)
-    assert RL_ONLY_PAIRS <= train_pairs and RL_ONLY_RELATIONS <= train_triples
+    assert train_pairs >= RL_ONLY_PAIRS and train_triples >= RL_ONLY_RELATIONS
     assert not RL_ONLY_PAIRS & HELD_OUT_PAIRS
     # Every colour and every shape is still drawn in SFT, only in fewer combinations.
     assert {c for c, _ in sft_pairs} == set(COLORS) and {s for _, s in sft_pairs} == set(SHAPES)

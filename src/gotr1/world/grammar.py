@@ -54,7 +54,9 @@ HELD_OUT_RELATIONS: frozenset[tuple[str, str, str]] = frozenset(
 )
 """(first shape, relation, second shape) triples that appear only in test prompts (their mirror
 images too: "a circle right of a triangle" is "a triangle left of a circle")."""
-RL_ONLY_PAIRS: frozenset[tuple[str, str]] = frozenset({("yellow", "square"), ("purple", "triangle")})
+RL_ONLY_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("yellow", "square"), ("purple", "triangle")}
+)
 """Colour–shape pairs of the train split that the sft split leaves out: compositions an SFT corpus
 drawn from the sft split never shows, which GRPO's train-split prompts do (as the paper's RL
 prompts hold compositions its SFT data may lack). Every colour and shape still occurs in sft."""
