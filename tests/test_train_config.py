@@ -65,6 +65,8 @@ def test_yaml_then_overrides_with_types(tmp_path):
         (GRPOConfig, {"lora_target_modules": ["qkv"]}, "lora_target_modules"),
         (GRPOConfig, {"use_lora": "maybe"}, "use_lora"),
         (GRPOConfig, {"epsilon_high": -1}, "epsilon_high"),
+        (GRPOConfig, {"world_split": "validation"}, "world_split"),
+        (SFTConfig, {"world_split": "heldout"}, "world_split"),
         (SFTConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
         (SFTConfig, {"on_bad_row": "ignore"}, "on_bad_row"),
         (SFTConfig, {"mixed_precision": "fp8"}, "mixed_precision"),

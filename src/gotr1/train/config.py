@@ -203,6 +203,7 @@ class SFTConfig(TrainConfig):
         _positive(self, "vq_learning_rate", "sample_max_chain_tokens")
         _non_negative(self, "chain_loss_weight", "image_loss_weight", "sample_cfg_weight")
         _choice(self, "on_bad_row", BAD_ROW_POLICIES)
+        _choice(self, "world_split", world_splits())
         if not 0 <= self.cfg_dropout < 1:
             raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.chain_loss_weight == 0 and self.image_loss_weight == 0:
@@ -368,6 +369,7 @@ class GRPOConfig(TrainConfig):
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         _choice(self, "loss_type", LOSS_TYPES)
+        _choice(self, "world_split", world_splits())
         _choice(self, "scale_rewards", SCALE_REWARDS)
         _choice(self, "image_logprob", IMAGE_LOGPROB)
         _choice(self, "judge", JUDGES)
@@ -546,6 +548,13 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+
+
+def world_splits() -> tuple[str, ...]:
+    """The embedded world's prompt splits (train, test, sft)."""
+    from gotr1.world.grammar import SPLITS
+
+    return SPLITS
 
 
 def coerce(value: Any, hint: Any) -> Any:
