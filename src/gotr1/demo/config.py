@@ -145,6 +145,11 @@ class DemoConfig:
     )
     grpo_beta: float = _f(0.0, "KL coefficient to the SFT policy (0: no reference pass).")
     grpo_num_iterations: int = _f(1, "Updates per rollout batch.")
+    grpo_chain_advantage: str = _f(
+        "total",
+        "What GRPO's chain tokens learn from: total (the paper: the sample's reward) or plan "
+        "(stage-wise credit: the plan's own reward R_sem + R_spa; image tokens keep the total).",
+    )
     reward_combination: str = _f("product", "product (the paper), sum or weighted_sum.")
     reward_components: list[str] = _f(["sem", "spa", "ri", "pi"], "Reward components used.")
     clean_image_factor: bool = _f(

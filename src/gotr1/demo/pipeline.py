@@ -196,6 +196,9 @@ def vq_config(config: DemoConfig) -> Any:
 RUN_PATHS = ("output_dir", "model", "vq_from")
 """Training-config fields that are folders: not part of a stage's identity (the upstream stage's
 fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
+LATER_DEFAULTS = (("chain_advantage", "total"),)
+"""Training-config fields added after demo runs existed, at their default (what the runs did):
+left out of a stage's identity, so adding them does not retrain finished stages."""
 DISPLAY_ONLY = ("progress",)
 """Training-config fields that change what is shown, not what is computed (`--no-progress` must
 not retrain a finished stage)."""
@@ -205,7 +208,11 @@ def stage_settings(upstream: str, train_config: Any, processes: int = 1) -> dict
     """What identifies a training stage: its upstream stage, its config without folders and
     display switches, and the number of training processes when more than one."""
     ignored = RUN_PATHS + DISPLAY_ONLY
-    values = {k: v for k, v in train_config.to_dict().items() if k not in ignored}
+    values = {
+        k: v
+        for k, v in train_config.to_dict().items()
+        if k not in ignored and (k, v) not in LATER_DEFAULTS
+    }
     settings = {"upstream": upstream, "config": values}
     if processes > 1:  # another sampling stream per process: another model
         settings["processes"] = processes
@@ -287,6 +294,7 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         min_lr_ratio=config.grpo_min_lr_ratio,
         beta=config.grpo_beta,
         num_iterations=config.grpo_num_iterations,
+        chain_advantage=config.grpo_chain_advantage,
         epsilon=0.2,
         loss_type="grpo",
         scale_rewards="group",

@@ -26,6 +26,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
+CHAIN_ADVANTAGES = ("total", "plan")
 IMAGE_LOGPROB = ("guided", "conditional")
 JUDGES = ("world", "qwen", "openai")
 BAD_ROW_POLICIES = ("skip", "error")
@@ -300,6 +301,13 @@ class GRPOConfig(TrainConfig):
         1.0, "Weight of each chain token in the loss (1 and 1: pooled like the paper)."
     )
     image_token_weight: float = _field(1.0, "Weight of each image token in the loss.")
+    chain_advantage: str = _field(
+        "total",
+        "What the chain tokens' advantage comes from: total (the paper: every token of a sample "
+        "shares its total reward's advantage) or plan (stage-wise credit: chain tokens take the "
+        "group advantage of the plan's own reward, R_sem + R_spa of the included ones; image "
+        "tokens keep the total's).",
+    )
     reward_components: list[str] = _field(
         list(REWARD_COMPONENTS), "Which of sem, spa, ri, pi to compute and combine."
     )
@@ -371,6 +379,12 @@ class GRPOConfig(TrainConfig):
         _choice(self, "loss_type", LOSS_TYPES)
         _choice(self, "world_split", world_splits())
         _choice(self, "scale_rewards", SCALE_REWARDS)
+        _choice(self, "chain_advantage", CHAIN_ADVANTAGES)
+        if self.chain_advantage == "plan" and not {"sem", "spa"} & set(self.reward_components):
+            raise ConfigError(
+                "chain_advantage plan needs 'sem' or 'spa' in reward_components: the plan's "
+                f"reward is theirs, got {self.reward_components}"
+            )
         _choice(self, "image_logprob", IMAGE_LOGPROB)
         _choice(self, "judge", JUDGES)
         _choice(self, "reward_combination", ("product", "sum", "weighted_sum"))

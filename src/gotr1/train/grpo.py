@@ -101,14 +101,15 @@ def grpo_loss(
     """The clipped GRPO objective (+ beta * KL) of some rows, as their share of the batch loss.
 
     new / old / ref: [B, T] per-token log-probs (chain tokens, then image tokens) under the
-    current, the sampling-time and the reference policy. advantages: [B]. weights: [B, T], 0 on
+    current, the sampling-time and the reference policy. advantages: [B] (one per row) or [B, T]
+    (one per token: stage-wise credit, see `ScoredRollouts.token_advantages`). weights: [B, T], 0 on
     padding and on rows left out of the loss, otherwise the token's chain or image weight.
     normaliser: the batch's divisor for `loss_type` (see `loss_normaliser`).
     Returns (loss, sums for metrics).
     """
     ratio = torch.exp(new - old)  # pi_theta / pi_old per token (1 when old = new.detach())
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    adv = advantages[:, None]
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
     per_token = -torch.min(ratio * adv, clipped * adv)  # minimise the negative surrogate
     kl = torch.zeros_like(per_token)
     if beta > 0:
@@ -395,6 +396,17 @@ class ScoredRollouts:
     group_std: torch.Tensor  # [G], NaN where fewer than two rows were kept
     all_total: torch.Tensor  # [rows of all processes] rewards, NaN as 0
     all_keep: torch.Tensor  # [rows of all processes] bool: the judge scored the row
+    chain_advantages: torch.Tensor | None = None  # [B]: the plan's own (chain_advantage "plan")
+
+    def token_advantages(self, rows: torch.Tensor, chain_tokens: int) -> torch.Tensor:
+        """The advantages of `rows` for the loss: [rows] when every token of a row shares one,
+        [rows, chain + image tokens] when the chain tokens take the plan's advantage."""
+        if self.chain_advantages is None:
+            return self.advantages[rows]
+        image_tokens = self.weights.shape[1] - chain_tokens
+        chain = self.chain_advantages[rows, None].expand(-1, chain_tokens)
+        image = self.advantages[rows, None].expand(-1, image_tokens)
+        return torch.cat([chain, image], dim=1)
 
 
 def score_rollouts(
@@ -411,17 +423,30 @@ def score_rollouts(
     over the kept rows of all processes (`gather` concatenates a tensor over them; default: this
     process only). A group left with fewer than two kept rows has no std (NaN) and stays out of
     the loss, like the dropped rows themselves. Weights: chain tokens (minus truncated chains, if
-    asked), then the image tokens, times the row's weight.
+    asked), then the image tokens, times the row's weight. With ``chain_advantage: plan`` the
+    chain tokens' advantages are the same computation over the plan's reward (R_sem + R_spa of
+    the included ones).
     """
     gather = gather or (lambda values: values.cpu())
     group_ids = rollouts.group_ids.cpu()
     keep = torch.as_tensor(np.asarray(rewards.keep), dtype=torch.bool)
-    total = torch.as_tensor(np.nan_to_num(rewards.total, nan=0.0), dtype=torch.float32)
-    all_total, all_keep = gather(total), gather(keep)
-    batch_std = all_total[all_keep].std() if int(all_keep.sum()) > 1 else torch.tensor(0.0)
-    advantages, zero_std, group_std = group_advantages(
-        total, group_ids, config.scale_rewards, batch_std, keep=keep
-    )
+    all_keep = gather(keep)
+
+    def advantages_of(reward: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(advantages, zero_std, group_std, the reward over all processes) of one reward."""
+        values = torch.as_tensor(np.nan_to_num(reward, nan=0.0), dtype=torch.float32)
+        everywhere = gather(values)
+        kept = everywhere[all_keep]
+        batch_std = kept.std() if kept.numel() > 1 else torch.tensor(0.0)
+        found = group_advantages(values, group_ids, config.scale_rewards, batch_std, keep=keep)
+        return (*found, everywhere)
+
+    advantages, zero_std, group_std, all_total = advantages_of(rewards.total)
+    chain_advantages = None
+    if config.chain_advantage == "plan":
+        included = [c for c in ("sem", "spa") if c in config.reward_components]
+        plan = sum(np.nan_to_num(rewards.component(c), nan=0.0) for c in included)
+        chain_advantages = advantages_of(plan)[0]
     row_weight = (keep & torch.isfinite(group_std)[group_ids]).float()
     if config.filter_zero_std_groups:
         row_weight = row_weight * (~zero_std).float()
@@ -433,7 +458,9 @@ def score_rollouts(
     weights = torch.cat([chain_weight, image_weight], dim=1) * row_weight[:, None]
     max_length = config.max_chain_tokens + rollouts.image_ids.shape[1]
     normaliser = loss_normaliser(config.loss_type, weights, max_length, global_sum, processes)
-    return ScoredRollouts(advantages, weights, normaliser, zero_std, group_std, all_total, all_keep)
+    return ScoredRollouts(
+        advantages, weights, normaliser, zero_std, group_std, all_total, all_keep, chain_advantages
+    )
 
 
 def grpo_step(
@@ -480,8 +507,8 @@ def grpo_step(
     scored = score_rollouts(config, rollouts, rewards, gather, global_sum, processes)
     advantages, group_std = scored.advantages, scored.group_std
     all_total, all_keep = scored.all_total, scored.all_keep
-    weights, advantages = scored.weights.to(device), advantages.to(device)
-    normaliser = scored.normaliser
+    weights, normaliser = scored.weights.to(device), scored.normaliser
+    token_advantages, chain_tokens = scored.token_advantages, rollouts.chain_mask.shape[1]
 
     # 5. Reference and old log-probs, without gradients (no reference forward when beta == 0;
     #    old log-probs only when a rollout batch is reused, else old = new.detach(): ratio 1).
@@ -532,7 +559,7 @@ def grpo_step(
                     new,
                     new.detach() if old is None else old[rows],
                     None if ref is None else ref[rows],
-                    advantages[rows],
+                    token_advantages(rows, chain_tokens).to(device),
                     weights[rows],
                     normaliser,
                     config.epsilon,
