@@ -66,6 +66,8 @@ def test_yaml_then_overrides_with_types(tmp_path):
         (GRPOConfig, {"use_lora": "maybe"}, "use_lora"),
         (GRPOConfig, {"epsilon_high": -1}, "epsilon_high"),
         (GRPOConfig, {"world_split": "validation"}, "world_split"),
+        (GRPOConfig, {"chain_advantage": "chain"}, "chain_advantage"),
+        (GRPOConfig, {"chain_advantage": "plan", "reward_components": ["ri", "pi"]}, "plan"),
         (SFTConfig, {"world_split": "heldout"}, "world_split"),
         (SFTConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
         (SFTConfig, {"on_bad_row": "ignore"}, "on_bad_row"),

@@ -157,3 +157,72 @@ def test_normalisers_across_processes_give_the_global_mean():
     assert loss_normaliser("dr_grpo", weights[1], 9) == 4 * 9
     assert loss_normaliser("grpo", torch.zeros(2, 3), 3) == 1.0  # nothing in the loss: no 0/0
     assert math.isfinite(loss_normaliser("dapo", torch.zeros(2, 3), 3))
+
+
+def _judged_batch(sem, spa, total):
+    """A judged batch of two groups of three rows (2 chain + 3 image tokens) as `score_rollouts`
+    reads it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from gotr1.rewards.combine import Rewards
+
+    rows = len(total)
+    nan = np.full(rows, np.nan)
+    rewards = Rewards(
+        sem=np.array(sem), spa=np.array(spa), ri=nan, pi=nan, total=np.array(total),
+        keep=np.ones(rows, dtype=bool), failed={}, timings={},
+    )  # fmt: skip
+    rollouts = SimpleNamespace(
+        group_ids=torch.arange(2).repeat_interleave(3),
+        chain_mask=torch.ones(rows, 2),
+        truncated=torch.zeros(rows, dtype=torch.bool),
+        image_ids=torch.zeros(rows, 3, dtype=torch.long),
+    )
+    return rollouts, rewards
+
+
+def test_plan_credit_gives_chain_tokens_the_plans_own_advantage():
+    from gotr1.train.config import GRPOConfig
+    from gotr1.train.grpo import score_rollouts
+
+    sem, spa = [1.0, 0.5, 0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 0.2, 0.2, 0.2]
+    total = [0.0, 0.3, 0.6, 0.1, 0.5, 0.9]  # the image's quality disagrees with the plan's
+    rollouts, rewards = _judged_batch(sem, spa, total)
+    groups = rollouts.group_ids
+    pooled = score_rollouts(GRPOConfig(), rollouts, rewards)
+    assert pooled.chain_advantages is None
+    assert torch.equal(pooled.token_advantages(torch.arange(6), 2), pooled.advantages)
+
+    staged = score_rollouts(GRPOConfig(chain_advantage="plan"), rollouts, rewards)
+    plan = torch.tensor(sem) + torch.tensor(spa)
+    expected_chain, _, _ = group_advantages(plan, groups, "group")
+    expected_image, _, _ = group_advantages(torch.tensor(total), groups, "group")
+    assert torch.allclose(staged.chain_advantages, expected_chain)
+    assert torch.allclose(staged.advantages, expected_image)
+    assert torch.allclose(staged.advantages, pooled.advantages)
+    tokens = staged.token_advantages(torch.tensor([0, 2, 5]), 2)
+    assert tokens.shape == (3, 5)
+    assert torch.allclose(tokens[:, :2], expected_chain[[0, 2, 5], None].expand(3, 2))
+    assert torch.allclose(tokens[:, 2:], expected_image[[0, 2, 5], None].expand(3, 3))
+    # Row 0 planned best and drew worst in its group: its chain is pushed up, its image down.
+    assert tokens[0, 0] > 0 > tokens[0, 2]
+    # A group whose plans all score the same gives its chain tokens nothing to learn.
+    assert (tokens[2, :2] == 0).all() and (tokens[2, 2:] != 0).all()
+
+
+def test_per_token_advantages_equal_per_row_ones_when_the_stages_agree():
+    torch.manual_seed(4)
+    new = torch.randn(4, 6, requires_grad=True)
+    advantages = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    weights = torch.ones(4, 6)
+    row, _ = grpo_loss(new, new.detach(), None, advantages, weights, 4.0)
+    token, _ = grpo_loss(new, new.detach(), None, advantages[:, None].expand(4, 6), weights, 4.0)
+    assert torch.allclose(row, token)
+    # Chain tokens (first 2) with their own advantage: the gradient follows each token's.
+    staged = advantages[:, None].repeat(1, 6)
+    staged[:, :2] = -staged[:, :2]
+    loss, _ = grpo_loss(new, new.detach(), None, staged, weights, 4.0)
+    (grad,) = torch.autograd.grad(loss, new)
+    assert torch.allclose(grad, -staged / 6 / 4, atol=1e-7)

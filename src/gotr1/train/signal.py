@@ -188,6 +188,11 @@ def measure_gradient_signal(
 
     if batches < 2:
         raise ConfigError(f"batches must be >= 2 (pairs of independent gradients), got {batches}")
+    if config.chain_advantage != "total":
+        raise ConfigError(
+            "chain_advantage: grpo-signal measures the update of one advantage per sample "
+            f"(total), got {config.chain_advantage!r}"
+        )
     started = time.perf_counter()
     config.check_files()
     accelerator = make_accelerator(config)
