@@ -206,6 +206,24 @@ def test_chain_statistics_measure_boxes_relations_and_phrasing():
     assert stats["novel_sentence_fraction"] == pytest.approx(1 / 4)
     assert stats["novel_sentence_examples"] == ["Red goes here."]
     assert stats["with_parse_errors"] == 0.5 and stats["truncated"] == 0.5
+    # Both chains name both objects (the bad one only misplaces them).
+    assert stats["coloured_objects_named"] == 1.0 and stats["mean_semantic"] == 1.0
+    assert stats["held_out_pairs_named"] is None  # neither prompt holds a held-out pair
+
+
+def test_chain_statistics_count_held_out_pairs_the_chain_renames():
+    """A tiny LM plans a held-out "red triangle" as the "red circle" it saw in training."""
+    renamed = _sample(
+        "a red triangle and a blue circle",
+        "The scene contains two shapes.",
+        [{"name": "red circle", "box": [0, 0, 200, 200]},
+         {"name": "blue circle", "box": [600, 0, 800, 200]}],
+    )  # fmt: skip
+    stats = report.chain_statistics([renamed])
+    assert stats["coloured_objects_named"] == 0.5 and stats["held_out_pairs_named"] == 0.0
+    # R_sem: circle present, blue circle colour (2 of 2); triangle present, red triangle colour
+    # (0 of 2); the red circle fills no prompt slot (+1 requirement): 2 / 5.
+    assert stats["mean_semantic"] == pytest.approx(2 / 5)
 
 
 def test_curves_png_draws_every_reward_component(tmp_path):

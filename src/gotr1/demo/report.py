@@ -139,15 +139,19 @@ def chain_statistics(
 
     Length in words and characters, planned objects per chain, box width/height/area on the
     0-1000 grid, mean IoU of planned box pairs inside a chain, the share of relation prompts
-    whose planned boxes satisfy the relation (GenEval's rule), parse errors, truncation, and
+    whose planned boxes satisfy the relation (GenEval's rule), the chains' R_sem (the world
+    judge's `semantic_score`) and the share of the prompt's coloured objects, and of those that
+    are held-out colour–shape pairs, that the chain names exactly, parse errors, truncation, and
     the share of sentences outside the world's chain templates (with a few examples).
     """
     from gotr1.chain import box_iou
-    from gotr1.world import parse_prompt, relation_holds
+    from gotr1.rewards.world_judge import parse_object_name, semantic_score
+    from gotr1.world import HELD_OUT_PAIRS, parse_prompt, relation_holds
 
     pattern = pattern or template_sentence_pattern()
     words, chars, objects, widths, heights, areas, pair_ious = [], [], [], [], [], [], []
     relation_ok: list[float] = []
+    semantic, named, held_out_named = [], [], []
     sentences = novel = 0
     novel_examples: list[str] = []
     errors = truncated = 0
@@ -169,6 +173,16 @@ def chain_statistics(
             spec = parse_prompt(str(sample.get("prompt", "")))
         except ValueError:
             spec = None
+        if spec is not None:
+            names = [str(o.get("name", "")) for o in planned]
+            semantic.append(semantic_score(spec, names))
+            pairs = {parse_object_name(name) for name in names}
+            for obj in spec.objects:
+                if obj.color:
+                    hit = float((obj.color, obj.shape) in pairs)
+                    named.append(hit)
+                    if (obj.color, obj.shape) in HELD_OUT_PAIRS:
+                        held_out_named.append(hit)
         if spec is not None and spec.relation is not None:
             first = [tuple(o["box"]) for o in planned if o.get("name") == spec.objects[0].name]
             second = [tuple(o["box"]) for o in planned if o.get("name") == spec.objects[1].name]
@@ -193,6 +207,9 @@ def chain_statistics(
         "mean_box_area": _mean(areas),
         "mean_pair_iou": _mean(pair_ious),
         "planned_relation_holds": _mean(relation_ok),
+        "mean_semantic": _mean(semantic),
+        "coloured_objects_named": _mean(named),
+        "held_out_pairs_named": _mean(held_out_named),
         "with_parse_errors": errors / count,
         "truncated": truncated / count,
         "sentences": sentences,
@@ -487,6 +504,9 @@ _STAT_ROWS: tuple[tuple[str, str, int], ...] = (
     ("mean_box_area", "box area (fraction of the canvas)", 3),
     ("mean_pair_iou", "IoU of planned box pairs (overlap)", 3),
     ("planned_relation_holds", "relation prompts whose planned boxes satisfy it", 3),
+    ("mean_semantic", "R_sem: the prompt's objects, colours and counts in the plan", 3),
+    ("coloured_objects_named", "coloured prompt objects the chain names exactly", 3),
+    ("held_out_pairs_named", "... of them held-out colour-shape pairs", 3),
     ("with_parse_errors", "chains with parse errors", 3),
     ("truncated", "chains cut at the token cap", 3),
     ("novel_sentence_fraction", "sentences no world chain template produces", 3),
