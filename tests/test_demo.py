@@ -208,7 +208,7 @@ def test_chain_statistics_measure_boxes_relations_and_phrasing():
     assert stats["with_parse_errors"] == 0.5 and stats["truncated"] == 0.5
     # Both chains name both objects (the bad one only misplaces them).
     assert stats["coloured_objects_named"] == 1.0 and stats["mean_semantic"] == 1.0
-    assert stats["held_out_pairs_named"] is None  # neither prompt holds a held-out pair
+    assert stats["held_out_pairs_named"] == 1.0  # "blue square" is one
 
 
 def test_chain_statistics_count_held_out_pairs_the_chain_renames():
