@@ -221,6 +221,7 @@ def test_chain_statistics_count_held_out_pairs_the_chain_renames():
     )  # fmt: skip
     stats = report.chain_statistics([renamed])
     assert stats["coloured_objects_named"] == 0.5 and stats["held_out_pairs_named"] == 0.0
+    assert stats["seen_pairs_named"] == 1.0
     # R_sem: circle present, blue circle colour (2 of 2); triangle present, red triangle colour
     # (0 of 2); the red circle fills no prompt slot (+1 requirement): 2 / 5.
     assert stats["mean_semantic"] == pytest.approx(2 / 5)
@@ -595,6 +596,18 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     (note,) = diagnose(-0.02, rising, clean, None, seen(-0.01, 0.24, 0.2))
     assert "did not improve where it trained either" in note
     assert diagnose(0.05, rising, clean, None, seen(0.01, 0.2, 0.3)) == []
+
+    # plans that rename unseen colour-shape pairs to seen ones
+    renaming = {
+        "sft": {"held_out_pairs_named": 0.41, "seen_pairs_named": 0.91},
+        "grpo": {"held_out_pairs_named": 0.49, "seen_pairs_named": 0.93},
+    }
+    (note,) = diagnose(0.05, rising, clean, None, None, renaming)
+    assert "exactly for 41% of them" in note and "seen in training" in note
+    assert "91%), GRPO's 49%" in note and "grpo_chain_advantage=plan" in note
+    faithful = {"sft": {"held_out_pairs_named": 0.85, "seen_pairs_named": 0.95}}
+    assert diagnose(0.05, rising, clean, None, None, faithful) == []
+    assert diagnose(0.05, rising, clean, None, None, {"sft": {"held_out_pairs_named": None}}) == []
 
 
 def test_swapped_boxes_keep_the_prose_and_names():

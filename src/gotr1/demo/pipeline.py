@@ -561,7 +561,7 @@ def add_diagnosis(
     `plan_sensitivity` and `diagnose`'s warnings to `metrics` (`samples`: as for
     `add_delta_errors`)."""
     from gotr1.demo.diagnostics import plan_sensitivity
-    from gotr1.demo.report import image_statistics, read_jsonl
+    from gotr1.demo.report import chain_statistics, image_statistics, read_jsonl
     from gotr1.train.runlog import LOG_FILE
 
     trend = reward_trend(read_jsonl(out / "grpo" / LOG_FILE))
@@ -569,6 +569,10 @@ def add_diagnosis(
         name: image_statistics(samples.get(name, []), out / "eval" / name)
         for name in ("sft", "grpo")
     }
+    naming = {}
+    for name in ("sft", "grpo"):
+        stats = chain_statistics(samples.get(name, []))
+        naming[name] = {key: stats[key] for key in PLAN_NAMING_KEYS}
     plan = {
         name: plan_sensitivity(out / name / "final", seed=int(metrics.get("seed", 0)))
         if (out / name / "final" / "config.json").is_file()
@@ -578,8 +582,9 @@ def add_diagnosis(
     metrics["grpo_reward_trend"] = trend
     metrics["images"] = images
     metrics["plan_sensitivity"] = plan
+    metrics["plan_naming"] = naming
     metrics["diagnosis"] = diagnose(
-        metrics["delta"]["overall"], trend, images, plan, metrics.get("seen_compositions")
+        metrics["delta"]["overall"], trend, images, plan, metrics.get("seen_compositions"), naming
     )
 
 
@@ -692,19 +697,44 @@ def reward_trend(rows: list[dict[str, Any]], key: str = "reward") -> dict[str, f
     return {"first": sum(first) / len(first), "last": sum(last) / len(last), "steps": len(values)}
 
 
+PLAN_NAMING_KEYS = (
+    "mean_semantic",
+    "coloured_objects_named",
+    "held_out_pairs_named",
+    "seen_pairs_named",
+)
+"""The chain statistics (`gotr1.demo.report.chain_statistics`) metrics.json keeps per model."""
+RENAMING_MARGIN = 0.2
+"""Plans naming held-out pairs this much less often than seen ones get a diagnosis note."""
+
+
 def diagnose(
     delta_overall: float,
     trend: dict[str, float] | None,
     images: dict[str, dict[str, Any]],
     plan: dict[str, dict[str, float] | None] | None = None,
     seen: dict[str, Any] | None = None,
+    naming: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Plain warnings when the benchmark gain may not come from what GRPO optimised: the
     optimised reward did not rise, GRPO's images hold more objects the prompt did not ask for
     (the soft score counts extra objects as one requirement only), or the SFT
-    model's images ignore the planned boxes (then R_RI only rewards chance overlaps); and, when
-    the held-out score did not rise, what GRPO did on seen compositions (`seen_compositions`)."""
+    model's images ignore the planned boxes (then R_RI only rewards chance overlaps); when the
+    SFT model's plans rename held-out colour–shape pairs (`naming`: `metrics["plan_naming"]`);
+    and, when the held-out score did not rise, what GRPO did on seen compositions
+    (`seen_compositions`)."""
     notes = []
+    sft_names, grpo_names = (naming or {}).get("sft") or {}, (naming or {}).get("grpo") or {}
+    unseen, familiar = sft_names.get("held_out_pairs_named"), sft_names.get("seen_pairs_named")
+    if unseen is not None and familiar is not None and familiar - unseen > RENAMING_MARGIN:
+        after = grpo_names.get("held_out_pairs_named")
+        after_text = f", GRPO's {after:.0%}" if after is not None else ""
+        notes.append(
+            f"the SFT model's plans name a held-out colour-shape pair exactly for {unseen:.0%} of "
+            f"them (pairs seen in training, in the same prompts: {familiar:.0%}){after_text}: the "
+            "plan turns unseen compositions into seen ones before any image is drawn "
+            "(--set grpo_chain_advantage=plan gives the plan credit of its own)"
+        )
     sft_plan = (plan or {}).get("sft")
     if sft_plan is not None and sft_plan["plan_sensitivity"] < PLAN_SENSITIVITY_FLOOR:
         notes.append(

@@ -140,8 +140,8 @@ def chain_statistics(
     Length in words and characters, planned objects per chain, box width/height/area on the
     0-1000 grid, mean IoU of planned box pairs inside a chain, the share of relation prompts
     whose planned boxes satisfy the relation (GenEval's rule), the chains' R_sem (the world
-    judge's `semantic_score`) and the share of the prompt's coloured objects, and of those that
-    are held-out colour–shape pairs, that the chain names exactly, parse errors, truncation, and
+    judge's `semantic_score`) and the share of the prompt's coloured objects that the chain names
+    exactly (all, held-out colour–shape pairs, seen pairs), parse errors, truncation, and
     the share of sentences outside the world's chain templates (with a few examples).
     """
     from gotr1.chain import box_iou
@@ -151,7 +151,7 @@ def chain_statistics(
     pattern = pattern or template_sentence_pattern()
     words, chars, objects, widths, heights, areas, pair_ious = [], [], [], [], [], [], []
     relation_ok: list[float] = []
-    semantic, named, held_out_named = [], [], []
+    semantic, named, held_out_named, seen_named = [], [], [], []
     sentences = novel = 0
     novel_examples: list[str] = []
     errors = truncated = 0
@@ -181,8 +181,8 @@ def chain_statistics(
                 if obj.color:
                     hit = float((obj.color, obj.shape) in pairs)
                     named.append(hit)
-                    if (obj.color, obj.shape) in HELD_OUT_PAIRS:
-                        held_out_named.append(hit)
+                    unseen = (obj.color, obj.shape) in HELD_OUT_PAIRS
+                    (held_out_named if unseen else seen_named).append(hit)
         if spec is not None and spec.relation is not None:
             first = [tuple(o["box"]) for o in planned if o.get("name") == spec.objects[0].name]
             second = [tuple(o["box"]) for o in planned if o.get("name") == spec.objects[1].name]
@@ -210,6 +210,7 @@ def chain_statistics(
         "mean_semantic": _mean(semantic),
         "coloured_objects_named": _mean(named),
         "held_out_pairs_named": _mean(held_out_named),
+        "seen_pairs_named": _mean(seen_named),
         "with_parse_errors": errors / count,
         "truncated": truncated / count,
         "sentences": sentences,
@@ -506,7 +507,8 @@ _STAT_ROWS: tuple[tuple[str, str, int], ...] = (
     ("planned_relation_holds", "relation prompts whose planned boxes satisfy it", 3),
     ("mean_semantic", "R_sem: the prompt's objects, colours and counts in the plan", 3),
     ("coloured_objects_named", "coloured prompt objects the chain names exactly", 3),
-    ("held_out_pairs_named", "... of them held-out colour-shape pairs", 3),
+    ("held_out_pairs_named", "... those that are held-out colour-shape pairs", 3),
+    ("seen_pairs_named", "... those that are colour-shape pairs seen in training", 3),
     ("with_parse_errors", "chains with parse errors", 3),
     ("truncated", "chains cut at the token cap", 3),
     ("novel_sentence_fraction", "sentences no world chain template produces", 3),
