@@ -7,7 +7,8 @@ One step, the arrows of DESIGN.md:
 
 The math is in two short functions, `group_advantages` and `grpo_loss`; `train_grpo` only moves
 data between them. Every token of a sample shares its total reward's advantage, as in the paper,
-or (``chain_advantage: plan``) the chain tokens take the plan's own (see `score_rollouts`). Under ``accelerate launch`` every process gets whole prompt groups
+or (``chain_advantage: plan``) the chain tokens take the plan's own (see `score_rollouts`).
+Under ``accelerate launch`` every process gets whole prompt groups
 (``num_prompts / num_processes`` prompts, all N samples of each), so advantages are always
 normalised over complete groups without communication; batch-level numbers (the batch std of
 ``scale_rewards="batch"``, token counts of the ``dapo`` / ``grpo`` normalisers, metrics) are
