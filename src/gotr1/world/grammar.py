@@ -38,7 +38,7 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
 }
 NUMBER_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
 SPLITS: tuple[str, ...] = ("train", "test", "sft")
-"""train: no held-out composition; test: at least one; sft: train without the RL-only compositions."""
+"""train: no held-out composition; test: at least one; sft: train without RL-only compositions."""
 
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("green", "circle"), ("blue", "square"), ("purple", "circle")}
@@ -63,7 +63,7 @@ prompts hold compositions its SFT data may lack). Every colour and shape still o
 RL_ONLY_RELATIONS: frozenset[tuple[str, str, str]] = frozenset(
     {("square", "left", "triangle"), ("circle", "above", "triangle")}
 )
-"""Shape–relation–shape triples (and their mirrors) of the train split left out of the sft split."""
+"""Shape–relation–shape triples (and mirrors) of the train split that the sft split leaves out."""
 MIRROR_RELATION: dict[str, str] = {
     "left": "right",
     "right": "left",
