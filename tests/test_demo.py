@@ -604,7 +604,7 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     }
     (note,) = diagnose(0.05, rising, clean, None, None, renaming)
     assert "exactly for 41% of them" in note and "seen in training" in note
-    assert "91%), GRPO's 49%" in note and "grpo_chain_advantage=plan" in note
+    assert "91%), GRPO's 49%" in note and "before any image is drawn" in note
     faithful = {"sft": {"held_out_pairs_named": 0.85, "seen_pairs_named": 0.95}}
     assert diagnose(0.05, rising, clean, None, None, faithful) == []
     assert diagnose(0.05, rising, clean, None, None, {"sft": {"held_out_pairs_named": None}}) == []

@@ -732,8 +732,7 @@ def diagnose(
         notes.append(
             f"the SFT model's plans name a held-out colour-shape pair exactly for {unseen:.0%} of "
             f"them (pairs seen in training, in the same prompts: {familiar:.0%}){after_text}: the "
-            "plan turns unseen compositions into seen ones before any image is drawn "
-            "(--set grpo_chain_advantage=plan gives the plan credit of its own)"
+            "plan turns unseen compositions into seen ones before any image is drawn"
         )
     sft_plan = (plan or {}).get("sft")
     if sft_plan is not None and sft_plan["plan_sensitivity"] < PLAN_SENSITIVITY_FLOOR:
