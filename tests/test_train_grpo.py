@@ -107,6 +107,25 @@ def test_grpo_run_logs_metrics_samples_and_checkpoints(tiny_folder, tmp_path):
     assert (samples / "000-image.png").is_file() and (samples / "000-layout.png").is_file()
 
 
+def test_plan_credit_trains_and_dumps_the_chains_own_advantage(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    config = quick(tiny_folder, out, sample_steps=2, chain_advantage="plan")
+    grpo.train_grpo(config, reward_fn=code_reward)
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+    samples = out / "samples" / "step-000002" / "samples.jsonl"
+    lines = [json.loads(x) for x in samples.read_text().splitlines()]
+    # code_reward sets R_sem = R_spa = total, so the plan's reward is twice the total and its
+    # group-normalised advantage the total's (up to the 1e-4 in the divisor: 0.1% when the
+    # group std is 0.05).
+    for line in lines:
+        assert line["chain_advantage"] == pytest.approx(line["advantage"], rel=1e-2)
+    assert any(abs(line["advantage"]) > 0.1 for line in lines)
+    pooled = quick(tiny_folder, tmp_path / "pooled", max_steps=1, sample_steps=1)
+    grpo.train_grpo(pooled, reward_fn=code_reward)
+    pooled_samples = tmp_path / "pooled" / "samples" / "step-000001" / "samples.jsonl"
+    assert "chain_advantage" not in json.loads(pooled_samples.read_text().splitlines()[0])
+
+
 def count_passes(monkeypatch):
     calls = []
     forward = TrainingModule.forward

@@ -354,7 +354,7 @@ def train_grpo(
 
     metrics: dict[str, float] = {}
     for step in range(start_step, config.max_steps):
-        metrics, rollouts, rewards, advantages = grpo_step(
+        metrics, rollouts, rewards, scored = grpo_step(
             config,
             accelerator,
             wrapped,
@@ -368,7 +368,7 @@ def train_grpo(
         )
         done = step + 1
         if config.sample_steps and (done % config.sample_steps == 0 or done == config.max_steps):
-            _dump(accelerator, config, done, rollouts, rewards, advantages)
+            _dump(accelerator, config, done, rollouts, rewards, scored)
         if done % config.logging_steps == 0 or done == config.max_steps:
             log.log(done, metrics)
         bar.update(1)
@@ -476,9 +476,9 @@ def grpo_step(
     prompts: Any,
     sampling: Any,
     step: int,
-) -> tuple[dict[str, float], Any, Any, torch.Tensor]:
-    """One GRPO step on this process's whole groups; returns (metrics, rollouts, rewards,
-    advantages). Metrics are over all processes."""
+) -> tuple[dict[str, float], Any, Any, ScoredRollouts]:
+    """One GRPO step on this process's whole groups; returns (metrics, rollouts, rewards, the
+    scored batch: advantages and token weights). Metrics are over all processes."""
     from gotr1.policy.lora import is_lora
     from gotr1.train.runtime import clip_gradients, gathered_parameters, step_seed
 
@@ -507,7 +507,7 @@ def grpo_step(
 
     # 3-4. Advantages over the kept rows of complete groups, and which tokens count.
     scored = score_rollouts(config, rollouts, rewards, gather, global_sum, processes)
-    advantages, group_std = scored.advantages, scored.group_std
+    group_std = scored.group_std
     all_total, all_keep = scored.all_total, scored.all_keep
     weights, normaliser = scored.weights.to(device), scored.normaliser
     token_advantages, chain_tokens = scored.token_advantages, rollouts.chain_mask.shape[1]
@@ -579,9 +579,12 @@ def grpo_step(
                     sums[key] += float(stats[key])
                 mask = batch.chain_mask.bool()
                 sampled = torch.cat([batch.chain_logprobs[mask], batch.image_logprobs.flatten()])
-                scored = torch.cat([lp.chain[mask], lp.image.flatten()]).detach().float()
+                teacher_forced = torch.cat([lp.chain[mask], lp.image.flatten()]).detach().float()
                 gap += torch.tensor(
-                    [float((scored - sampled.to(scored)).abs().sum()), sampled.numel()]
+                    [
+                        float((teacher_forced - sampled.to(teacher_forced)).abs().sum()),
+                        sampled.numel(),
+                    ]
                 )
                 if lp.chain_entropy is not None:
                     entropy["chain"] += float(lp.chain_entropy.detach()[mask].sum())
@@ -659,7 +662,7 @@ def grpo_step(
         metrics["entropy"] = float(counts[4] + counts[6]) / float(counts[5] + counts[7])
         metrics["entropy/chain"] = float(counts[4]) / max(float(counts[5]), 1.0)
         metrics["entropy/image"] = float(counts[6]) / max(float(counts[7]), 1.0)
-    return metrics, rollouts, rewards, advantages
+    return metrics, rollouts, rewards, scored
 
 
 def _dump(
@@ -668,9 +671,10 @@ def _dump(
     step: int,
     rollouts: Any,
     rewards: Any,
-    advantages: torch.Tensor,
+    scored: ScoredRollouts,
 ) -> None:
-    """Save the first `num_samples` rows of the main process's rollouts with their rewards."""
+    """Save the first `num_samples` rows of the main process's rollouts with their rewards and
+    advantages (the chain tokens' own too, under ``chain_advantage: plan``)."""
     from gotr1.train.runlog import dump_samples
 
     if not accelerator.is_main_process or not config.num_samples:
@@ -679,7 +683,12 @@ def _dump(
     extra = [
         {
             **rewards.sample(i),
-            "advantage": float(advantages[i]),
+            "advantage": float(scored.advantages[i]),
+            **(
+                {}
+                if scored.chain_advantages is None
+                else {"chain_advantage": float(scored.chain_advantages[i])}
+            ),
             "truncated": bool(rollouts.truncated[i]),
         }
         for i in range(count)
