@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -651,6 +652,7 @@ def test_the_clean_factor_only_applies_beside_r_pi():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the stage trains in one process")
 def test_grpo_stage_in_two_processes(tmp_path):
     """grpo_processes=2: the GRPO stage runs under torchrun in two gloo processes (each saves its
     own RNG state), its settings say so, and a failing launch is a one-line error."""
@@ -761,3 +763,18 @@ def test_image_statistics_count_planned_objects_drawn_at_their_box(tmp_path: Pat
     assert stats["planned_objects_named_at_box"] == pytest.approx(1 / 3)
     assert stats["unreadable"] == 1
     assert stats["mean_detected_objects"] == 2
+
+
+def test_grpo_stage_trains_in_one_process_where_cuda_is_available(tmp_path, monkeypatch):
+    """With CUDA the GRPO stage trains on the GPU in this process whatever grpo_processes says,
+    and its identity says one process; on CPU it says the processes it starts."""
+    from gotr1.demo import pipeline as P
+
+    config = tiny_demo_config(tmp_path / "demo", grpo_processes=2)
+    grpo = P.grpo_config(config, tmp_path / "sft" / "final", tmp_path / "grpo")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert P.grpo_training_processes(config) == 2
+    assert P.grpo_stage_settings(config, "sft-print", grpo)["processes"] == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert P.grpo_training_processes(config) == 1
+    assert "processes" not in P.grpo_stage_settings(config, "sft-print", grpo)

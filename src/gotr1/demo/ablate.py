@@ -196,7 +196,7 @@ def run_ablation(
 
         def run_grpo(target: Path, overrides: dict[str, Any] = overrides) -> dict[str, Any]:
             grpo = P.grpo_config(config, sft_final, target, **overrides)
-            return P.train_grpo_stage(grpo, config.grpo_processes)
+            return P.train_grpo_stage(grpo, P.grpo_training_processes(config))
 
         log(f"--- arm {arm.name}: {arm.label}")
         grpo = stages.run("grpo", folder / "grpo", settings, run_grpo)

@@ -323,13 +323,11 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
 
 
 def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
-    """Train SFT or GRPO (`kind`) from its config: in this process, or on CPU in `processes`
+    """Train SFT or GRPO (`kind`) from its config: in this process, or in `processes` CPU
     processes (DDP over gloo) that torchrun starts; returns the final model folder."""
-    import torch
-
     from gotr1.cli import UserError
 
-    if processes == 1 or torch.cuda.is_available():
+    if processes == 1:
         if kind == "sft":
             from gotr1.train.sft import train_sft as train
         else:
@@ -362,11 +360,19 @@ def train_sft_stage(
     return {"model": str(run_training("sft", train))}
 
 
+def grpo_training_processes(config: DemoConfig) -> int:
+    """How many processes the demo's GRPO stage trains in: `grpo_processes` on CPU; one where
+    CUDA is available, since the stage then trains on the GPU in this process."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else config.grpo_processes
+
+
 def grpo_stage_settings(config: DemoConfig, upstream: str, grpo: Any) -> dict[str, Any]:
-    """What identifies a GRPO stage: `stage_settings` plus whether the clean-image factor
-    applies to its reward components."""
+    """What identifies a GRPO stage: `stage_settings` (with the processes it really trains in)
+    plus whether the clean-image factor applies to its reward components."""
     return {
-        **stage_settings(upstream, grpo, config.grpo_processes),
+        **stage_settings(upstream, grpo, grpo_training_processes(config)),
         "clean_image_factor": uses_clean_factor(grpo.reward_components, config.clean_image_factor),
     }
 
@@ -497,7 +503,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     )
 
     def run_grpo(folder: Path) -> dict[str, Any]:
-        return train_grpo_stage(grpo_config(config, sft_final, folder), config.grpo_processes)
+        grpo = grpo_config(config, sft_final, folder)
+        return train_grpo_stage(grpo, grpo_training_processes(config))
 
     grpo = stages.run("grpo", out / "grpo", grpo_settings, run_grpo)
     grpo_final = out / "grpo" / "final"
