@@ -67,6 +67,7 @@ def test_full_settings_score_the_whole_benchmark():
         ("eval_images_per_prompt", 0),
         ("grpo_min_lr_ratio", 1.5),
         ("sft_world_split", "test"),
+        ("sft_chain_colors", "scene"),
     ],
 )
 def test_bad_settings_name_the_field(field, value):

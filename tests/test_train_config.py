@@ -69,6 +69,7 @@ def test_yaml_then_overrides_with_types(tmp_path):
         (GRPOConfig, {"chain_advantage": "chain"}, "chain_advantage"),
         (GRPOConfig, {"chain_advantage": "plan", "reward_components": ["ri", "pi"]}, "plan"),
         (SFTConfig, {"world_split": "heldout"}, "world_split"),
+        (SFTConfig, {"world_chain_colors": "scene"}, "world_chain_colors"),
         (SFTConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
         (SFTConfig, {"on_bad_row": "ignore"}, "on_bad_row"),
         (SFTConfig, {"mixed_precision": "fp8"}, "mixed_precision"),

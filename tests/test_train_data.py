@@ -155,6 +155,10 @@ def test_sources_are_indexed_and_deterministic(tmp_path):
         assert (a.prompt, a.chain) == (b.prompt, b.chain)
         assert a.image.tobytes() == b.image.tobytes()
     assert WorldExamples(seed=2)[3].chain != first[3].chain
+    drawn = WorldExamples(seed=1, chain_colors="drawn")
+    assert [drawn[i].prompt for i in range(300)] == [first[i].prompt for i in range(300)]
+    assert any(drawn[i].chain != first[i].chain for i in range(300))
+    assert drawn[255].image.tobytes() == first[255].image.tobytes()
     prompts = PromptSource("world", seed=4)
     assert prompts.take(250, 10) == PromptSource("world", seed=4).take(250, 10)
     assert len(set(prompts.take(0, 64))) > 40

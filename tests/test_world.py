@@ -144,6 +144,27 @@ def test_examples_chains_name_every_object_with_its_true_box() -> None:
     assert len(phrasings) >= 3
 
 
+def test_drawn_colour_chains_name_each_object_as_drawn_and_change_nothing_else() -> None:
+    """chain_colors="drawn": the same prompts, scenes and boxes, every object named with the
+    colour it is drawn in, so the chains name held-out colour-shape pairs the prompts never do."""
+    by_prompt = sample_examples(600, seed=0)
+    drawn = sample_examples(600, seed=0, chain_colors="drawn")
+    assert [(e.prompt, e.scene) for e in drawn] == [(e.prompt, e.scene) for e in by_prompt]
+    named_held_out = 0
+    for example in drawn:
+        chain = parse_chain(example.chain)
+        assert chain.errors == []
+        assert chain.names == [o.name for o in example.scene.objects]
+        assert chain.boxes == [o.box for o in example.scene.objects]
+        named_held_out += sum((o.color, o.shape) in HELD_OUT_PAIRS for o in example.scene.objects)
+        assert not example.spec.is_unseen  # the prompts still hold none out
+    assert named_held_out > 50
+    colourless = [e for e in by_prompt if any(o.color is None for o in e.spec.objects)]
+    assert colourless and any(e.chain != d.chain for e, d in zip(by_prompt, drawn, strict=True))
+    with pytest.raises(ValueError, match="colors must be one of"):
+        sample_examples(1, seed=0, chain_colors="random")
+
+
 def test_sampled_scenes_satisfy_relations_and_objects_are_large_enough() -> None:
     rng = random.Random(5)
     for _ in range(200):

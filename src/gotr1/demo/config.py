@@ -118,6 +118,12 @@ class DemoConfig:
         "World split of the SFT corpus: train, or sft (train without the RL-only compositions, "
         "gotr1.world.RL_ONLY_PAIRS / RL_ONLY_RELATIONS, which only GRPO's prompts then hold).",
     )
+    sft_chain_colors: str = _f(
+        "prompt",
+        "How the SFT chains name objects: as the prompt names them (prompt), or each with the "
+        "colour it is drawn in (drawn: the plan picks the colours a prompt leaves open, so chains "
+        "also name the colour-shape pairs that prompts hold out).",
+    )
     mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
 
     # Stage 3: GRPO.
@@ -237,6 +243,11 @@ class DemoConfig:
         if self.sft_world_split not in ("train", "sft"):
             raise UserError(
                 f"demo setting sft_world_split must be train or sft, got {self.sft_world_split!r}"
+            )
+        if self.sft_chain_colors not in ("prompt", "drawn"):
+            raise UserError(
+                "demo setting sft_chain_colors must be prompt or drawn, "
+                f"got {self.sft_chain_colors!r}"
             )
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r}")

@@ -196,7 +196,7 @@ def vq_config(config: DemoConfig) -> Any:
 RUN_PATHS = ("output_dir", "model", "vq_from")
 """Training-config fields that are folders: not part of a stage's identity (the upstream stage's
 fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
-LATER_DEFAULTS = (("chain_advantage", "total"),)
+LATER_DEFAULTS = (("chain_advantage", "total"), ("world_chain_colors", "prompt"))
 """Training-config fields added after demo runs existed, at their default (what the runs did):
 left out of a stage's identity, so adding them does not retrain finished stages."""
 DISPLAY_ONLY = ("progress",)
@@ -255,6 +255,7 @@ def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folde
         model=str(preset_path),
         vq_from=str(tokenizer_dir),
         world_split=config.sft_world_split,
+        world_chain_colors=config.sft_chain_colors,
         seed=config.seed,
         max_steps=config.sft_steps,
         batch_size=config.sft_batch_size,

@@ -178,6 +178,11 @@ class SFTConfig(TrainConfig):
         "skip it (reported with file and line) or error.",
     )
     world_split: str = _field("train", "World split the generator samples prompts from.")
+    world_chain_colors: str = _field(
+        "prompt",
+        "How the world's chains name objects: as the prompt names them (prompt), or each with the "
+        "colour it is drawn in, so the plan chooses the colours the prompt leaves open (drawn).",
+    )
     batch_size: int = _field(32, "Examples per micro-batch on each process.")
     learning_rate: float = _field(1e-3, "Peak learning rate of AdamW (from scratch: 1e-3).")
     warmup_steps: int = _field(50, "Warm-up steps.")
@@ -205,6 +210,7 @@ class SFTConfig(TrainConfig):
         _non_negative(self, "chain_loss_weight", "image_loss_weight", "sample_cfg_weight")
         _choice(self, "on_bad_row", BAD_ROW_POLICIES)
         _choice(self, "world_split", world_splits())
+        _choice(self, "world_chain_colors", world_chain_colors())
         if not 0 <= self.cfg_dropout < 1:
             raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.chain_loss_weight == 0 and self.image_loss_weight == 0:
@@ -569,6 +575,13 @@ def world_splits() -> tuple[str, ...]:
     from gotr1.world.grammar import SPLITS
 
     return SPLITS
+
+
+def world_chain_colors() -> tuple[str, ...]:
+    """How the world's SFT chains may name objects (`gotr1.world.chains.CHAIN_COLORS`)."""
+    from gotr1.world.chains import CHAIN_COLORS
+
+    return CHAIN_COLORS
 
 
 def coerce(value: Any, hint: Any) -> Any:

@@ -85,8 +85,15 @@ class SFTExample:
 class WorldExamples:
     """Endless GoT examples from the world generator; example `i` depends only on (seed, i)."""
 
-    def __init__(self, seed: int = 0, split: str = "train", image_size: int = 64) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        split: str = "train",
+        image_size: int = 64,
+        chain_colors: str = "prompt",
+    ) -> None:
         self.seed, self.split, self.image_size = seed, split, image_size
+        self.chain_colors = chain_colors
         self._chunk: tuple[int, list[Any]] | None = None
 
     def __len__(self) -> int:
@@ -98,7 +105,10 @@ class WorldExamples:
         chunk, offset = divmod(index, WORLD_CHUNK)
         if self._chunk is None or self._chunk[0] != chunk:
             examples = sample_examples(
-                WORLD_CHUNK, seed=self.seed * 1_000_003 + chunk, split=self.split
+                WORLD_CHUNK,
+                seed=self.seed * 1_000_003 + chunk,
+                split=self.split,
+                chain_colors=self.chain_colors,
             )
             self._chunk = (chunk, examples)
         example = self._chunk[1][offset]
@@ -202,7 +212,7 @@ class JsonlExamples:
 def sft_source(config: Any, bad_rows: BadRows, image_size: int) -> WorldExamples | JsonlExamples:
     """The SFT example source an `SFTConfig` names."""
     if list(config.data) == ["world"]:
-        return WorldExamples(config.seed, config.world_split, image_size)
+        return WorldExamples(config.seed, config.world_split, image_size, config.world_chain_colors)
     return JsonlExamples(
         config.data,
         bad_rows,

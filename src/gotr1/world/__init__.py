@@ -15,7 +15,7 @@ from gotr1.world.bench import (
     score_image,
     summarize,
 )
-from gotr1.world.chains import region_words, write_chain
+from gotr1.world.chains import CHAIN_COLORS, region_words, write_chain
 from gotr1.world.detector import Detection, detect
 from gotr1.world.grammar import (
     BACKGROUND,
@@ -80,4 +80,5 @@ __all__ = [
     "score_image",
     "summarize",
     "write_chain",
+    "CHAIN_COLORS",
 ]

@@ -139,14 +139,19 @@ def sample_examples(
     seed: int,
     split: str = "train",
     categories: Sequence[str] = CATEGORIES,
+    chain_colors: str = "prompt",
 ) -> list[GoTExample]:
-    """`n` GoT examples, categories in rotation, deterministic from the seed."""
+    """`n` GoT examples, categories in rotation, deterministic from the seed; their chains name
+    objects as `chain_colors` says (`gotr1.world.chains.CHAIN_COLORS`), which changes no prompt
+    or scene."""
     rng = random.Random(f"gotr1-examples-{split}-{seed}")
     examples = []
     for index in range(n):
         prompt, spec = sample_prompt(rng, categories[index % len(categories)], split)
         scene = sample_scene(spec, rng)
-        examples.append(GoTExample(prompt, spec, scene, write_chain(spec, scene, rng)))
+        examples.append(
+            GoTExample(prompt, spec, scene, write_chain(spec, scene, rng, chain_colors))
+        )
     return examples
 
 

@@ -30,6 +30,10 @@ _RELATION_SENTENCES = (
 )
 _CLOSINGS = ("", "Nothing else is in the picture.", "The shapes do not overlap.")
 
+CHAIN_COLORS = ("prompt", "drawn")
+"""How a chain names its objects: as the prompt names them ("a circle" stays `circle`), or each
+with the colour it is drawn in (the plan picks a colour the prompt left open: `purple circle`)."""
+
 
 def region_words(box: tuple[int, int, int, int]) -> str:
     """Describe where a box's centre lies on the canvas ("upper left part", "centre", ...)."""
@@ -47,8 +51,11 @@ def _count_words(n: int) -> str:
     return f"{word} shape{'s' if n != 1 else ''}"
 
 
-def write_chain(spec: PromptSpec, scene: Scene, rng: random.Random) -> str:
-    """A GoT chain for a scene that satisfies `spec`: every object named as the prompt names it, with its true box."""
+def write_chain(spec: PromptSpec, scene: Scene, rng: random.Random, colors: str = "prompt") -> str:
+    """A GoT chain for a scene that satisfies `spec`: every object with its true box, named as
+    the prompt names it or with its drawn colour (`colors`, one of `CHAIN_COLORS`)."""
+    if colors not in CHAIN_COLORS:
+        raise ValueError(f"colors must be one of {CHAIN_COLORS}, got {colors!r}")
     names: list[str] = []
     for obj in spec.objects:
         names.extend([obj.name] * obj.count)
@@ -56,6 +63,8 @@ def write_chain(spec: PromptSpec, scene: Scene, rng: random.Random) -> str:
         raise ValueError(
             f"scene has {len(scene.objects)} objects but the prompt asks for {len(names)}"
         )
+    if colors == "drawn":
+        names = [obj.name for obj in scene.objects]
     sentences = [rng.choice(_OPENINGS).format(count=_count_words(len(names)))]
     object_template = rng.choice(_OBJECT_SENTENCES)
     for name, obj in zip(names, scene.objects, strict=True):
