@@ -779,3 +779,34 @@ def test_grpo_stage_trains_in_one_process_where_cuda_is_available(tmp_path, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert P.grpo_training_processes(config) == 1
     assert "processes" not in P.grpo_stage_settings(config, "sft-print", grpo)
+
+
+def test_a_terminated_demo_stops_its_training_launcher(tmp_path):
+    """SIGTERM to a process waiting in run_child stops the child it started (torchrun, in a demo)
+    before exiting: no orphan keeps writing into a stage folder."""
+    import os
+    import signal
+    import time
+
+    child_pid = tmp_path / "child.pid"
+    sleeper = (
+        "import os, pathlib, time; "
+        f"pathlib.Path({str(child_pid)!r}).write_text(str(os.getpid())); time.sleep(120)"
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from gotr1.demo.pipeline import run_child; "
+            f"run_child([sys.executable, '-c', {sleeper!r}], dict(os.environ))",
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not child_pid.is_file() or not child_pid.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.1)
+    pid = int(child_pid.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

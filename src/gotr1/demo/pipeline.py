@@ -25,9 +25,11 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -323,6 +325,33 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
     return GRPOConfig(**values)
 
 
+def run_child(command: list[str], env: dict[str, str]) -> int:
+    """Run a training launcher to its end and return its exit status; when this process is
+    interrupted or terminated (SIGTERM) meanwhile, stop the launcher first (torchrun passes the
+    signal on to its workers), so no orphan goes on writing into a stage folder a rerun restarts."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def terminated(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, terminated)
+    child = subprocess.Popen(command, env=env)
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
     """Train SFT or GRPO (`kind`) from its config: in this process, or in `processes` CPU
     processes (DDP over gloo) that torchrun starts; returns the final model folder."""
@@ -344,10 +373,10 @@ def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
         command += ["--config", str(config_path)]
         threads = str(train_config.threads or 1)
         env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": threads}
-        done = subprocess.run(command, env=env)
-    if done.returncode != 0:
+        returncode = run_child(command, env)
+    if returncode != 0:
         raise UserError(
-            f"{kind} in {processes} processes failed (exit status {done.returncode}; its messages "
+            f"{kind} in {processes} processes failed (exit status {returncode}; its messages "
             "are above); --set grpo_processes=1 trains in this process"
         )
     return Path(train_config.output_dir) / "final"
