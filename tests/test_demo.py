@@ -134,6 +134,23 @@ def test_stage_identity_ignores_folders_and_progress_bars(tmp_path):
     assert P.fingerprint(P.stage_settings("upstream", grpo)) != identity(tmp_path, True)
 
 
+def test_sft_stage_identity_of_chain_colours(tmp_path):
+    """The demo's SFT writes drawn-colour chains by default, a stage identity of its own; with
+    sft_chain_colors=prompt its identity is that of the runs made before the setting existed."""
+    from gotr1.demo import pipeline as P
+
+    def settings(**overrides):
+        config = DemoConfig(out=str(tmp_path), **overrides)
+        sft = P.sft_config(config, tmp_path / "preset.yaml", tmp_path / "tok", tmp_path / "sft")
+        return sft, P.stage_settings("tokenizer-print", sft)["config"]
+
+    sft, drawn = settings()
+    assert sft.world_chain_colors == "drawn" and drawn["world_chain_colors"] == "drawn"
+    sft, prompt = settings(sft_chain_colors="prompt")
+    assert sft.world_chain_colors == "prompt" and "world_chain_colors" not in prompt
+    assert {k: v for k, v in drawn.items() if k != "world_chain_colors"} == prompt
+
+
 def test_ablation_finds_the_shared_tokenizer_of_a_seeds_run(tmp_path, monkeypatch):
     from gotr1.demo.ablate import demo_tokenizer_folder
 

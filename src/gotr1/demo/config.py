@@ -119,10 +119,10 @@ class DemoConfig:
         "gotr1.world.RL_ONLY_PAIRS / RL_ONLY_RELATIONS, which only GRPO's prompts then hold).",
     )
     sft_chain_colors: str = _f(
-        "prompt",
-        "How the SFT chains name objects: as the prompt names them (prompt), or each with the "
-        "colour it is drawn in (drawn: the plan picks the colours a prompt leaves open, so chains "
-        "also name the colour-shape pairs that prompts hold out).",
+        "drawn",
+        "How the SFT chains name objects: each with the colour it is drawn in (drawn: the plan "
+        "picks the colours a prompt leaves open, so chains also name the colour-shape pairs that "
+        "prompts hold out), or as the prompt names them (prompt, the demo before stop 11).",
     )
     mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
 

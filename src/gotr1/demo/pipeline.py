@@ -199,8 +199,9 @@ RUN_PATHS = ("output_dir", "model", "vq_from")
 """Training-config fields that are folders: not part of a stage's identity (the upstream stage's
 fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
 LATER_DEFAULTS = (("chain_advantage", "total"), ("world_chain_colors", "prompt"))
-"""Training-config fields added after demo runs existed, at their default (what the runs did):
-left out of a stage's identity, so adding them does not retrain finished stages."""
+"""Training-config fields added after demo runs existed, at the value those runs used: left out
+of a stage's identity, so adding a field does not retrain finished stages (a run that sets
+`sft_chain_colors=prompt` finds the SFT stages of earlier runs, which wrote chains that way)."""
 DISPLAY_ONLY = ("progress",)
 """Training-config fields that change what is shown, not what is computed (`--no-progress` must
 not retrain a finished stage)."""

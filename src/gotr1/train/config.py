@@ -179,9 +179,10 @@ class SFTConfig(TrainConfig):
     )
     world_split: str = _field("train", "World split the generator samples prompts from.")
     world_chain_colors: str = _field(
-        "prompt",
-        "How the world's chains name objects: as the prompt names them (prompt), or each with the "
-        "colour it is drawn in, so the plan chooses the colours the prompt leaves open (drawn).",
+        "drawn",
+        "How the world's chains name objects: each with the colour it is drawn in, so the plan "
+        "chooses the colours the prompt leaves open (drawn), or as the prompt names them (prompt; "
+        "plans then rename the colour-shape pairs prompts hold out, see README).",
     )
     batch_size: int = _field(32, "Examples per micro-batch on each process.")
     learning_rate: float = _field(1e-3, "Peak learning rate of AdamW (from scratch: 1e-3).")
