@@ -289,4 +289,12 @@ def test_world_preview_page_escapes_chains_and_links_its_images(tmp_path) -> Non
     sources = re.findall(r'src="([^"]+)"', page)
     assert len(sources) == 2 * 2 * len(CATEGORIES)
     assert all((tmp_path / source).is_file() for source in sources)
+    names = re.findall(r"&lt;\|obj_start\|&gt;([^&]+)&lt;\|obj_end\|&gt;", page)
+    assert names and all(len(name.split()) == 2 for name in names)  # drawn colours by default
+    words = tmp_path / "words"
+    assert main(["world", "preview", "--out", str(words), "--chain-colors", "prompt"]) == 0
+    named = re.findall(
+        r"&lt;\|obj_start\|&gt;([^&]+)&lt;\|obj_end\|&gt;", (words / "index.html").read_text()
+    )
+    assert any(len(name.split()) == 1 for name in named)  # "a circle" stays `circle`
     assert main(["world", "preview", "--out", str(tmp_path), "--per-category", "0"]) == 2

@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     preview.add_argument("--seed", type=int, default=0, help="sampling seed")
     preview.add_argument("--size", type=int, default=64, help="scene render size in pixels")
+    preview.add_argument(
+        "--chain-colors",
+        choices=("drawn", "prompt"),
+        default="drawn",
+        help="chains name each object's drawn colour (as SFT trains by default) or the prompt's words",
+    )
     preview.set_defaults(func=_preview)
 
     check = world_sub.add_parser(
@@ -43,7 +49,13 @@ def _preview(args: argparse.Namespace) -> int:
 
     if args.per_category < 1 or args.size < 16:
         raise UserError("--per-category must be >= 1 and --size >= 16")
-    page = write_preview(args.out, per_category=args.per_category, seed=args.seed, size=args.size)
+    page = write_preview(
+        args.out,
+        per_category=args.per_category,
+        seed=args.seed,
+        size=args.size,
+        chain_colors=args.chain_colors,
+    )
     print(f"wrote {page}")
     return 0
 

@@ -23,14 +23,19 @@ code { white-space: pre-wrap; word-break: break-word; font-size: 12px; backgroun
 """
 
 
-def write_preview(out: Path, per_category: int = 4, seed: int = 0, size: int = 64) -> Path:
-    """Write `out/index.html` (and its images) showing world examples of every category; returns the page path."""
+def write_preview(
+    out: Path, per_category: int = 4, seed: int = 0, size: int = 64, chain_colors: str = "drawn"
+) -> Path:
+    """Write `out/index.html` (and its images) showing world examples of every category, their
+    chains naming objects as `chain_colors` says; returns the page path."""
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     for split in ("train", "test"):
         for category in CATEGORIES:
-            examples = sample_examples(per_category, seed, split, categories=(category,))
+            examples = sample_examples(
+                per_category, seed, split, categories=(category,), chain_colors=chain_colors
+            )
             cards = []
             for index, example in enumerate(examples):
                 stem = f"{split}-{category}-{index}"
