@@ -244,9 +244,11 @@ class DemoConfig:
             raise UserError(
                 f"demo setting sft_world_split must be train or sft, got {self.sft_world_split!r}"
             )
-        if self.sft_chain_colors not in ("prompt", "drawn"):
+        from gotr1.world.chains import CHAIN_COLORS
+
+        if self.sft_chain_colors not in CHAIN_COLORS:
             raise UserError(
-                "demo setting sft_chain_colors must be prompt or drawn, "
+                f"demo setting sft_chain_colors must be {' or '.join(CHAIN_COLORS)}, "
                 f"got {self.sft_chain_colors!r}"
             )
         if self.mixed_precision not in ("no", "bf16"):

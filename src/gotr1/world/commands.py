@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gotr1.world.chains import CHAIN_COLORS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `gotr1 world preview` and `gotr1 world detector-check`."""
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--size", type=int, default=64, help="scene render size in pixels")
     preview.add_argument(
         "--chain-colors",
-        choices=("drawn", "prompt"),
+        choices=CHAIN_COLORS,
         default="drawn",
         help="chains name each object's drawn colour (as SFT trains by default) or the prompt's words",
     )
