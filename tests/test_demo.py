@@ -609,6 +609,9 @@ def test_diagnosis_flags_a_flat_reward_and_clutter():
     (note,) = diagnose(0.1, rising, astray)
     assert "draws 6% of its planned objects" in note and "1% as named" in note
     assert diagnose(0.1, rising, {"sft": {"planned_objects_at_box": 0.8}}) == []
+    # The 3,000-step SFT model of the README's table (50% at box) is not flagged; 2,000 steps' 17% is.
+    assert diagnose(0.1, rising, {"sft": {"planned_objects_at_box": 0.496}}) == []
+    assert len(diagnose(0.1, rising, {"sft": {"planned_objects_at_box": 0.17}})) == 1
 
     # the held-out score did not rise: what happened where GRPO trained (seen compositions)
     def seen(delta: float, before: float, after: float) -> dict:

@@ -726,9 +726,10 @@ CLUTTER_MARGIN = 0.5
 PLAN_SENSITIVITY_FLOOR = 0.05
 """Below this rise of the image loss (nats per token) when the boxes are swapped, the SFT model's
 images count as ignoring the plan (`gotr1.demo.diagnostics.plan_sensitivity`)."""
-AT_BOX_FLOOR = 0.5
+AT_BOX_FLOOR = 0.3
 """Below this share of planned objects drawn at their planned box (any shape, box IoU >= 0.5), the
-SFT model's images count as not following the plan (`gotr1.demo.report.image_statistics`)."""
+SFT model's images count as not following the plan (`gotr1.demo.report.image_statistics`). Measured
+(seed 0, one tokenizer): 17% after 2,000 SFT steps, where GRPO gained +0.014; 50% after 3,000, +0.098."""
 
 
 def reward_trend(rows: list[dict[str, Any]], key: str = "reward") -> dict[str, float] | None:
