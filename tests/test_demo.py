@@ -68,7 +68,6 @@ def test_full_settings_score_the_whole_benchmark():
         ("grpo_min_lr_ratio", 1.5),
         ("sft_world_split", "test"),
         ("sft_chain_colors", "scene"),
-        ("sft_prompt_dropout", 1.0),
     ],
 )
 def test_bad_settings_name_the_field(field, value):
@@ -150,10 +149,6 @@ def test_sft_stage_identity_of_chain_colours(tmp_path):
     sft, prompt = settings(sft_chain_colors="prompt")
     assert sft.world_chain_colors == "prompt" and "world_chain_colors" not in prompt
     assert {k: v for k, v in drawn.items() if k != "world_chain_colors"} == prompt
-    # Prompt dropout is off by default and out of the identity until it is set.
-    assert sft.prompt_dropout == 0.0 and "prompt_dropout" not in drawn
-    sft, dropped = settings(sft_prompt_dropout=0.25)
-    assert sft.prompt_dropout == 0.25 and dropped["prompt_dropout"] == 0.25
 
 
 def test_ablation_finds_the_shared_tokenizer_of_a_seeds_run(tmp_path, monkeypatch):

@@ -21,7 +21,6 @@ from gotr1.train.data import (
     cfg_dropped,
     chain_token_ids,
     make_sft_batch,
-    prompt_dropped,
     read_prompt_file,
 )
 from gotr1.world import sample_examples
@@ -147,41 +146,6 @@ def test_sft_batch_layout_and_cfg_dropout(tiny):
     # About 10% by default, deterministic in (seed, index).
     rate = sum(cfg_dropped(0, i, 0.1) for i in range(4000)) / 4000
     assert 0.08 < rate < 0.12 and cfg_dropped(0, 17, 0.1) == cfg_dropped(0, 17, 0.1)
-
-
-def test_prompt_dropout_blanks_the_prompt_and_keeps_the_chain(tiny):
-    model, processor = tiny
-    tokenizer = processor.tokenizer
-    source = WorldExamples(seed=5)
-    indices = list(range(60))
-    rows = [(i, source[i]) for i in indices]
-    vq = model.model.vqmodel
-    plain = make_sft_batch(rows, tokenizer, vq, 64, 0.3, 7, 600, BadRows())
-    batch = make_sft_batch(rows, tokenizer, vq, 64, 0.3, 7, 600, BadRows(), prompt_dropout=0.4)
-    blanked = batch.prompt_blanked
-    # CFG dropout picks the same rows with or without prompt dropout, and wins where both would.
-    assert torch.equal(batch.unconditional, plain.unconditional)
-    expected = [
-        not plain.unconditional[row] and prompt_dropped(7, i, 0.4) for row, i in enumerate(indices)
-    ]
-    assert blanked.tolist() == expected and 0 < sum(expected) < len(indices)
-    pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
-    for row, index in enumerate(indices):
-        if not blanked[row]:  # untouched rows are the plain batch's rows
-            assert torch.equal(batch.text_ids[row], plain.text_ids[row])
-            assert torch.equal(batch.labels[row], plain.labels[row])
-            continue
-        chain = chain_token_ids(tokenizer, source[index].chain)
-        real = batch.text_ids[row][batch.text_mask[row].bool()].tolist()
-        # BOS, the prompt turn as pad, then the chain as written (ending in <begin_of_image>).
-        prompt_part = real[: len(real) - len(chain)]
-        assert prompt_part[0] == bos and set(prompt_part[1:]) == {pad}
-        assert real[len(real) - len(chain) :] == chain
-        assert (batch.labels[row] == -100).all()  # the image loss only
-    assert torch.equal(batch.text_mask, plain.text_mask)
-    assert torch.equal(batch.image_ids, plain.image_ids)
-    # Off by default: no row is touched.
-    assert not plain.prompt_blanked.any()
 
 
 def test_sources_are_indexed_and_deterministic(tmp_path):

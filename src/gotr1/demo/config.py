@@ -124,11 +124,6 @@ class DemoConfig:
         "picks the colours a prompt leaves open, so chains also name the colour-shape pairs that "
         "prompts hold out), or as the prompt names them (prompt, the demo before stop 11).",
     )
-    sft_prompt_dropout: float = _f(
-        0.0,
-        "Fraction of SFT examples whose prompt is blanked while their chain is kept (image loss "
-        "only): the image learns to draw the plan whatever words the prompt used.",
-    )
     mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
 
     # Stage 3: GRPO.
@@ -263,10 +258,6 @@ class DemoConfig:
             )
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r}")
-        if not 0 <= self.sft_prompt_dropout < 1:
-            raise UserError(
-                f"demo setting sft_prompt_dropout must be in [0, 1), got {self.sft_prompt_dropout}"
-            )
         for name in ("report_examples", "vq_foreground_margin"):
             if getattr(self, name) < 0:
                 raise UserError(f"demo setting {name} must be >= 0, got {getattr(self, name)}")

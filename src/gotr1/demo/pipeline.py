@@ -198,11 +198,7 @@ def vq_config(config: DemoConfig) -> Any:
 RUN_PATHS = ("output_dir", "model", "vq_from")
 """Training-config fields that are folders: not part of a stage's identity (the upstream stage's
 fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
-LATER_DEFAULTS = (
-    ("chain_advantage", "total"),
-    ("world_chain_colors", "prompt"),
-    ("prompt_dropout", 0.0),
-)
+LATER_DEFAULTS = (("chain_advantage", "total"), ("world_chain_colors", "prompt"))
 """Training-config fields added after demo runs existed, at the value those runs used: left out
 of a stage's identity, so adding a field does not retrain finished stages (a run that sets
 `sft_chain_colors=prompt` finds the SFT stages of earlier runs, which wrote chains that way)."""
@@ -272,7 +268,6 @@ def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folde
         min_lr_ratio=0.05,
         weight_decay=0.01,
         cfg_dropout=0.1,
-        prompt_dropout=config.sft_prompt_dropout,
         max_chain_tokens=600,  # world chains are < 200 tokens: no example is dropped
         mixed_precision=config.mixed_precision,
         logging_steps=max(1, config.sft_steps // 100),

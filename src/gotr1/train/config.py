@@ -196,12 +196,6 @@ class SFTConfig(TrainConfig):
         "Fraction of examples whose condition (prompt and chain) is blanked to pad, as the "
         "rollout's unconditional CFG row is built, so guidance has a learned unconditional branch.",
     )
-    prompt_dropout: float = _field(
-        0.0,
-        "Fraction of the examples not CFG-dropped whose prompt turn is blanked to pad while the "
-        "chain is kept (image loss only), so the image learns to follow the plan without the "
-        "prompt's words.",
-    )
     max_chain_tokens: int = _field(600, "Longest chain (tokens, with <begin_of_image>) kept.")
     freeze: list[str] = _field(
         ["vqmodel", "vision_model", "aligner"],
@@ -218,9 +212,8 @@ class SFTConfig(TrainConfig):
         _choice(self, "on_bad_row", BAD_ROW_POLICIES)
         _choice(self, "world_split", world_splits())
         _choice(self, "world_chain_colors", world_chain_colors())
-        for name in ("cfg_dropout", "prompt_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.cfg_dropout < 1:
+            raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.chain_loss_weight == 0 and self.image_loss_weight == 0:
             raise ConfigError(
                 "chain_loss_weight and image_loss_weight are both 0: nothing to learn"

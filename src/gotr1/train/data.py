@@ -238,8 +238,6 @@ class SFTBatch:
     positions. ``labels`` [B, L]: the chain tokens (with ``<begin_of_image>``) as targets, -100 on
     prompt, padding and unconditional rows. ``image_ids`` [B, K]: VQ codes of the target images.
     ``unconditional`` [B]: rows whose condition was blanked (CFG dropout; image loss only).
-    ``prompt_blanked`` [B]: rows whose prompt was blanked and chain kept (prompt dropout; image
-    loss only): the image learns to follow the plan alone.
     """
 
     text_ids: torch.Tensor
@@ -249,7 +247,6 @@ class SFTBatch:
     unconditional: torch.Tensor
     prompts: list[str]
     chains: list[str]
-    prompt_blanked: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.text_ids.shape[0])
@@ -264,7 +261,6 @@ class SFTBatch:
             self.unconditional.to(device),
             self.prompts,
             self.chains,
-            None if self.prompt_blanked is None else self.prompt_blanked.to(device),
         )
 
 
@@ -280,12 +276,6 @@ def chain_token_ids(tokenizer: Any, chain: str) -> list[int]:
 def cfg_dropped(seed: int, index: int, probability: float) -> bool:
     """Whether example `index` has its condition blanked (deterministic in seed and index)."""
     return probability > 0 and random.Random(f"gotr1-cfg-{seed}-{index}").random() < probability
-
-
-def prompt_dropped(seed: int, index: int, probability: float) -> bool:
-    """Whether example `index` has its prompt blanked, its chain kept (deterministic in seed and
-    index; a stream of its own, so it does not change which rows `cfg_dropped` picks)."""
-    return probability > 0 and random.Random(f"gotr1-prompt-{seed}-{index}").random() < probability
 
 
 def square_image(image: Image.Image, size: int) -> Image.Image:
@@ -309,10 +299,8 @@ def make_sft_batch(
     seed: int,
     max_chain_tokens: int,
     bad_rows: BadRows,
-    prompt_dropout: float = 0.0,
 ) -> SFTBatch | None:
-    """Tokenise (index, example) pairs, VQ-encode their images and apply CFG dropout (and prompt
-    dropout: the prompt turn blanked as in the unconditional row, the chain kept).
+    """Tokenise (index, example) pairs, VQ-encode their images and apply CFG dropout.
 
     Rows whose image cannot be read or whose chain is too long are reported and left out; returns
     None when no row is left.
@@ -348,23 +336,18 @@ def make_sft_batch(
     text_mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     unconditional = torch.zeros(len(rows), dtype=torch.bool)
-    prompt_blanked = torch.zeros(len(rows), dtype=torch.bool)
     for row, (index, _, prompt, chain) in enumerate(rows):
         sequence = prompt + chain
         text_ids[row, width - len(sequence) :] = torch.tensor(sequence)
         text_mask[row, width - len(sequence) :] = 1
         labels[row, width - len(chain) :] = torch.tensor(chain)
         unconditional[row] = cfg_dropped(seed, index, cfg_dropout)
-        prompt_blanked[row] = not unconditional[row] and prompt_dropped(seed, index, prompt_dropout)
-    if unconditional.any() or prompt_blanked.any():
+    if unconditional.any():
         # Exactly the rollout's unconditional row: prompt and chain -> pad, BOS and
         # <begin_of_image> kept, attention mask unchanged; such rows train the image head only.
-        # A prompt-dropped row is blanked the same way up to its chain, which it keeps.
         blank = unconditional_ids(text_ids, text_mask, pad, tokenizer.bos_token_id)
-        chain_part = labels != -100
         text_ids = torch.where(unconditional[:, None], blank, text_ids)
-        text_ids = torch.where(prompt_blanked[:, None] & ~chain_part, blank, text_ids)
-        labels[unconditional | prompt_blanked] = -100
+        labels[unconditional] = -100
     image_ids = encode_images(vq, images).cpu()
     return SFTBatch(
         text_ids,
@@ -374,7 +357,6 @@ def make_sft_batch(
         unconditional,
         [e.prompt for _, e, _, _ in rows],
         [e.chain for _, e, _, _ in rows],
-        prompt_blanked,
     )
 
 

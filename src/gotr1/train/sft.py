@@ -290,7 +290,6 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
                 config.seed,
                 config.max_chain_tokens,
                 bad_rows,
-                config.prompt_dropout,
             )
             if batch is None:
                 from gotr1.cli import UserError
