@@ -156,11 +156,6 @@ class DemoConfig:
         "What GRPO's chain tokens learn from: total (the paper: the sample's reward) or plan "
         "(stage-wise credit: the plan's own reward R_sem + R_spa; image tokens keep the total).",
     )
-    grpo_chain_token_weight: float = _f(
-        1.0,
-        "Weight of each chain token in the GRPO loss (1: pooled with the image tokens, as the "
-        "paper; 0: GRPO trains the image tokens only and the chains stay SFT's).",
-    )
     reward_combination: str = _f("product", "product (the paper), sum or weighted_sum.")
     reward_components: list[str] = _f(["sem", "spa", "ri", "pi"], "Reward components used.")
     clean_image_factor: bool = _f(

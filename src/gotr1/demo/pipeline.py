@@ -299,7 +299,6 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         beta=config.grpo_beta,
         num_iterations=config.grpo_num_iterations,
         chain_advantage=config.grpo_chain_advantage,
-        chain_token_weight=config.grpo_chain_token_weight,
         epsilon=0.2,
         loss_type="grpo",
         scale_rewards="group",
