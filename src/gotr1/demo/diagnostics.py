@@ -112,7 +112,8 @@ def condition_reliance(
     categories: list[str] = []
     for first in range(0, len(texts), prompts_per_batch):
         chunk = texts[first : first + prompts_per_batch]
-        generator = torch.Generator(device=policy.device).manual_seed(seed * 1_000_003 + first)
+        base = seed * 1_000_003 + 2 * first  # chains and images: streams of their own
+        generator = torch.Generator(device=policy.device).manual_seed(base)
         rollouts = policy.rollout(chunk, images_per_prompt, sampling, generator)
         prefixes: dict[str, list[list[int]]] = {name: [] for name in CONDITIONS}
         for row in range(len(rollouts)):
@@ -127,16 +128,10 @@ def condition_reliance(
         categories.extend(spec.category for spec in chunk_specs)
         for name, rows in prefixes.items():
             ids, mask = left_pad(rows, special.pad)
-            image_seed = torch.Generator(device=policy.device).manual_seed(seed * 1_000_003 - first)
-            with torch.no_grad():
-                codes, _ = generate_image_tokens(
-                    parts,
-                    ids.to(parts.device),
-                    mask.to(parts.device),
-                    sampling,
-                    special,
-                    image_seed,
-                )
+            image_seed = torch.Generator(device=policy.device).manual_seed(base + 1)
+            codes, _ = generate_image_tokens(
+                parts, ids.to(parts.device), mask.to(parts.device), sampling, special, image_seed
+            )
             images = decode_images(parts, codes)
             scores[name].extend(
                 score_image(spec, image).soft
