@@ -1,9 +1,10 @@
-"""Does the image follow the plan? A teacher-forced probe of a model's image tokens.
+"""Does the image follow the plan? Two probes of a model's image tokens.
 
 GoT's mechanism needs the image to be drawn where the chain planned it. `plan_sensitivity` measures
 how much the model's image-token loss on world examples rises when every chain's boxes are replaced
 by other examples' boxes (prompt, names and image unchanged): near 0 means the image model ignores
-the plan, whatever the chains say.
+the plan, whatever the chains say. `condition_reliance` samples chains and redraws their images from
+the chain alone and from the prompt alone: which of the two the images are drawn from.
 """
 
 from __future__ import annotations
