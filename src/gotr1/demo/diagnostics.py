@@ -99,6 +99,7 @@ def condition_reliance(
         generate_image_tokens,
         janus_parts,
         left_pad,
+        unconditional_ids,
     )
     from gotr1.world import benchmark_prompts, parse_prompt, score_image, summarize
 
@@ -120,11 +121,12 @@ def condition_reliance(
         for row in range(len(rollouts)):
             prompt = rollouts.prompt_ids[row][rollouts.prompt_mask[row].bool()].tolist()
             chain = rollouts.chain_ids[row][rollouts.chain_mask[row].bool()].tolist()
-            blank_prompt = prompt[:1] + [special.pad] * (len(prompt) - 1)  # BOS kept
-            blank_chain = [special.pad] * (len(chain) - 1) + chain[-1:]  # <begin_of_image> kept
+            whole = torch.tensor([prompt + chain])
+            blank = unconditional_ids(whole, torch.ones_like(whole), special.pad, special.bos)
+            blank = blank[0].tolist()  # the unconditional row: BOS and <begin_of_image> kept
             prefixes["prompt_and_chain"].append(prompt + chain)
-            prefixes["chain_only"].append(blank_prompt + chain)
-            prefixes["prompt_only"].append(prompt + blank_chain)
+            prefixes["chain_only"].append(blank[: len(prompt)] + chain)
+            prefixes["prompt_only"].append(prompt + blank[len(prompt) :])
         chunk_specs = [specs[first + row // images_per_prompt] for row in range(len(rollouts))]
         categories.extend(spec.category for spec in chunk_specs)
         for name, rows in prefixes.items():
