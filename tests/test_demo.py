@@ -176,6 +176,114 @@ def test_an_unfinished_stage_is_rerun(tmp_path):
     assert not record["cached"] and not (folder / "half-written").exists()
 
 
+def test_an_unfinished_stage_of_the_same_settings_is_resumed(tmp_path):
+    from gotr1.demo import pipeline as P
+
+    folder = tmp_path / "sft"
+
+    def killed(folder):
+        (folder / "checkpoint-2").mkdir()
+        raise KeyboardInterrupt  # stopped part-way, after its first checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        Stages(lambda _: None).run("sft", folder, {"steps": 4}, killed)
+    assert P.read_marker(folder) is None
+    assert P.read_marker(folder, P.STARTED_MARKER)["fingerprint"] == fingerprint({"steps": 4})
+
+    seen = []
+    messages = []
+    record = Stages(messages.append).run(
+        "sft", folder, {"steps": 4}, lambda f: seen.append(sorted(p.name for p in f.iterdir()))
+    )
+    assert seen == [["checkpoint-2", P.STARTED_MARKER]]  # the checkpoint was kept
+    assert record["resumed"] and not record["cached"] and "resuming" in messages[-1]
+    assert P.read_marker(folder)["resumed"] is True
+
+    (folder / P.STAGE_MARKER).unlink()  # unfinished again, now rerun with other settings
+    other = Stages(lambda _: None).run(
+        "sft", folder, {"steps": 5}, lambda f: sorted(p.name for p in f.iterdir())
+    )
+    assert other["result"] == [P.STARTED_MARKER] and not other["resumed"]
+
+
+def test_checkpoint_cadence_is_not_part_of_a_stage_identity(tmp_path):
+    from gotr1.demo import pipeline as P
+    from gotr1.demo.config import DemoConfig
+
+    def identity(**overrides):
+        config = DemoConfig(out=str(tmp_path), **overrides)
+        sft = P.sft_config(config, tmp_path / "preset.yaml", tmp_path / "tok", tmp_path / "sft")
+        grpo = P.grpo_config(config, tmp_path / "sft" / "final", tmp_path / "grpo")
+        return P.stage_settings("u", sft), P.stage_settings("u", grpo)
+
+    assert identity() == identity(sft_save_steps=7, grpo_save_steps=3)
+    # markers of runs made before the cadence was configurable (save_steps = steps + 1) match
+    sft, grpo = identity()
+    for settings, steps in ((sft, 3000), (grpo, 48)):
+        stored = {**settings, "config": {**settings["config"], "save_steps": steps + 1}}
+        marker = {"fingerprint": fingerprint(stored), "settings": stored}
+        assert P.marker_matches(marker, settings)
+
+
+@pytest.mark.slow
+def test_a_killed_demo_resumes_its_sft_stage_exactly(tmp_path):
+    """SIGKILL during SFT (after a checkpoint), then the same command again: the SFT stage resumes
+    from the checkpoint, logs every step once and ends with the weights of a run never stopped."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    def command(out, *extra):
+        settings = dict(
+            vq_steps=3,
+            sft_steps=40,
+            sft_batch_size=2,
+            sft_save_steps=10,
+            grpo_steps=1,
+            grpo_num_prompts=2,
+            grpo_num_generations=2,
+            eval_prompts=6,
+            max_chain_tokens=24,
+        )
+        sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+        base = [sys.executable, "-m", "gotr1", "demo", "--out", str(out), "--quick"]
+        return base + ["--threads", "1", "--no-progress", *sets, *extra]
+
+    killed = tmp_path / "killed"
+    run = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "sft" / "checkpoint-10" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file():
+        assert run.poll() is None and time.monotonic() < deadline, "no SFT checkpoint appeared"
+        time.sleep(0.02)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (killed / "sft" / "demo_stage.json").exists(), "SFT finished before the kill"
+    before = [r for r in report.read_jsonl(killed / "sft" / "train_log.jsonl") if r["step"] <= 10]
+
+    resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[2/7] SFT" in resumed.stdout and "resuming the unfinished run" in resumed.stdout
+    steps = [r["step"] for r in report.read_jsonl(killed / "sft" / "train_log.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+    after = report.read_jsonl(killed / "sft" / "train_log.jsonl")[: len(before)]
+    assert len(before) == 10 and after == before  # steps 1-10 (their times too) were not rerun
+
+    fresh = tmp_path / "fresh"
+    tokenizer = ["--set", f"tokenizer_dir={killed / 'tokenizer'}"]
+    done = subprocess.run(command(fresh, *tokenizer), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = [
+        load_file(str(run / "sft" / "final" / "model.safetensors")) for run in (killed, fresh)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["stages"]["sft"]["resumed"] is True
+
+
 def test_every_world_chain_sentence_matches_the_templates():
     pattern = report.template_sentence_pattern()
     for example in sample_examples(120, seed=5):

@@ -125,6 +125,11 @@ class DemoConfig:
         "prompts hold out), or as the prompt names them (prompt, the demo before stop 11).",
     )
     mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
+    sft_save_steps: int = _f(
+        250,
+        "SFT saves a checkpoint every this many steps (and at the end): a demo stopped part-way "
+        "resumes its SFT from the last one. Not part of the stage's identity.",
+    )
 
     # Stage 3: GRPO.
     grpo_steps: int = _f(
@@ -148,6 +153,9 @@ class DemoConfig:
     grpo_learning_rate: float = _f(2e-4, "GRPO peak learning rate (cosine).")
     grpo_min_lr_ratio: float = _f(
         0.1, "Where GRPO's cosine schedule ends, as a fraction of the peak (1: constant)."
+    )
+    grpo_save_steps: int = _f(
+        8, "GRPO saves a checkpoint every this many steps (as sft_save_steps)."
     )
     grpo_beta: float = _f(0.0, "KL coefficient to the SFT policy (0: no reference pass).")
     grpo_num_iterations: int = _f(1, "Updates per rollout batch.")
@@ -219,6 +227,8 @@ class DemoConfig:
             "eval_images_per_prompt",
             "eval_prompts_per_batch",
             "max_chain_tokens",
+            "sft_save_steps",
+            "grpo_save_steps",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -4,7 +4,9 @@
 
 Stages, each cached in the run folder (a finished stage writes ``demo_stage.json`` holding the
 settings it ran with and what it took; a rerun with the same settings skips it, a changed
-setting reruns it and every stage after it):
+setting reruns it and every stage after it). A stage that was stopped part-way (killed, out of
+memory, the machine gone) resumes: SFT and GRPO save checkpoints as they train, and a rerun with the
+same settings continues from the last one, exactly as if it had not stopped:
 
     tokenizer/   the world BPE tokenizer + the VQ image tokenizer trained on world renders
     sft/         SFT from scratch (the "GoT" model): sft/final, sft/train_log.jsonl
@@ -39,6 +41,9 @@ from gotr1.demo.config import DemoConfig
 from gotr1.demo.rewards import uses_clean_factor
 
 STAGE_MARKER = "demo_stage.json"
+STARTED_MARKER = "demo_stage_started.json"
+"""Written when a stage starts: a folder holding it but no `STAGE_MARKER` is an unfinished stage,
+which a rerun with the same settings resumes (one with other settings starts afresh)."""
 STAGES: tuple[str, ...] = (
     "tokenizer",
     "sft",
@@ -77,9 +82,10 @@ def fingerprint(settings: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_marker(folder: Path) -> dict[str, Any] | None:
-    """The record of a finished stage folder (None when absent or unreadable)."""
-    path = Path(folder) / STAGE_MARKER
+def read_marker(folder: Path, name: str = STAGE_MARKER) -> dict[str, Any] | None:
+    """The record of a finished stage folder, or with `STARTED_MARKER` of a started one (None
+    when absent or unreadable)."""
+    path = Path(folder) / name
     if not path.is_file():
         return None
     try:
@@ -89,9 +95,17 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write a stage marker so that a run killed meanwhile leaves the old file or the new one."""
+    from gotr1.eval.layouts import write_text_atomic
+
+    write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+
+
 def marker_matches(marker: dict[str, Any] | None, settings: dict[str, Any]) -> bool:
-    """Whether a finished stage's marker was written for these settings. A marker written while
-    display switches (`DISPLAY_ONLY`) were still part of a stage's identity matches too."""
+    """Whether a stage's marker was written for these settings. A marker written while display
+    switches or checkpoint cadence (`NOT_IDENTITY`) were still part of a stage's identity matches
+    too."""
     if marker is None:
         return False
     if marker.get("fingerprint") == fingerprint(settings):
@@ -99,7 +113,7 @@ def marker_matches(marker: dict[str, Any] | None, settings: dict[str, Any]) -> b
     stored = marker.get("settings")
     if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
         return False
-    config = {k: v for k, v in stored["config"].items() if k not in DISPLAY_ONLY}
+    config = {k: v for k, v in stored["config"].items() if k not in NOT_IDENTITY}
     return fingerprint({**stored, "config": config}) == fingerprint(settings)
 
 
@@ -130,22 +144,25 @@ class Stages:
             self.log(f"{header}: cached in {folder} (took {done.get('seconds', 0):.0f} s)")
             self.records[name] = {**done, "cached": True}
             return self.records[name]
-        if folder.exists():
-            shutil.rmtree(folder)  # stale settings or an unfinished run: start afresh
-        folder.mkdir(parents=True)
-        self.log(f"{header} -> {folder}")
+        resuming = done is None and marker_matches(read_marker(folder, STARTED_MARKER), settings)
+        if folder.exists() and not resuming:
+            shutil.rmtree(folder)  # stale settings, or a run of unknown settings: start afresh
+        folder.mkdir(parents=True, exist_ok=True)
+        start_record = {"stage": name, "fingerprint": key, "settings": settings}
+        write_json_atomically(folder / STARTED_MARKER, start_record)
+        how = "resuming the unfinished run" if resuming else "running"
+        self.log(f"{header} -> {folder}" + (f" ({how})" if resuming else ""))
         start, start_cpu = time.perf_counter(), cpu_seconds()
         result = work(folder)
         record = {
-            "stage": name,
-            "fingerprint": key,
-            "settings": settings,
+            **start_record,
             "seconds": time.perf_counter() - start,
             "cpu_seconds": cpu_seconds() - start_cpu,
+            "resumed": resuming,
             "result": result,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        (folder / STAGE_MARKER).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_json_atomically(folder / STAGE_MARKER, record)
         self.records[name] = {**record, "cached": False}
         return self.records[name]
 
@@ -205,12 +222,17 @@ of a stage's identity, so adding a field does not retrain finished stages (a run
 DISPLAY_ONLY = ("progress",)
 """Training-config fields that change what is shown, not what is computed (`--no-progress` must
 not retrain a finished stage)."""
+CHECKPOINTING = ("save_steps", "save_total_limit")
+"""Training-config fields that say how often a run saves its progress, not what it computes (a
+resumed run continues exactly: tests/test_train_sft.py, tests/test_train_grpo.py)."""
+NOT_IDENTITY = DISPLAY_ONLY + CHECKPOINTING
+"""Training-config fields left out of a stage's identity besides its folders (`RUN_PATHS`)."""
 
 
 def stage_settings(upstream: str, train_config: Any, processes: int = 1) -> dict[str, Any]:
     """What identifies a training stage: its upstream stage, its config without folders and
     display switches, and the number of training processes when more than one."""
-    ignored = RUN_PATHS + DISPLAY_ONLY
+    ignored = RUN_PATHS + NOT_IDENTITY
     values = {
         k: v
         for k, v in train_config.to_dict().items()
@@ -271,7 +293,7 @@ def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folde
         max_chain_tokens=600,  # world chains are < 200 tokens: no example is dropped
         mixed_precision=config.mixed_precision,
         logging_steps=max(1, config.sft_steps // 100),
-        save_steps=config.sft_steps + 1,
+        save_steps=config.sft_save_steps,
         save_total_limit=1,
         sample_steps=0,
         threads=config.threads,
@@ -311,7 +333,7 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         use_lora=False,
         mixed_precision=config.mixed_precision,
         logging_steps=1,
-        save_steps=config.grpo_steps + 1,
+        save_steps=config.grpo_save_steps,
         save_total_limit=1,
         sample_steps=0,
         threads=config.threads or (1 if config.grpo_processes > 1 else None),
@@ -355,15 +377,19 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
 
 def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
     """Train SFT or GRPO (`kind`) from its config: in this process, or in `processes` CPU
-    processes (DDP over gloo) that torchrun starts; returns the final model folder."""
+    processes (DDP over gloo) that torchrun starts; returns the final model folder. A run folder
+    that already holds a checkpoint is continued from its newest one (`Stages.run` leaves one
+    only for the same settings)."""
     from gotr1.cli import UserError
+    from gotr1.train.checkpoint import latest_checkpoint
 
+    resume = latest_checkpoint(train_config.output_dir) is not None
     if processes == 1:
         if kind == "sft":
             from gotr1.train.sft import train_sft as train
         else:
             from gotr1.train.grpo import train_grpo as train
-        return train(train_config)
+        return train(train_config, resume=resume)
     from gotr1.train.config import save_config
 
     with tempfile.TemporaryDirectory(prefix="gotr1-launch-") as scratch:
@@ -371,7 +397,7 @@ def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
         save_config(train_config, config_path)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command += ["--nproc_per_node", str(processes), "-m", "gotr1", kind]
-        command += ["--config", str(config_path)]
+        command += ["--config", str(config_path)] + (["--resume"] if resume else [])
         threads = str(train_config.threads or 1)
         env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": threads}
         returncode = run_child(command, env)
@@ -652,6 +678,7 @@ def build_metrics(
             "seconds": round(float(record.get("seconds", 0.0)), 2),
             "cpu_seconds": round(float(record.get("cpu_seconds", 0.0)), 2),
             "cached": bool(record.get("cached", False)),
+            "resumed": bool(record.get("resumed", False)),
         }
         for name, record in records.items()
     }
@@ -862,6 +889,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
     lines.append(f"{'stage':<{width}}{'wall s':>10}{'CPU s':>10}")
     for name, times in metrics["stages"].items():
         cached = "  (cached)" if times["cached"] else ""
+        if times.get("resumed"):
+            cached += "  (resumed: the last attempt's time)"
         lines.append(
             f"{name:<{width}}{times['seconds']:>10.1f}{times['cpu_seconds']:>10.1f}{cached}"
         )

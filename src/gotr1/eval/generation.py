@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 from gotr1.eval.layouts import (
     CompbenchItem,
     GenevalItem,
-    _write_text_atomic,
     geneval_prompt_dir,
     save_image_atomic,
     shard,
     write_geneval_grid,
     write_geneval_metadata,
+    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -295,8 +295,8 @@ def write_item(
             "image": f"samples/{item.image_path.name}",
         }
     full = {**base, **record, "chain": chain}
-    _write_text_atomic(Path(item.chain_path), chain)
-    _write_text_atomic(Path(item.chain_path).with_suffix(".json"), json.dumps(full) + "\n")
+    write_text_atomic(Path(item.chain_path), chain)
+    write_text_atomic(Path(item.chain_path).with_suffix(".json"), json.dumps(full) + "\n")
     save_image_atomic(image, item.image_path)
 
 

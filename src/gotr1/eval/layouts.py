@@ -153,7 +153,8 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file so that it appears complete or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
@@ -168,7 +169,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
     """Write rows as JSON lines (atomically)."""
     target = Path(path)
-    _write_text_atomic(target, "".join(json.dumps(dict(r)) + "\n" for r in rows))
+    write_text_atomic(target, "".join(json.dumps(dict(r)) + "\n" for r in rows))
     return target
 
 
@@ -191,8 +192,8 @@ def write_summary(
     """Write ``<stem>.json`` and ``<stem>.md`` (the labelled summary and its table)."""
     folder = Path(directory)
     json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
-    _write_text_atomic(json_path, json.dumps(dict(record), indent=2) + "\n")
-    _write_text_atomic(md_path, markdown)
+    write_text_atomic(json_path, json.dumps(dict(record), indent=2) + "\n")
+    write_text_atomic(md_path, markdown)
     return json_path, md_path
 
 
@@ -304,8 +305,8 @@ def write_compbench_sample(item: CompbenchItem, image: Image.Image, chain: str |
         "image": item.image_path.name,
         "chain": chain,
     }
-    _write_text_atomic(item.chain_path, chain or "")
-    _write_text_atomic(item.chain_path.with_suffix(".json"), json.dumps(record) + "\n")
+    write_text_atomic(item.chain_path, chain or "")
+    write_text_atomic(item.chain_path.with_suffix(".json"), json.dumps(record) + "\n")
     save_image_atomic(image, item.image_path)
 
 
@@ -384,25 +385,25 @@ def write_compbench_results(
     folder = Path(result_dir) / sub
     records = [{"question_id": int(i), "answer": a} for i, a in zip(ids, answers, strict=True)]
     target = folder / "vqa_result.json"
-    _write_text_atomic(target, json.dumps(records))
+    write_text_atomic(target, json.dumps(records))
     values = [float(a) for a in answers]
     total = 0.0
     for v in values:
         total += v
     mean = total / len(values) if values else 0.0
     if score_file == "blip_vqa_score.txt":
-        _write_text_atomic(folder / score_file, "BLIP-VQA score:" + str(mean))
+        write_text_atomic(folder / score_file, "BLIP-VQA score:" + str(mean))
     elif score_file in ("avg_score.txt", "vqa_score.txt"):
-        _write_text_atomic(folder / score_file, "score avg:" + str(mean))
+        write_text_atomic(folder / score_file, "score avg:" + str(mean))
     elif score_file == "score.txt":
-        _write_text_atomic(folder / score_file, f"total:{total} num:{len(values)} avg:{mean}")
+        write_text_atomic(folder / score_file, f"total:{total} num:{len(values)} avg:{mean}")
     if metric == "spatial" and image_names is not None:
         if len(image_names) != len(ids):
             raise ValueError(f"{len(image_names)} image names but {len(ids)} question ids")
         mapping = [
             {"image": name, "question_id": int(i)} for name, i in zip(image_names, ids, strict=True)
         ]
-        _write_text_atomic(folder / "mapping.json", json.dumps(mapping))
+        write_text_atomic(folder / "mapping.json", json.dumps(mapping))
     return target
 
 
@@ -429,7 +430,7 @@ def write_geneval_metadata(
     """Write ``OUT/<NNNNN>/metadata.jsonl``: the prompt's metadata line as one JSON object (the
     official generator ``json.dump``s it; the evaluator ``json.load``s it)."""
     path = geneval_prompt_dir(out, prompt_index) / "metadata.jsonl"
-    _write_text_atomic(path, json.dumps(dict(metadata)))
+    write_text_atomic(path, json.dumps(dict(metadata)))
     return path
 
 
@@ -473,8 +474,8 @@ def write_geneval_sample(
         "image": f"samples/{item.image_path.name}",
         "chain": chain,
     }
-    _write_text_atomic(item.chain_path, chain or "")
-    _write_text_atomic(item.chain_path.with_suffix(".json"), json.dumps(record) + "\n")
+    write_text_atomic(item.chain_path, chain or "")
+    write_text_atomic(item.chain_path.with_suffix(".json"), json.dumps(record) + "\n")
     save_image_atomic(image, item.image_path)
 
 
