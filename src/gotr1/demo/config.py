@@ -105,7 +105,7 @@ class DemoConfig:
 
     # Stage 2: SFT.
     sft_steps: int = _f(
-        3000,
+        4000,
         "SFT optimizer steps. Images follow their planned boxes only after many steps, and GRPO "
         "gains only once they do (seed 0, held-out: planned objects drawn at their box 17% after "
         "2,000 steps, GRPO +0.014; 50% after 3,000, GRPO +0.098; README: the demo).",
