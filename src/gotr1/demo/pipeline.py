@@ -150,8 +150,7 @@ class Stages:
         folder.mkdir(parents=True, exist_ok=True)
         start_record = {"stage": name, "fingerprint": key, "settings": settings}
         write_json_atomically(folder / STARTED_MARKER, start_record)
-        how = "resuming the unfinished run" if resuming else "running"
-        self.log(f"{header} -> {folder}" + (f" ({how})" if resuming else ""))
+        self.log(f"{header} -> {folder}" + (" (resuming the unfinished run)" if resuming else ""))
         start, start_cpu = time.perf_counter(), cpu_seconds()
         result = work(folder)
         record = {
@@ -230,8 +229,8 @@ NOT_IDENTITY = DISPLAY_ONLY + CHECKPOINTING
 
 
 def stage_settings(upstream: str, train_config: Any, processes: int = 1) -> dict[str, Any]:
-    """What identifies a training stage: its upstream stage, its config without folders and
-    display switches, and the number of training processes when more than one."""
+    """What identifies a training stage: its upstream stage, its config without folders, display
+    switches and checkpoint cadence, and the number of training processes when more than one."""
     ignored = RUN_PATHS + NOT_IDENTITY
     values = {
         k: v
