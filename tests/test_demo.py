@@ -176,6 +176,18 @@ def test_an_unfinished_stage_is_rerun(tmp_path):
     assert not record["cached"] and not (folder / "half-written").exists()
 
 
+TINY_DEMO_SETTINGS = dict(
+    vq_steps=3,
+    sft_steps=3,
+    grpo_steps=1,
+    grpo_num_prompts=2,
+    grpo_num_generations=2,
+    eval_prompts=6,
+    max_chain_tokens=24,
+)
+"""The settings of `tiny_demo_config` beyond --quick's: every stage runs for a step or three."""
+
+
 def test_an_unfinished_stage_of_the_same_settings_is_resumed(tmp_path):
     from gotr1.demo import pipeline as P
 
@@ -236,17 +248,12 @@ def test_a_killed_demo_resumes_its_sft_stage_exactly(tmp_path):
     from safetensors.torch import load_file
 
     def command(out, *extra):
-        settings = dict(
-            vq_steps=3,
-            sft_steps=40,
-            sft_batch_size=2,
-            sft_save_steps=10,
-            grpo_steps=1,
-            grpo_num_prompts=2,
-            grpo_num_generations=2,
-            eval_prompts=6,
-            max_chain_tokens=24,
-        )
+        settings = {
+            **TINY_DEMO_SETTINGS,
+            "sft_steps": 40,
+            "sft_batch_size": 2,
+            "sft_save_steps": 10,
+        }
         sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
         base = [sys.executable, "-m", "gotr1", "demo", "--out", str(out), "--quick"]
         return base + ["--threads", "1", "--no-progress", *sets, *extra]
@@ -610,18 +617,7 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
 
 def tiny_demo_config(out: Path, **overrides) -> DemoConfig:
     """Demo settings small enough for a test: every stage runs for a step or three."""
-    values = dict(
-        out=str(out),
-        threads=1,
-        progress=False,
-        vq_steps=3,
-        sft_steps=3,
-        grpo_steps=1,
-        grpo_num_prompts=2,
-        grpo_num_generations=2,
-        eval_prompts=6,
-        max_chain_tokens=24,
-    )
+    values = dict(out=str(out), threads=1, progress=False, **TINY_DEMO_SETTINGS)
     return DemoConfig.quick_settings(**{**values, **overrides})
 
 

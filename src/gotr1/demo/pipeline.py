@@ -887,12 +887,10 @@ def summary_table(metrics: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'stage':<{width}}{'wall s':>10}{'CPU s':>10}")
     for name, times in metrics["stages"].items():
-        cached = "  (cached)" if times["cached"] else ""
+        note = "  (cached)" if times["cached"] else ""
         if times.get("resumed"):
-            cached += "  (resumed: the last attempt's time)"
-        lines.append(
-            f"{name:<{width}}{times['seconds']:>10.1f}{times['cpu_seconds']:>10.1f}{cached}"
-        )
+            note += "  (resumed: the last attempt's time)"
+        lines.append(f"{name:<{width}}{times['seconds']:>10.1f}{times['cpu_seconds']:>10.1f}{note}")
     lines.append(f"{'total':<{width}}{metrics['seconds']:>10.1f}{metrics['cpu_seconds']:>10.1f}")
     for note in metrics.get("diagnosis") or []:
         lines.append(f"warning: {note}")
