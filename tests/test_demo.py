@@ -66,6 +66,7 @@ def test_full_settings_score_the_whole_benchmark():
         ("report_examples", -1),
         ("eval_images_per_prompt", 0),
         ("grpo_min_lr_ratio", 1.5),
+        ("grpo_update_rollouts", 0),
         ("sft_world_split", "test"),
         ("sft_chain_colors", "scene"),
     ],
@@ -934,3 +935,23 @@ def test_a_terminated_demo_stops_its_training_launcher(tmp_path):
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_grpo_update_passes_hold_at_most_grpo_update_rollouts(tmp_path, monkeypatch):
+    """The demo's GRPO update takes its rollouts in passes of at most grpo_update_rollouts each
+    (per process: with CUDA one process holds them all), and only as many passes as that needs."""
+    from gotr1.demo import pipeline as P
+    from gotr1.demo.config import DemoConfig
+
+    def accumulation(config: DemoConfig) -> int:
+        return P.grpo_config(
+            config, tmp_path / "sft", tmp_path / "grpo"
+        ).gradient_accumulation_steps
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert accumulation(DemoConfig()) == 8  # 64 prompts x 8 / 2 processes = 256 = 8 x 32
+    assert accumulation(DemoConfig(grpo_update_rollouts=100)) == 3  # 100 + 100 + 56
+    assert accumulation(DemoConfig(grpo_update_rollouts=1000)) == 1
+    assert accumulation(tiny_demo_config(tmp_path / "demo")) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert accumulation(DemoConfig()) == 16

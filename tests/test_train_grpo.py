@@ -145,6 +145,25 @@ def count_passes(monkeypatch):
     return calls
 
 
+def test_gradient_accumulation_takes_the_gradient_of_one_pass(tiny_folder, tmp_path):
+    """Splitting a step's rollouts into micro-batches (what bounds the update's memory) sums to
+    the gradient of one pass over all of them: same rollouts, same gradient norm, same entropy."""
+    rows = {}
+    for micro_batches in (1, 4):
+        out = tmp_path / f"accumulate-{micro_batches}"
+        config = quick(
+            tiny_folder, out, use_lora=False, max_steps=1, num_prompts=4,
+            gradient_accumulation_steps=micro_batches,
+        )  # fmt: skip
+        grpo.train_grpo(config, reward_fn=code_reward)
+        (rows[micro_batches],) = read_log(out)
+    one, four = rows[1], rows[4]
+    assert one["reward"] == four["reward"] and one["reward_std"] > 0  # the same rollouts
+    assert one["grad_norm"] > 0
+    assert four["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+    assert four["entropy"] == pytest.approx(one["entropy"], rel=1e-5)
+
+
 def test_reference_and_old_passes_only_when_needed(tiny_folder, tmp_path, monkeypatch):
     calls = count_passes(monkeypatch)
     # beta = 0, one iteration: no reference forward, no old log-probs (ratio = 1), no copy.

@@ -300,6 +300,14 @@ def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folde
     )
 
 
+def grpo_micro_batches(config: DemoConfig) -> int:
+    """How many passes a GRPO process's update takes so that none holds more than
+    `DemoConfig.grpo_update_rollouts` rollouts."""
+    processes = grpo_training_processes(config)
+    rollouts = config.grpo_num_prompts // processes * config.grpo_num_generations
+    return -(-rollouts // config.grpo_update_rollouts)
+
+
 def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: Any) -> Any:
     """The `GRPOConfig` of the demo's GRPO stage (full fine-tuning: the model is tiny)."""
     from gotr1.train.config import GRPOConfig
@@ -319,6 +327,7 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         min_lr_ratio=config.grpo_min_lr_ratio,
         beta=config.grpo_beta,
         num_iterations=config.grpo_num_iterations,
+        gradient_accumulation_steps=grpo_micro_batches(config),
         chain_advantage=config.grpo_chain_advantage,
         epsilon=0.2,
         loss_type="grpo",
