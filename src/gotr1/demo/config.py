@@ -155,8 +155,8 @@ class DemoConfig:
         32,
         "Rollouts a GRPO process takes into one forward and backward pass of its update (the "
         "rest by gradient accumulation): what bounds the update's memory. At 32 prompts x 8 "
-        "samples a process, one pass over all 256 peaked at 5.6 GB, 64 at 2.4 GB, 32 at 1.6 GB, "
-        "the update no slower.",
+        "samples a process, one pass over all 256 peaked at 5.6 GB, 32 at 1.6 GB, and passes of "
+        "32 took 0.30x the time of one (benchmarks/grpo_update_memory.py).",
     )
     grpo_learning_rate: float = _f(2e-4, "GRPO peak learning rate (cosine).")
     grpo_min_lr_ratio: float = _f(
