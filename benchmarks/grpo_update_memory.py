@@ -7,9 +7,11 @@ The demo's GRPO stage gives each of its two processes 32 prompts x 8 samples = 2
 and takes them into its update `DemoConfig.grpo_update_rollouts` at a time (gradient
 accumulation). This measures what that choice costs and saves, at the demo's shape: each variant
 runs in a fresh process (a process's peak resident memory only grows), which samples the same
-rollouts (the demo's CFG, chain cap and sampling), then runs the update as training does (bf16
-autocast, float32 CPU attention, guided teacher-forced log-probs, backward) in passes of the
-variant's size. Variants alternate over the repeats so that machine noise falls on all of them
+rollouts (the demo's CFG, chain cap and sampling), then runs the update's forward and backward as
+training does (bf16 autocast, float32 CPU attention, guided teacher-forced log-probs) in passes of
+the variant's size. The loss is a stand-in, the summed log-probs of chain and image tokens: the
+same tokens `grpo_loss` reads, elementwise there too; the reference and old-policy log-probs, which
+training computes without gradients before the update, are left out. Variants alternate over the repeats so that machine noise falls on all of them
 alike. Prints the median peak memory and update seconds of each, their ratios to one pass over
 all rollouts, and writes JSON under benchmarks/results/.
 """
