@@ -11,9 +11,10 @@ rollouts (the demo's CFG, chain cap and sampling), then runs the update's forwar
 training does (bf16 autocast, float32 CPU attention, guided teacher-forced log-probs) in passes of
 the variant's size. The loss is a stand-in, the summed log-probs of chain and image tokens: the
 same tokens `grpo_loss` reads, elementwise there too; the reference and old-policy log-probs, which
-training computes without gradients before the update, are left out. Variants alternate over the repeats so that machine noise falls on all of them
-alike. Prints the median peak memory and update seconds of each, their ratios to the largest
-pass size given (named one_pass_over_N when it covers all N rollouts), and writes JSON under benchmarks/results/.
+training computes without gradients before the update, are left out. Variants alternate over the
+repeats so that machine noise falls on all of them alike. Prints the median peak memory and update
+seconds of each, their ratios to the largest pass size given (named one_pass_over_N when it covers
+all N rollouts), and writes JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
