@@ -587,6 +587,12 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert metrics["delta_standard_error"]["overall"] >= 0
     assert metrics["benchmark"]["prompts"] == DemoConfig.quick_settings().eval_prompts
     assert "quick" in metrics["benchmark"]["note"]
+    from gotr1.train.precision import cpu_native_bf16
+
+    precision = metrics["mixed_precision"]  # auto, resolved for this CPU and recorded
+    assert precision["asked"] == "auto" and precision["device"] == "cpu"
+    assert precision["chosen"] == ("bf16" if cpu_native_bf16()[0] else "no")
+    assert metrics["settings"]["mixed_precision"] == precision["chosen"]
     rows = report.read_jsonl(out / "train_log.jsonl")
     assert {"sft", "grpo"} == {r["stage"] for r in rows}
     assert any("rewards/pi/mean" in r for r in rows if r["stage"] == "grpo")

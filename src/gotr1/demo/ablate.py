@@ -136,6 +136,7 @@ def run_ablation(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     P.apply_process_settings(config)
+    config, _ = P.resolve_precision(config)
     stages = P.Stages(log)
 
     # The SFT checkpoint every arm starts from: a demo run's, or trained here.

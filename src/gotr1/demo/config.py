@@ -125,7 +125,11 @@ class DemoConfig:
         "picks the colours a prompt leaves open, so chains also name the colour-shape pairs that "
         "prompts hold out), or as the prompt names them (prompt, the demo before stop 11).",
     )
-    mixed_precision: str = _f("bf16", "Autocast of SFT and GRPO updates: no, bf16.")
+    mixed_precision: str = _f(
+        "auto",
+        "Autocast of SFT and GRPO updates: auto (bf16 where the CPU or GPU runs it natively, "
+        "float32 elsewhere), no (float32) or bf16.",
+    )
     sft_save_steps: int = _f(
         250,
         "SFT saves a checkpoint every this many steps (and at the end): a demo stopped part-way "
@@ -271,8 +275,10 @@ class DemoConfig:
                 f"demo setting sft_chain_colors must be {' or '.join(CHAIN_COLORS)}, "
                 f"got {self.sft_chain_colors!r}"
             )
-        if self.mixed_precision not in ("no", "bf16"):
-            raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise UserError(
+                f"demo setting mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}"
+            )
         for name in ("report_examples", "vq_foreground_margin"):
             if getattr(self, name) < 0:
                 raise UserError(f"demo setting {name} must be >= 0, got {getattr(self, name)}")

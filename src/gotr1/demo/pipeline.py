@@ -22,6 +22,7 @@ then ``metrics.json``, ``train_log.jsonl`` (SFT and GRPO rows, each with its ``s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -525,6 +526,18 @@ def apply_process_settings(config: DemoConfig) -> None:
         transformers_logging.disable_progress_bar()
 
 
+def resolve_precision(config: DemoConfig) -> tuple[DemoConfig, Any]:
+    """``config`` with the mixed precision its SFT and GRPO updates train in on this device
+    (``auto`` resolved, `gotr1.train.precision`), and that `PrecisionChoice`, said once: the
+    stages' identities hold the choice, not ``auto``."""
+    from gotr1.train.precision import choose_mixed_precision, say_once
+    from gotr1.train.runtime import accelerate_device_type
+
+    choice = choose_mixed_precision(config.mixed_precision, accelerate_device_type())
+    say_once(choice)
+    return dataclasses.replace(config, mixed_precision=choice.chosen), choice
+
+
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the whole demo in ``config.out``; returns metrics.json's content."""
     from gotr1.cli import UserError
@@ -537,6 +550,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     except OSError as error:
         raise UserError(f"--out {out}: cannot create the folder ({error})") from None
     apply_process_settings(config)
+    config, precision = resolve_precision(config)
     preset_path = write_preset(config, out)
     stages = Stages(log)
 
@@ -594,6 +608,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     from gotr1.demo.report import read_eval_samples
 
     samples = {name: read_eval_samples(out / "eval" / name) for name in evals}
+    metrics["mixed_precision"] = precision.to_dict()
     add_delta_errors(metrics, samples)
     add_diagnosis(metrics, out, samples)
     metrics["run_seconds"] = time.perf_counter() - started

@@ -22,7 +22,7 @@ from typing import Any
 from gotr1.cli import UserError
 
 LR_SCHEDULERS = ("cosine", "linear", "constant")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -82,8 +82,8 @@ class TrainConfig:
     )
     mixed_precision: str = _field(
         "no",
-        "Autocast precision via accelerate: no, bf16 or fp16 (bf16 is ~2x faster on CPUs "
-        "with AVX512-BF16; weights and optimizer states stay float32).",
+        "Autocast precision via accelerate: auto (bf16 where the CPU or GPU runs it natively, "
+        "float32 elsewhere), no, bf16 or fp16; weights and optimizer states stay float32.",
     )
     gradient_checkpointing: bool = _field(
         False, "Recompute decoder activations in the backward pass (less memory, ~30% slower)."

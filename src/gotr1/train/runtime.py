@@ -54,17 +54,25 @@ class TrainingModule(torch.nn.Module):
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """An `Accelerator` for a run: mixed precision, gradient accumulation, trackers."""
+    """An `Accelerator` for a run: mixed precision, gradient accumulation, trackers.
+
+    ``config.mixed_precision`` ``auto`` is resolved here for the run's device (bf16 only where it
+    is native, `gotr1.train.precision`) and replaced by the choice, so the run's config.yaml and
+    train_log.jsonl record what it trained in; the choice is printed once."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from transformers.utils import logging as hf_logging
 
     from gotr1.policy.attention import use_float32_cpu_attention
+    from gotr1.train.precision import choose_mixed_precision, say_once
 
     check_trackers(config.report_to)
     if config.threads:
         torch.set_num_threads(config.threads)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+    choice = choose_mixed_precision(config.mixed_precision, accelerate_device_type())
+    say_once(choice)
+    config.mixed_precision = choice.chosen
     _forget_previous_run_precision(config.mixed_precision)
     use_float32_cpu_attention()  # bf16 attention is the slow part of a bf16 step on CPU
     return Accelerator(
@@ -76,6 +84,16 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         ),
         step_scheduler_with_optimizer=False,
     )
+
+
+def accelerate_device_type() -> str:
+    """The device type ("cpu", "cuda", ...) the `Accelerator` of this process trains on. It sets
+    up accelerate's process state as `Accelerator` does (ACCELERATE_USE_CPU: CPU processes under
+    torchrun, the gloo group), so the later `Accelerator` finds the same state."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device.type
 
 
 def _forget_previous_run_precision(mixed_precision: str) -> None:
