@@ -539,7 +539,7 @@ def convert_checkpoint(
     from accelerate import init_empty_weights
     from transformers import JanusForConditionalGeneration
 
-    from gotr1.policy.io import add_markup_tokens, configure_special_tokens
+    from gotr1.policy.io import add_markup_tokens, save_pretrained
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_dir():
@@ -605,8 +605,4 @@ def convert_checkpoint(
     model.eval()
 
     add_markup_tokens(model, processor.tokenizer, init=markup_init)
-    configure_special_tokens(model, processor.tokenizer)
-    dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst)
-    processor.save_pretrained(dst)
-    return dst
+    return save_pretrained(model, processor, dst)

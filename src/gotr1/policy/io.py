@@ -78,6 +78,11 @@ def configure_special_tokens(
         **(getattr(generation, "generation_kwargs", None) or {}),
         "boi_token_id": boi,
     }
+    # A generation config made from the model config (every model built from a config has one)
+    # carries ``_from_model_config = true`` into generation_config.json, and transformers then
+    # drops every attribute it does not know on load, generation_kwargs included, so plain
+    # ``generate(generation_mode="image")`` fails. These ids are set on purpose: say so.
+    generation._from_model_config = False
 
 
 def resize_token_embeddings(
@@ -277,20 +282,27 @@ def load_pretrained(
 
 
 def save_pretrained(
-    model: JanusForConditionalGeneration, processor: JanusProcessor, path: str | Path
+    model: JanusForConditionalGeneration,
+    processor: JanusProcessor,
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write model and processor as one plain HF folder (safetensors). Returns the folder.
 
-    A LoRA (PEFT) model is refused: save its adapter with `gotr1.policy.lora.save_adapter`, or
-    `merge_lora` it first.
+    Every full-model folder gotr1 writes (SFT and GRPO checkpoints, demo stages, ``gotr1 convert``)
+    goes through here, so each one opens and draws with plain transformers
+    (``generate(generation_mode="image")``). `state_dict` replaces the module's own tensors (the
+    gathered weights of a ZeRO-3 / FSDP model, whose parameters are shards). A LoRA (PEFT) model
+    is refused: save its adapter with `gotr1.policy.lora.save_adapter`, or `merge_lora` it first.
     """
     if hasattr(model, "get_base_model"):
         raise ValueError("save_pretrained got a PEFT model; use save_adapter, or merge_lora first")
-    check_vocabulary(model, processor.tokenizer)
+    if state_dict is None:  # a sharded model's own embedding is a shard: nothing to check there
+        check_vocabulary(model, processor.tokenizer)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     configure_special_tokens(model, processor.tokenizer)
-    model.save_pretrained(path)
+    model.save_pretrained(path, state_dict=state_dict)
     processor.save_pretrained(path)
     return path
 

@@ -111,12 +111,17 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def save_adapter(model: PeftModel, path: str | Path) -> Path:
-    """Write the adapter (and any trained image head copy) as a PEFT folder (safetensors)."""
+def save_adapter(
+    model: PeftModel, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write the adapter (and any trained image head copy) as a PEFT folder (safetensors).
+
+    `state_dict` stands in for the peft model's own tensors (gathered from ZeRO-3 / FSDP shards).
+    """
     if not is_lora(model):
         raise ValueError("save_adapter needs a LoRA model")
     path = Path(path)
-    model.save_pretrained(str(path), safe_serialization=True)
+    model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
     return path
 
 

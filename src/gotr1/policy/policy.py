@@ -123,18 +123,22 @@ class Policy:
             "reference_model was given"
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Save as a plain HF folder, or (peft model) as a PEFT adapter folder plus the processor."""
+    def save(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Save as a plain HF folder, or (peft model) as a PEFT adapter folder plus the processor.
+
+        `state_dict` stands in for the model's own tensors (the full weights gathered from a
+        ZeRO-3 / FSDP model); it is the model's (or the peft model's) state-dict layout.
+        """
         path = Path(path)
         if is_lora(self.model):
             from gotr1.policy.lora import save_adapter
 
-            save_adapter(self.model, path)
+            save_adapter(self.model, path, state_dict=state_dict)
             self.processor.save_pretrained(path)
             return path
         from gotr1.policy.io import save_pretrained
 
-        return save_pretrained(self.model, self.processor, path)
+        return save_pretrained(self.model, self.processor, path, state_dict=state_dict)
 
     @classmethod
     def load(

@@ -159,16 +159,10 @@ def save_policy(
         if accelerator.is_main_process:
             policy.save(folder)
         return
-    from gotr1.policy.lora import is_lora
-
     state = accelerator.get_state_dict(wrapped)
     if accelerator.is_main_process:
         state = {key.removeprefix("model."): value for key, value in state.items()}
-        if is_lora(policy.model):
-            policy.model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
-        else:
-            policy.model.save_pretrained(str(folder), state_dict=state)
-        policy.processor.save_pretrained(str(folder))
+        policy.save(folder, state_dict=state)
 
 
 @contextlib.contextmanager
