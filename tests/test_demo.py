@@ -170,9 +170,12 @@ def test_ablation_finds_the_shared_tokenizer_of_a_seeds_run(tmp_path, monkeypatc
 
 
 def test_an_unfinished_stage_is_rerun(tmp_path):
+    from gotr1.demo import pipeline as P
+
     folder = tmp_path / "grpo"
     folder.mkdir()
-    (folder / "half-written").write_text("x")  # no marker: a killed run
+    (folder / P.STARTED_MARKER).write_text("{}")  # a killed run of unknown settings
+    (folder / "half-written").write_text("x")
     record = Stages(lambda _: None).run("grpo", folder, {}, lambda f: {"ok": True})
     assert not record["cached"] and not (folder / "half-written").exists()
 

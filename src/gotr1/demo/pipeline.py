@@ -118,6 +118,29 @@ def marker_matches(marker: dict[str, Any] | None, settings: dict[str, Any]) -> b
     return fingerprint({**stored, "config": config}) == fingerprint(settings)
 
 
+def clear_stage_folder(folder: Path) -> None:
+    """Empty a stage folder before a stage starts afresh in it, deleting only what gotr1 wrote.
+
+    A folder holding a stage marker (`STAGE_MARKER` or `STARTED_MARKER`, readable or not) was
+    written by a stage and is removed whole; an empty folder is kept. Anything else (a file, or a
+    folder of the user's such as ``--set tokenizer_dir=`` pointing at their own files) is refused
+    with a `UserError` naming it: a stage never deletes what it did not write.
+    """
+    from gotr1.cli import UserError
+
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: a demo stage cannot run there")
+    if (folder / STAGE_MARKER).exists() or (folder / STARTED_MARKER).exists():
+        shutil.rmtree(folder)
+        return
+    if any(folder.iterdir()):
+        raise UserError(
+            f"{folder} holds files that no demo stage wrote (no {STAGE_MARKER} or "
+            f"{STARTED_MARKER}); gotr1 deletes only its own stage folders: empty it, move it "
+            "away or choose another folder"
+        )
+
+
 class Stages:
     """Runs named stages in folders, skipping those whose marker matches their settings."""
 
@@ -147,7 +170,7 @@ class Stages:
             return self.records[name]
         resuming = done is None and marker_matches(read_marker(folder, STARTED_MARKER), settings)
         if folder.exists() and not resuming:
-            shutil.rmtree(folder)  # stale settings, or a run of unknown settings: start afresh
+            clear_stage_folder(folder)  # stale settings: start afresh
         folder.mkdir(parents=True, exist_ok=True)
         start_record = {"stage": name, "fingerprint": key, "settings": settings}
         write_json_atomically(folder / STARTED_MARKER, start_record)
