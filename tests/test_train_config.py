@@ -123,6 +123,7 @@ def test_cli_fails_at_start_naming_the_field(argv, needle, capsys):
 def test_shipped_configs_are_valid():
     for cls, name in [
         (SFTConfig, "sft-world-tiny.yaml"),
+        (SFTConfig, "sft-janus-pro-1b.yaml"),
         (GRPOConfig, "grpo-world-tiny.yaml"),
         (GRPOConfig, "grpo-janus-pro-7b.yaml"),
     ]:
