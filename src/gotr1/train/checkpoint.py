@@ -9,14 +9,20 @@ A checkpoint is a folder ``checkpoint-<step>/`` in the run folder:
     rng-<process>.json      Python, NumPy and torch (CPU, CUDA) RNG states of each process
     trainer_state.json      step, data position, world size, last metrics — written last
 
-It is first written to ``.tmp-checkpoint-<step>`` and renamed when complete, so a run killed at
-any moment leaves either a whole checkpoint or none. Only safetensors and JSON, no pickle (under
+It is first written to ``.tmp-checkpoint-<step>`` and renamed when complete. Re-saving a step
+moves the old folder to ``.tmp-checkpoint-<step>.old`` before the rename, so a kill between the
+two renames leaves the step's complete copies under temporary names only: `checkpoints` (and with
+it resume and cleaning) first gives such a complete copy its final name back
+(`recover_checkpoints`), so a run killed at any moment never loses a complete checkpoint. A
+folder is complete when it holds trainer_state.json; deletion removes that file first, so a
+folder half deleted by a kill is never taken for a complete one. Only safetensors and JSON, no pickle (under
 FSDP / DeepSpeed the sharded states are saved with accelerate's ``save_state`` in
 ``accelerate/`` instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -36,13 +42,49 @@ PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-checkpoint-"
 STATE_FILE = "trainer_state.json"
 _PATTERN = re.compile(rf"^{PREFIX}(\d+)$")
+_TMP_PATTERN = re.compile(rf"^{re.escape(TMP_PREFIX)}(\d+)(\.old)?$")
 
 
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run folder, oldest first."""
+def recover_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Give complete checkpoints left under temporary names by a kill their final names.
+
+    A kill while `save_checkpoint` re-saves a step, between moving the old folder aside
+    (``.tmp-checkpoint-<step>.old``) and renaming the new one (``.tmp-checkpoint-<step>``), leaves
+    no ``checkpoint-<step>``; the new copy (else the old one) becomes it when it holds
+    trainer_state.json (written last). Steps that still have their final folder are left alone.
+    Safe to call from several processes at once (a lost race is ignored). Returns what was
+    recovered.
+    """
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
+    candidates: dict[int, list[tuple[bool, Path]]] = {}
+    for child in folder.iterdir():
+        match = _TMP_PATTERN.match(child.name)
+        if match and (child / STATE_FILE).is_file():
+            is_old = match.group(2) is not None
+            candidates.setdefault(int(match.group(1)), []).append((is_old, child))
+    recovered = []
+    for step, found in sorted(candidates.items()):
+        final = folder / f"{PREFIX}{step}"
+        if final.exists():
+            continue
+        for _, source in sorted(found):  # the new copy first, then the old one
+            try:
+                os.replace(source, final)
+            except OSError:  # another process recovered it first, or it vanished meanwhile
+                continue
+            recovered.append(final)
+            break
+    return recovered
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first (after `recover_checkpoints`)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    recover_checkpoints(folder)
     found = []
     for child in folder.iterdir():
         match = _PATTERN.match(child.name)
@@ -184,7 +226,7 @@ def save_checkpoint(
     final = output_dir / f"{PREFIX}{step}"
     main = accelerator.is_main_process
     if main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_checkpoint_folder(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     save_model(tmp / "model")
@@ -199,15 +241,17 @@ def save_checkpoint(
         full_state = {**state, "step": step, "world_size": accelerator.num_processes}
         _write_json_synced(tmp / STATE_FILE, full_state)
         if final.exists():  # re-saving a step (e.g. the end of a resumed run): swap it out
+            # A kill between the two renames leaves both complete copies under temporary names;
+            # `recover_checkpoints` gives one of them the final name back.
             trash = output_dir / f"{TMP_PREFIX}{step}.old"
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_checkpoint_folder(trash)
             os.replace(final, trash)
             os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_checkpoint_folder(trash)
         else:
             os.replace(tmp, final)
         for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_checkpoint_folder(old)
     accelerator.wait_for_everyone()
     return final
 
@@ -239,12 +283,22 @@ def load_checkpoint(
 
 
 def clean_stale(output_dir: str | Path) -> None:
-    """Remove half-written checkpoints left by a killed run."""
+    """Remove half-written checkpoints left by a killed run, after giving complete ones left
+    under temporary names their final names (`recover_checkpoints`)."""
     folder = Path(output_dir)
     if folder.is_dir():
+        recover_checkpoints(folder)
         for child in folder.iterdir():
             if child.name.startswith(TMP_PREFIX):
-                shutil.rmtree(child, ignore_errors=True)
+                _remove_checkpoint_folder(child)
+
+
+def _remove_checkpoint_folder(path: Path) -> None:
+    """Delete a checkpoint folder, trainer_state.json first: a kill part-way through leaves a
+    folder that is never taken for a complete checkpoint."""
+    with contextlib.suppress(OSError):  # absent, or not a folder
+        (path / STATE_FILE).unlink()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_json_synced(path: Path, data: dict[str, Any]) -> None:
