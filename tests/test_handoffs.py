@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import (
+    JanusConfig,
     JanusForConditionalGeneration,
     JanusProcessor,
+    JanusVisionConfig,
+    JanusVQVAEConfig,
+    LlamaConfig,
 )
 
+from gotr1.policy.tokenizer import GOT_R1_MARKUP_ORDER, train_world_tokenizer, world_corpus
 from gotr1.train.config import SFTConfig
 from gotr1.train.sft import train_sft
 from test_convert import write_original_checkpoint
@@ -80,3 +86,134 @@ def test_folders_gotr1_writes_draw_with_plain_transformers(tmp_path):
         saved = json.loads((folder / "generation_config.json").read_text())
         assert not saved.get("_from_model_config"), folder
         assert saved["generation_kwargs"]["boi_token_id"] == saved["boi_token_id"], folder
+
+
+# --- markup tokens added at load keep trained rows -------------------------------------------
+
+
+def plain_janus(vocab_size: int, seed: int = 0) -> JanusForConditionalGeneration:
+    """A tiny random Janus built with transformers' own config classes (untied text head)."""
+    hidden = 32
+    config = JanusConfig(
+        text_config=LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=2,
+            tie_word_embeddings=False,
+        ),
+        vision_config=JanusVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_ratio=2.0,
+            image_size=64,
+            patch_size=8,
+            projection_dim=hidden,
+            depth=2,
+            num_image_tokens=64,
+        ),
+        vq_config=JanusVQVAEConfig(
+            num_embeddings=64,
+            embed_dim=8,
+            latent_channels=32,
+            base_channels=32,
+            channel_multiplier=[1, 1, 2, 2],
+            num_res_blocks=1,
+            num_hidden_layers=2,
+            projection_dim=hidden,
+            image_token_embed_dim=hidden,
+        ),
+        image_token_id=5,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return JanusForConditionalGeneration(config).eval()
+
+
+def save_plain(folder: Path, model: JanusForConditionalGeneration, tokenizer) -> Path:
+    """Save `model` and a JanusProcessor over `tokenizer` with transformers' own methods."""
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    image_processor = JanusImageProcessorPil(
+        size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    model.save_pretrained(folder)
+    JanusProcessor(image_processor, tokenizer, num_image_tokens=64).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer():
+    """A world tokenizer without the GoT markup, like a released Janus-Pro / GoT-R1 tokenizer."""
+    return train_world_tokenizer(world_corpus(300, seed=2), vocab_size=300, add_markup=False)
+
+
+def text_logits(model, ids: list[int]) -> torch.Tensor:
+    """Next-token logits of every position of one sequence."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+def test_markup_added_on_load_keeps_the_rows_the_matrix_has(plain_tokenizer, tmp_path, capsys):
+    from gotr1.policy.convert import convert_checkpoint
+    from gotr1.policy.io import load_pretrained
+    from gotr1.policy.policy import Policy
+
+    known = len(plain_tokenizer)
+    markup = list(range(known, known + 4))  # GoT-R1's ids: appended after the tokenizer
+    model = plain_janus(vocab_size=known + 12, seed=3)  # rows past the tokenizer, as Janus-Pro
+    with torch.no_grad():  # trained markup rows: far from the mean row
+        model.get_input_embeddings().weight[markup] = 3 * torch.randn(4, 32)
+        model.lm_head.weight[markup] = 3 * torch.randn(4, 32)
+    folder = save_plain(tmp_path / "got-r1", model, plain_tokenizer)
+    ids = [0, 11, markup[2], 40, 41, markup[3], markup[0], 23, 57, markup[1], 3]
+    expected = text_logits(model, ids)
+    embed = model.get_input_embeddings().weight.detach().clone()
+    head = model.lm_head.weight.detach().clone()
+    capsys.readouterr()
+
+    loaded = {"load_pretrained": load_pretrained(folder)[0]}
+    said = [line for line in capsys.readouterr().err.splitlines() if "GoT markup" in line]
+    assert len(said) == 1 and "4 kept" in said[0] and "0 got new rows" in said[0], said
+    policy = Policy.load(folder)  # also what `gotr1 generate` loads
+    assert policy.tokenizer.convert_tokens_to_ids(list(GOT_R1_MARKUP_ORDER)) == markup
+    loaded["Policy.load"] = policy.model
+    deepseek = write_original_checkpoint(tmp_path / "deepseek", model, plain_tokenizer)
+    converted = convert_checkpoint(deepseek, tmp_path / "converted")
+    loaded["gotr1 convert"] = JanusForConditionalGeneration.from_pretrained(converted).eval()
+    for name, other in loaded.items():
+        assert torch.equal(other.get_input_embeddings().weight, embed), name
+        assert torch.equal(other.lm_head.weight, head), name
+        difference = (text_logits(other, ids) - expected).abs().max().item()
+        assert difference <= 1e-6, (name, difference)
+
+
+def test_markup_rows_the_matrix_must_grow_by_get_the_mean(plain_tokenizer, tmp_path, capsys):
+    from gotr1.policy.io import load_pretrained
+
+    known = len(plain_tokenizer)
+    model = plain_janus(vocab_size=known, seed=4)  # no room: the matrix grows by four rows
+    folder = save_plain(tmp_path / "base", model, plain_tokenizer)
+    embed = model.get_input_embeddings().weight.detach()
+    head = model.lm_head.weight.detach()
+    capsys.readouterr()
+    loaded, processor = load_pretrained(folder)
+    said = [line for line in capsys.readouterr().err.splitlines() if "GoT markup" in line]
+    assert len(said) == 1 and "0 kept" in said[0] and "4 got new rows" in said[0], said
+    new_embed = loaded.get_input_embeddings().weight
+    new_head = loaded.lm_head.weight
+    assert new_embed.shape[0] == new_head.shape[0] == known + 4 == len(processor.tokenizer)
+    assert torch.equal(new_embed[:known], embed) and torch.equal(new_head[:known], head)
+    for row in range(known, known + 4):
+        assert torch.allclose(new_embed[row], embed.mean(0), atol=1e-6)
+        assert torch.allclose(new_head[row], head.mean(0), atol=1e-6)
+    ids = [0, 11, 40, 41, 23, 57]  # tokens the base knows compute as before
+    logits = text_logits(loaded, ids)
+    assert torch.allclose(logits[:, :known], text_logits(model, ids), atol=1e-6)

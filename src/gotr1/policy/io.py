@@ -133,30 +133,44 @@ def resize_token_embeddings(
 def add_markup_tokens(
     model: JanusForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
-    init: str = "mean",
+    init: str = "keep",
 ) -> list[int]:
     """Add the GoT markup tokens the tokenizer lacks and make room for them in the model.
 
-    Tokens are added as GoT-R1 adds them (same order, so a released GoT-R1 checkpoint gets its own
-    ids back). When a new id lies beyond the embedding matrix, the matrix grows and the new rows
-    are set to the mean embedding. ``init="mean"`` also resets new ids that fall on existing rows
-    (Janus-Pro's matrix has ~1.8k unused rows past its tokenizer); ``init="keep"`` leaves such rows
-    as they are (use it for GoT-R1 weights, which were trained with those rows). Returns the ids of
-    the tokens added (empty when nothing was missing).
+    The one place where loading (`load_pretrained`, so `Policy.load` and ``gotr1 generate``) and
+    ``gotr1 convert`` add the markup. Tokens are added as GoT-R1 adds them (same order, so a
+    released GoT-R1 checkpoint gets its own ids back). Ids that fall on rows the embedding matrix
+    already has (Janus-Pro's matrix has ~1.8k rows past its tokenizer; GoT-R1 trained the markup
+    there) keep those rows as they are; only rows the matrix must grow by are set to the mean
+    embedding. ``init="mean"`` resets the existing rows too (an explicit choice of
+    ``gotr1 convert --markup-init mean``). Says in one line on stderr what it added. Returns the
+    ids of the tokens added (empty when nothing was missing).
     """
+    import sys
+
     if init not in MARKUP_INIT_CHOICES:
         raise ValueError(f"init must be one of {MARKUP_INIT_CHOICES}, got {init!r}")
     known = len(tokenizer)  # the mean is over rows of tokens the tokenizer had before
     added = add_markup_to_tokenizer(tokenizer)
     if not added:
         return []
-    ids = tokenizer.convert_tokens_to_ids(added)
+    ids = list(tokenizer.convert_tokens_to_ids(added))
     rows = _base(model).get_input_embeddings().weight.shape[0]
-    reset = ids if init == "mean" else [i for i in ids if i >= rows]
+    grown = [i for i in ids if i >= rows]
+    reset = ids if init == "mean" else grown
     resize_token_embeddings(
         model, max(len(tokenizer), rows), init_rows=reset, mean_over=min(known, rows)
     )
-    return list(ids)
+    overwritten = len(reset) - len(grown)
+    print(
+        f"added the GoT markup tokens {' '.join(added)} to the tokenizer at ids "
+        f"{ids[0]}-{ids[-1]}: {len(ids) - len(reset)} kept the embedding rows already there, "
+        f"{len(grown)} got new rows set to the mean embedding"
+        + (f", {overwritten} existing rows were reset to the mean" if overwritten else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    return ids
 
 
 def check_vocabulary(
@@ -234,13 +248,13 @@ def load_pretrained(
     revision: str | None = None,
     local_files_only: bool = False,
     add_markup: bool = True,
-    markup_init: str = "mean",
 ) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
     """Load an HF-format Janus checkpoint (a local folder or a hub id) and its processor.
 
     Safetensors only, no remote code. Adds the GoT markup tokens when missing (see
-    `add_markup_tokens`), installs the GoT chat template (no default system prompt), and syncs
-    the special-token ids.
+    `add_markup_tokens`: rows already in the matrix keep their trained values, so a GoT-R1
+    folder whose tokenizer lacks the markup computes what it was trained to), installs the GoT
+    chat template (no default system prompt), and syncs the special-token ids.
     `dtype` is e.g. "bfloat16" or a torch dtype (default: float32).
     """
     import torch
@@ -273,7 +287,7 @@ def load_pretrained(
     tokenizer = processor.tokenizer
     ensure_janus_token_attributes(tokenizer)
     if add_markup:
-        add_markup_tokens(model, tokenizer, init=markup_init)
+        add_markup_tokens(model, tokenizer)
     check_vocabulary(model, tokenizer)
     processor.chat_template = CHAT_TEMPLATE  # GoT format: roles User/Assistant, no system prompt
     processor.use_default_system_prompt = False  # (transformers' Janus-Pro folders turn it on)
