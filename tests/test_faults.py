@@ -210,3 +210,111 @@ def test_grpo_resumes_from_a_re_save_killed_between_its_renames(tiny_folder, tmp
     assert [r["step"] for r in read_log(part)] == [1, 2]
     a, b = trainable(whole / "final"), trainable(part / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The API key never leaks, whatever it ends in
+# ----------------------------------------------------------------------------------------------
+
+KEY_CORE = "sk-live/Zq+9f4'x\"r7-never-print"
+"""A key with characters that repr, JSON and URLs escape."""
+
+
+def _leaks(text: str, key: str) -> list[str]:
+    """The forms of `key` (and of its printable core) found in `text`."""
+    import json
+    import urllib.parse
+
+    core = key.strip()
+    forms = {
+        key,
+        core,
+        "sk-live/Zq",
+        "never-print",
+        repr(key)[1:-1],
+        json.dumps(key)[1:-1],
+        urllib.parse.quote(key, safe=""),
+        urllib.parse.quote(core, safe=""),
+        repr(key.encode())[2:-1],
+    }
+    return sorted(form for form in forms if form and form in text)
+
+
+@pytest.mark.parametrize("ending", ["\r", "\n", "\r\n", " ", "\t"])
+def test_score_with_a_key_ending_in_whitespace_sends_it_stripped_and_never_prints_it(
+    tmp_path, monkeypatch, capsys, caplog, ending
+):
+    import json
+    import logging
+
+    from PIL import Image
+
+    from gotr1.chain import format_chain
+    from test_rewards_http import KEY_ENV, ChatServer
+
+    key = KEY_CORE + ending
+    monkeypatch.setenv(KEY_ENV, key)
+    chain = tmp_path / "chain.txt"
+    chain.write_text(format_chain([("red circle", (100, 100, 400, 400))]))
+    image = tmp_path / "image.png"
+    Image.new("RGB", (64, 64), "white").save(image)
+    server = ChatServer()
+    server.respond = lambda text, image, attempt: ("ok", '{"score": 7}')
+    caplog.set_level(logging.DEBUG)
+    try:
+        code = main(
+            ["score", "--judge", "openai", "--base-url", server.base_url, "--api-key-env",
+             KEY_ENV, "--prompt", "a red circle", "--chain", str(chain), "--image", str(image),
+             "--timeout", "5", "--max-retries", "0"]
+        )  # fmt: skip
+    finally:
+        server.close()
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert server.auth_headers and set(server.auth_headers) == {f"Bearer {KEY_CORE}"}
+    for text in (out, err, caplog.text):
+        assert _leaks(text, key) == []
+    report = json.loads(out)
+    assert report["components"]["sem"] == pytest.approx(0.7) and "sem" not in report["failed"]
+
+
+def test_a_key_with_a_control_character_inside_is_refused_without_printing_it(monkeypatch, caplog):
+    import logging
+
+    from test_rewards_http import KEY_ENV, ChatServer, _chains, make_judge
+
+    key = "sk-live/Zq\x01never-print"
+    monkeypatch.setenv(KEY_ENV, key)
+    server = ChatServer()
+    caplog.set_level(logging.DEBUG)
+    try:
+        with make_judge(server.base_url) as judge:
+            result = judge.semantic(["p"], _chains(1))
+            texts = [repr(judge), str(judge.stats), str(judge.error_counts)]
+    finally:
+        server.close()
+    assert result.failed.all() and server.requests == 0  # refused before anything was sent
+    assert KEY_ENV in result.reasons[0] and "control character" in result.reasons[0]
+    for text in [*texts, str(result.reasons), caplog.text]:
+        assert _leaks(text, key) == []
+
+
+def test_the_scrubber_removes_every_escaped_form_of_the_key():
+    import json
+    import urllib.parse
+
+    from gotr1.rewards.openai_http import scrub_secret
+
+    key = KEY_CORE + "\r"
+    messages = [
+        f"ValueError: Invalid header value {(b'Bearer ' + key.encode())!r}",
+        f"Invalid header value {('Bearer ' + key)!r}",
+        json.dumps({"error": f"Bearer {key}"}),
+        json.dumps({"error": repr(key)}),
+        f"GET /v1?key={urllib.parse.quote(key, safe='')}",
+        f"GET /v1?key={urllib.parse.quote_plus(key)}",
+        f"plain {key} and stripped {KEY_CORE}",
+    ]
+    for message in messages:
+        scrubbed = scrub_secret(message, key)
+        assert "***" in scrubbed and _leaks(scrubbed, key) == [], scrubbed

@@ -15,8 +15,10 @@ The production case is ``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``; anything that
   jitter (:func:`backoff_ceiling`); other HTTP errors (400, 401, ...) are not retried. What still
   fails becomes a Reply without text, which the shared judge logic counts as a failure — nothing
   raises;
-- the API key is read from the environment variable named by ``api_key_env`` at request time; it
-  is never stored on the judge, logged, or written into an error message or a repr.
+- the API key is read from the environment variable named by ``api_key_env`` at request time,
+  surrounding whitespace stripped (a key with a control character inside is refused); it is never
+  stored on the judge, logged, or written into an error message or a repr, escaped or not
+  (:func:`scrub_secret`).
 """
 
 from __future__ import annotations
@@ -227,15 +229,25 @@ class OpenAIJudge(VLMJudge):
             self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
 
     def _scrub(self, message: str) -> str:
-        """An error message with the API key (should one ever appear in it) blotted out."""
-        key = self._api_key()
-        return message.replace(key, "***") if key else message
+        """An error message with the API key (should one ever appear in it, in any escaped
+        form) blotted out."""
+        name = self.config.api_key_env
+        raw = os.environ.get(name) if name else None
+        return scrub_secret(message, raw) if raw and raw.strip() else message
 
     def _api_key(self) -> str | None:
+        """The API key from the environment, surrounding whitespace (a stray ``\r`` or ``\n``)
+        stripped; None when unset or empty. A key with a control character inside raises a
+        _TransportError whose message does not hold it."""
         name = self.config.api_key_env
         if not name:
             return None
-        return os.environ.get(name) or None
+        key = (os.environ.get(name) or "").strip()
+        if any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise _TransportError(
+                f"the API key in ${name} holds a control character; set it without one", False
+            )
+        return key or None
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
@@ -352,6 +364,31 @@ class OpenAIJudge(VLMJudge):
                 max_workers=self.config.max_concurrency, thread_name_prefix="gotr1-judge"
             )
         return list(self._executor.map(self._send, requests))
+
+
+def secret_forms(secret: str) -> list[str]:
+    """Every way `secret` may be written into a message: as is, stripped of surrounding
+    whitespace, and each of those escaped as Python (str and bytes repr), JSON and URLs
+    (percent-encoding) write it, once or twice over; longest first."""
+    escapes = (
+        lambda s: repr(s)[1:-1],
+        lambda s: repr(s.encode("utf-8", "backslashreplace"))[2:-1],
+        lambda s: json.dumps(s)[1:-1],
+        lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
+        lambda s: urllib.parse.quote(s, safe=""),
+        lambda s: urllib.parse.quote_plus(s, safe=""),
+    )
+    forms = {secret, secret.strip()}
+    for _ in range(2):
+        forms |= {escape(form) for form in forms for escape in escapes}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def scrub_secret(message: str, secret: str) -> str:
+    """`message` with every form of `secret` (`secret_forms`) replaced by ``***``."""
+    for form in secret_forms(secret):
+        message = message.replace(form, "***")
+    return message
 
 
 def choice_text(choice: dict[str, Any]) -> str:
