@@ -105,11 +105,7 @@ class DemoConfig:
 
     # Stage 2: SFT.
     sft_steps: int = _f(
-        4000,
-        "SFT optimizer steps. Images follow their planned boxes only after many steps, and GRPO "
-        "gains only once they do (seed 0, held-out: planned objects drawn at their box 17% after "
-        "2,000 steps, GRPO +0.014; 50% after 3,000, GRPO +0.098). Three seeds, GRPO over SFT: "
-        "+0.080 on the mean after 3,000 steps, +0.088 after 4,000 (README: the demo).",
+        4000, "SFT optimizer steps (images draw their planned boxes only after thousands)."
     )
     sft_batch_size: int = _f(32, "SFT examples per step.")
     sft_learning_rate: float = _f(3e-3, "SFT peak learning rate (cosine).")
@@ -121,9 +117,8 @@ class DemoConfig:
     )
     sft_chain_colors: str = _f(
         "drawn",
-        "How the SFT chains name objects: each with the colour it is drawn in (drawn: the plan "
-        "picks the colours a prompt leaves open, so chains also name the colour-shape pairs that "
-        "prompts hold out), or as the prompt names them (prompt, the demo before stop 11).",
+        "How SFT chains name objects: drawn (each with the colour it is drawn in, so the plan "
+        "picks the colours a prompt leaves open) or prompt (as the prompt names them).",
     )
     mixed_precision: str = _f(
         "auto",
@@ -137,31 +132,18 @@ class DemoConfig:
     )
 
     # Stage 3: GRPO.
-    grpo_steps: int = _f(
-        72,
-        "GRPO steps. The held-out gain grows with them (seed 0, 64 x 8 a step: +0.005 after a "
-        "24-step run; +0.033, +0.063 and +0.072 after 24, 48 and 72 steps of a 72-step run). "
-        "Three seeds: +0.084 on the mean at 48 steps (stop 22), +0.114 at 72 (stop 23).",
-    )
+    grpo_steps: int = _f(72, "GRPO steps.")
     grpo_num_prompts: int = _f(
-        64,
-        "Prompts per GRPO step (x grpo_num_generations rollouts). At 8 x 8 a step's gradient is "
-        "sampling noise (gotr1 grpo-signal) and the reward stays flat; at 64 x 8 it rises in every "
-        "seed (README: the demo).",
+        64, "Prompts per GRPO step (each sampled grpo_num_generations times)."
     )
     grpo_num_generations: int = _f(8, "Group size N.")
     grpo_processes: int = _f(
-        2,
-        "Processes GRPO runs in on CPU (DDP over gloo, launched by torchrun; 1: in this "
-        "process). Rollouts of a tiny model scale with processes, not threads: on 2 cores four "
-        "64 x 8 steps took 134 s in one process with 2 threads, 75 s in 2 processes.",
+        2, "Processes GRPO trains in on CPU (DDP over gloo under torchrun; 1: in this process)."
     )
     grpo_update_rollouts: int = _f(
         32,
         "Rollouts a GRPO process takes into one forward and backward pass of its update (the "
-        "rest by gradient accumulation): what bounds the update's memory. At 32 prompts x 8 "
-        "samples a process, one pass over all 256 peaked at 5.6 GB, 32 at 1.6 GB, and passes of "
-        "32 took 0.30x the time of one (benchmarks/grpo_update_memory.py).",
+        "rest by gradient accumulation): what bounds the update's memory.",
     )
     grpo_learning_rate: float = _f(2e-4, "GRPO peak learning rate (cosine).")
     grpo_min_lr_ratio: float = _f(
@@ -190,11 +172,7 @@ class DemoConfig:
     # Stage 4: the held-out benchmark.
     eval_prompts: int = _f(300, "Held-out (test split) benchmark prompts.")
     eval_prompt_seed: int = _f(0, "Seed of the benchmark's prompt list (fixed: the benchmark).")
-    eval_images_per_prompt: int = _f(
-        4,
-        "Images per benchmark prompt, as GenEval draws (seed 0's models: one image a prompt "
-        "said +0.042, four +0.010, the standard error of the difference 0.010 with four).",
-    )
+    eval_images_per_prompt: int = _f(4, "Images per benchmark prompt (GenEval draws four).")
     eval_prompts_per_batch: int = _f(100, "Prompts per evaluation rollout batch.")
     report_examples: int = _f(24, "Side-by-side examples in report.html.")
 
