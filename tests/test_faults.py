@@ -318,3 +318,42 @@ def test_the_scrubber_removes_every_escaped_form_of_the_key():
     for message in messages:
         scrubbed = scrub_secret(message, key)
         assert "***" in scrubbed and _leaks(scrubbed, key) == [], scrubbed
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. parse_chain is linear in its input
+# ----------------------------------------------------------------------------------------------
+
+_OBJ = "<|obj_start|>red circle<|obj_end|> <|box_start|>"
+_END = "<|box_end|>"
+
+
+def _seconds(function, *args):
+    """Wall-clock seconds of one call, and what it returned."""
+    import time
+
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def test_parse_chain_is_linear_in_whitespace_inside_a_box():
+    from gotr1.chain import parse_chain
+
+    # 40,000 spaces took about 7 s when each split of the run was tried: a correctness bound.
+    seconds, chain = _seconds(parse_chain, _OBJ + "(1,2)" + " " * 40_000 + "x" + _END)
+    assert seconds < 1 and chain.objects == [] and "malformed box" in chain.errors[0]
+    n = 1_000_000
+    shapes = [
+        "(1,2)" + " " * n + "x",
+        "(1,2)" + " " * n + "," + " " * n + "x",
+        " " * n + "(1,2)" + " " * n + ", (3," + " " * n,
+        "(" + "1" * n + ",2),(3,4)",
+        "(1." + "5" * n + ",2),(3,4)",
+    ]
+    for body in shapes:
+        seconds, chain = _seconds(parse_chain, _OBJ + body + _END)
+        assert seconds < 1, (body[:20], seconds)
+        assert chain.errors
+    seconds, chain = _seconds(parse_chain, _OBJ + " " * n + "(1, 2) ,\n (30,40)" + " " * n + _END)
+    assert seconds < 1 and chain.boxes == [(1, 2, 30, 40)] and not chain.errors

@@ -28,8 +28,11 @@ GRID = 1000
 Box = tuple[int, int, int, int]
 
 _MARKER = re.compile(r"<\|(obj_start|obj_end|box_start|box_end)\|>")
-_NUMBER = r"\s*([-+]?\d+(?:\.\d*)?)\s*"
-_BOX_BODY = re.compile(rf"^\s*\({_NUMBER},{_NUMBER}\)\s*,?\s*\({_NUMBER},{_NUMBER}\)\s*$")
+# Every run of whitespace is matched by one possessive quantifier (``\s*+``: never given back),
+# so a malformed box fails in time linear in its length (``\s*,?\s*`` tried every split of a
+# long run of spaces).
+_NUMBER = r"\s*+([-+]?\d+(?:\.\d*)?)\s*+"
+_BOX_BODY = re.compile(rf"^\s*+\({_NUMBER},{_NUMBER}\)\s*+(?:,\s*+)?\({_NUMBER},{_NUMBER}\)\s*+$")
 _MAX_REPORTED_TEXT = 40
 
 
