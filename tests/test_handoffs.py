@@ -217,3 +217,71 @@ def test_markup_rows_the_matrix_must_grow_by_get_the_mean(plain_tokenizer, tmp_p
     ids = [0, 11, 40, 41, 23, 57]  # tokens the base knows compute as before
     logits = text_logits(loaded, ids)
     assert torch.allclose(logits[:, :known], text_logits(model, ids), atol=1e-6)
+
+
+# --- LoRA adapters load in plain PEFT ---------------------------------------------------------
+
+
+def text_and_image_logits(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text logits of every position and image-head logits of the last one."""
+    from gotr1.policy.lora import unwrap_model
+
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        image = unwrap_model(model).model.generation_head(out.hidden_states[-1][0, -1])
+    return out.logits[0], image
+
+
+def test_lora_adapter_loads_in_plain_peft_to_gotr1s_logits(plain_tokenizer, tmp_path):
+    from peft import PeftModel
+
+    from gotr1.policy.lora import apply_lora
+    from gotr1.policy.policy import Policy
+
+    known = len(plain_tokenizer)
+    markup = list(range(known, known + 4))
+    base_model = plain_janus(vocab_size=known + 12, seed=5)  # room for the markup, as Janus-Pro
+    with torch.no_grad():
+        base_model.get_input_embeddings().weight[markup] = 3 * torch.randn(4, 32)
+        base_model.lm_head.weight[markup] = 3 * torch.randn(4, 32)
+    base = save_plain(tmp_path / "base", base_model, plain_tokenizer)
+
+    start = Policy.load(base)  # the tokenizer lacks the markup: loading adds it
+    lora = apply_lora(start.model, r=4, alpha=8, train_image_head=True)
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained adapters and image head copy
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    adapter = Policy(lora, start.processor).save(tmp_path / "adapter")
+
+    ids = [0, 11, markup[2], 40, 41, markup[3], markup[0], 23, markup[1], 3]
+    ours = Policy.load(adapter).model.eval()
+    plain_base = JanusForConditionalGeneration.from_pretrained(base).eval()
+    base_text, _ = text_and_image_logits(plain_base, ids)
+    theirs = PeftModel.from_pretrained(plain_base, str(adapter)).eval()
+    our_text, our_image = text_and_image_logits(ours, ids)
+    their_text, their_image = text_and_image_logits(theirs, ids)
+    trained_text, trained_image = text_and_image_logits(lora.eval(), ids)
+    assert (their_text - our_text).abs().max().item() <= 1e-5
+    assert (their_image - our_image).abs().max().item() <= 1e-5
+    assert (our_text - trained_text).abs().max().item() <= 1e-5
+    assert (our_image - trained_image).abs().max().item() <= 1e-5
+    assert (base_text - our_text).abs().max().item() > 1e-3  # the adapters matter
+
+
+def test_lora_on_a_base_without_room_for_the_markup_is_refused(plain_tokenizer, tmp_path):
+    from gotr1.cli import UserError
+    from gotr1.policy.io import load_pretrained, save_pretrained
+    from gotr1.policy.lora import apply_lora
+
+    known = len(plain_tokenizer)
+    base = save_plain(tmp_path / "base", plain_janus(vocab_size=known, seed=6), plain_tokenizer)
+    model, processor = load_pretrained(base)  # grows the matrix by the four markup rows
+    with pytest.raises(UserError, match="LoRA") as refused:
+        apply_lora(model, r=4, alpha=8)
+    assert "\n" not in str(refused.value) and "SFT" in str(refused.value)
+    # What the message advises: save the resized base once, then LoRA on it loads in plain PEFT.
+    resized = save_pretrained(model, processor, tmp_path / "resized")
+    model, _ = load_pretrained(resized)
+    apply_lora(model, r=4, alpha=8)

@@ -64,7 +64,8 @@ def apply_lora(
 ) -> PeftModel:
     """Attach LoRA adapters to the language model's projections; freeze everything else.
 
-    `target_modules` picks among the Llama projections (default: all attention and MLP
+    Refused (`check_base_holds_vocabulary`) when the model has embedding rows its saved base
+    lacks, since the adapter could not reproduce it in plain PEFT. `target_modules` picks among the Llama projections (default: all attention and MLP
     projections). ``train_image_head=True`` also trains a full copy of the image head.
     """
     from peft import LoraConfig, get_peft_model
@@ -75,6 +76,7 @@ def apply_lora(
         raise ValueError(
             f"bad LoRA settings: r={r} (>= 1), alpha={alpha} (> 0), dropout={dropout} ([0,1))"
         )
+    check_base_holds_vocabulary(model)
     projections = tuple(target_modules) if target_modules is not None else LANGUAGE_PROJECTIONS
     unknown = sorted(set(projections) - set(LANGUAGE_PROJECTIONS))
     if unknown:
@@ -90,6 +92,45 @@ def apply_lora(
         bias="none",
     )
     return get_peft_model(model, config)
+
+
+def _saved_vocabulary(name_or_path: str) -> int | None:
+    """Rows of the text vocabulary a saved base model has (None when it cannot be read here)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "vocab_size", None)
+    return int(size) if size is not None else None
+
+
+def check_base_holds_vocabulary(model: JanusForConditionalGeneration) -> None:
+    """Refuse LoRA when the model has embedding rows its saved base lacks.
+
+    An adapter folder names its base (``base_model_name_or_path``) and holds only the adapters:
+    plain ``PeftModel.from_pretrained(base, adapter)`` starts from the saved base. When loading
+    grew the vocabulary (the GoT markup tokens on a matrix without room for them), that base has
+    fewer rows than the model the adapter was trained on (IndexError, or different logits), so
+    the adapter would not be self-contained. Raises `gotr1.cli.UserError` saying what to do.
+    """
+    from gotr1.cli import UserError
+
+    base = str(getattr(model, "name_or_path", "") or "")
+    if not base:
+        return  # a model built in memory: its adapter names no base to disagree with
+    saved = _saved_vocabulary(base)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if saved is not None and saved != rows:
+        raise UserError(
+            f"LoRA on {base}: the model embeds {rows} tokens but the saved base has {saved} rows "
+            "(loading added the GoT markup tokens), so a PEFT adapter would not load on it; "
+            "fine-tune the full model first (SFT), or save the resized base once with "
+            "gotr1.policy.io: save_pretrained(*load_pretrained(BASE), NEW_BASE), and train "
+            "LoRA from NEW_BASE"
+        )
 
 
 @contextlib.contextmanager
