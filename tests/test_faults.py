@@ -357,3 +357,101 @@ def test_parse_chain_is_linear_in_whitespace_inside_a_box():
         assert chain.errors
     seconds, chain = _seconds(parse_chain, _OBJ + " " * n + "(1, 2) ,\n (30,40)" + " " * n + _END)
     assert seconds < 1 and chain.boxes == [(1, 2, 30, 40)] and not chain.errors
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Judge-answer parsers: bounded answers, linear patterns
+# ----------------------------------------------------------------------------------------------
+
+
+def _judge_shapes(n: int) -> list[tuple[str, str]]:
+    """Pathological judge answers of about `n` characters: (parser, answer)."""
+    return [
+        ("boxes", "(1,2)" + " " * n),
+        ("boxes", "(1,2)" + " " * (n // 2) + "," + " " * (n // 2) + "x"),
+        ("score", '"score"' + " " * n),
+        ("score", "score is" + " " * n + ":x"),
+        ("boxes", "[" * n),
+        ("score", "[" * n),
+        ("score", "{" * n),
+        ("boxes", "[1," * (n // 3)),
+        ("boxes", "[" + "1," * (n // 2)),
+        ("boxes", "[]" * (n // 2)),
+        ("boxes", "[a}" * (n // 3) + "]"),
+        ("boxes", "['a'}" * (n // 5) + "]"),
+        ("score", "```" + " " * n),
+        ("score", "```json" + "\n" * n + "x"),
+        ("score", "7" + " " * n + "x"),
+        ("score", "7 /" + " " * n + "x"),
+        ("score", "rate " * (n // 5)),
+        ("boxes", "none" + " " * n + "x"),
+        ("boxes", "(1, 2) " * (n // 7)),
+    ]
+
+
+def _parse(parser: str, text: str):
+    from gotr1.rewards.qwen_prompts import parse_boxes, parse_score
+
+    return parse_boxes(text) if parser == "boxes" else parse_score(text, 0, 10)
+
+
+def test_judge_answer_parsers_are_linear_on_pathological_answers():
+    # Sizes that took 6 s and 11.5 s when whitespace runs were split every way: correctness
+    # bounds, not benchmarks.
+    for parser, text in [("boxes", "(1,2)" + " " * 2_000), ("score", '"score"' + " " * 20_000)]:
+        seconds, _ = _seconds(_parse, parser, text)
+        assert seconds < 1, (text[:10], seconds)
+    from gotr1.rewards.qwen_prompts import MAX_ANSWER_CHARS
+
+    for parser, text in _judge_shapes(MAX_ANSWER_CHARS - 16):  # read in full: the patterns' cost
+        assert len(text) <= MAX_ANSWER_CHARS
+        seconds, _ = _seconds(_parse, parser, text)
+        assert seconds < 1, (parser, text[:12], seconds)
+
+
+def test_judge_answers_over_the_bound_are_unusable_at_once():
+    from gotr1.rewards.qwen_prompts import MAX_ANSWER_CHARS
+
+    # A usable answer padded past the bound is refused too (not read in part).
+    assert _parse("score", '{"score": 7}' + " " * MAX_ANSWER_CHARS) is None
+    assert _parse("score", '{"score": 7}' + " " * (MAX_ANSWER_CHARS - 20)) == 7
+    for parser, text in _judge_shapes(1_000_000):
+        seconds, result = _seconds(_parse, parser, text)
+        assert seconds < 1 and result is None, (parser, text[:12], seconds)
+
+
+def test_normal_judge_answers_parse_as_before():
+    answers = [
+        ("score", '{"score": 7}', 7.0),
+        ("score", "**Final Score:** **9**", 9.0),
+        ("score", "Score is 7/10", 7.0),
+        ("score", "score: is 8", None),
+        ("score", "The score of 6 out of 10", 6.0),
+        ("score", "I'd rate it 8 out of 10", 8.0),
+        ("score", " **7** .", 7.0),
+        ("score", "7 out of 10", 7.0),
+        ("score", "```json\n{'score': 4}\n```", 4.0),
+        ("boxes", '[{"bbox_2d": [1, 2, 30, 40], "label": "cat"}]', [[1, 2, 30, 40]]),
+        ("boxes", "(1, 2) , to (30,40) and (5,6)-(7,8)", [[1, 2, 30, 40], [5, 6, 7, 8]]),
+        ("boxes", '[{"bbox_2d": [1,2,3,4]}, {"bbox_2d": [5,6', [[1, 2, 3, 4]]),
+        ("boxes", "{'bbox_2d': [1, 2, 3, 4]}", [[1, 2, 3, 4]]),
+        ("boxes", "None.", []),
+        ("boxes", "There is no cat in the image", []),
+        ("boxes", "[]", []),
+    ]
+    for parser, text, expected in answers:
+        assert _parse(parser, text) == expected, text
+
+
+def test_an_over_long_answer_is_a_counted_judge_failure():
+    from gotr1.rewards.qwen_prompts import MAX_ANSWER_CHARS
+    from test_rewards_http import ChatServer, _chains, make_judge
+
+    server = ChatServer()
+    server.respond = lambda text, image, attempt: ("ok", '{"score": 7}' + " " * MAX_ANSWER_CHARS)
+    try:
+        with make_judge(server.base_url, api_key_env=None) as judge:
+            result = judge.semantic(["p"], _chains(1))
+    finally:
+        server.close()
+    assert result.failed.all() and server.requests == 2  # asked once more, then counted

@@ -166,14 +166,25 @@ def band_to_unit(value: float, question: str) -> float:
 
 # --------------------------------------------------------------------------- answer parsing
 
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)
+MAX_ANSWER_CHARS = 64 * 1024
+"""The longest judge answer the parsers read, in characters. The answers asked for are a few
+hundred characters (``score_max_new_tokens``, ``ground_max_new_tokens``); a longer one is
+unusable (the parsers return None), a counted judge failure like any other unusable answer."""
+MAX_JSON_ATTEMPTS = 256
+"""Failed JSON decodes (an opening bracket where no value starts) tried per answer segment before
+the rest is left to the prose patterns."""
+
+# The patterns below match every run of whitespace (or markdown emphasis) with one possessive
+# quantifier (``*+``: never given back), so no two quantifiers can share a run and a failing
+# match costs time linear in the text (``\s*,?\s*`` tried every split of a long run).
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*+\s*+(.*?)```", re.S)
 _SCORE_KEYS = ("score", "rating", "overall_score", "final_score", "overall", "grade")
 _NUMBER = r"([-+]?\d+(?:\.\d+)?)"
-_EMPHASIS = r"[\s*_]*"  # spaces and markdown bold / italics: **Score:** **9**
-_OUT_OF = rf"(?:{_EMPHASIS}(?:/|\bout\s+of\b){_EMPHASIS}(\d+(?:\.\d+)?))"
+_EMPHASIS = r"[\s*_]*+"  # spaces and markdown bold / italics: **Score:** **9**
+_OUT_OF = rf"(?:{_EMPHASIS}(?:/|\bout\s++of\b){_EMPHASIS}(\d+(?:\.\d+)?))"
 _SCORE_KEY_PATTERN = re.compile(
-    rf"\b(?:final\s+|overall\s+)?(?:score|rating|grade)\b[\s*_\"']*(?:is\b|of\b|=|:)?"
-    rf"[\s*_:=\"']*{_NUMBER}{_OUT_OF}?",
+    rf"\b(?:final\s++|overall\s++)?(?:score|rating|grade)\b"
+    rf"(?:[\s*_\"']*+(?:is|of)\b)?[\s*_:=\"']*+{_NUMBER}{_OUT_OF}?",
     re.I,
 )
 # "I'd rate it 8 out of 10", "I would give this image a 7/10": a rating verb, a few words without
@@ -184,17 +195,17 @@ _RATED_PATTERN = re.compile(
     rf"[^\d\n.]{{0,24}}?{_NUMBER}{_OUT_OF}",
     re.I,
 )
-_BARE_NUMBER = re.compile(rf"^{_EMPHASIS}{_NUMBER}{_OUT_OF}?{_EMPHASIS}\.?\s*$", re.I)
+_BARE_NUMBER = re.compile(rf"^{_EMPHASIS}{_NUMBER}{_OUT_OF}?{_EMPHASIS}(?:\.\s*+)?$", re.I)
 _NOT_FOUND = re.compile(
-    r"^\s*(?:none|null|no|n/a|not found|nothing)\s*\.?\s*$|"
+    r"^\s*+(?:none|null|no|n/a|not found|nothing)\s*+(?:\.\s*+)?$|"
     r"\b(?:not (?:present|visible|found|shown|in the image)|there is no|there are no|"
     r"cannot (?:find|locate|see)|can't (?:find|locate|see)|unable to (?:find|locate)|"
     r"does not (?:appear|exist|contain))\b",
     re.I,
 )
+_COORDINATE = r"\s*+([-+]?\d+(?:\.\d+)?)\s*+"
 _PAIR_BOX = re.compile(
-    r"\(\s*([-+]?\d+(?:\.\d+)?)\s*,\s*([-+]?\d+(?:\.\d+)?)\s*\)\s*,?\s*(?:to|-)?\s*"
-    r"\(\s*([-+]?\d+(?:\.\d+)?)\s*,\s*([-+]?\d+(?:\.\d+)?)\s*\)"
+    rf"\({_COORDINATE},{_COORDINATE}\)\s*+(?:,\s*+)?(?:(?:to|-)\s*+)?\({_COORDINATE},{_COORDINATE}\)"
 )
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "bbox_2D", "box_2d", "bounding_box", "coordinates")
 
@@ -204,16 +215,33 @@ def _segments(text: str) -> list[str]:
     return [m.group(1) for m in _FENCE.finditer(text)] + [text]
 
 
+class _NextFinder:
+    """``text.find(char, start)`` for starts that never decrease: each character's next position
+    is searched for again only once the start has passed it (linear over a whole scan)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.found: dict[str, int] = {}
+
+    def __call__(self, char: str, start: int) -> int:
+        at = self.found.get(char)
+        if at is None or 0 <= at < start:
+            at = self.text.find(char, start)
+            self.found[char] = at
+        return at
+
+
 def _json_values(text: str) -> list[Any]:
-    """Every JSON object or array that can be decoded starting somewhere in the text, in order."""
+    """Every JSON object or array that can be decoded starting somewhere in the text, in order
+    (after `MAX_JSON_ATTEMPTS` failed starts the rest of the text is not tried)."""
     decoder = json.JSONDecoder()
+    find = _NextFinder(text)
     values: list[Any] = []
     index = 0
+    failures = 0
     limit = len(text)
-    while index < limit:
-        start = min(
-            (p for p in (text.find("{", index), text.find("[", index)) if p >= 0), default=-1
-        )
+    while index < limit and failures < MAX_JSON_ATTEMPTS:
+        start = min((p for p in (find("{", index), find("[", index)) if p >= 0), default=-1)
         if start < 0:
             break
         try:
@@ -221,13 +249,15 @@ def _json_values(text: str) -> list[Any]:
         except (ValueError, RecursionError):
             # Try a Python-ish dict with single quotes before giving up on this brace.
             value, end = None, start + 1
-            closing = text.find("}" if text[start] == "{" else "]", start)
+            closing = find("}" if text[start] == "{" else "]", start)
             if closing > start:
                 try:
                     value = json.loads(text[start : closing + 1].replace("'", '"'))
                     end = closing + 1
                 except (ValueError, RecursionError):
                     value = None
+            if value is None:
+                failures += 1
         if value is not None:
             values.append(value)
         index = max(end, start + 1)
@@ -275,9 +305,12 @@ def parse_score(text: str | None, lo: float, hi: float) -> float | None:
     prose; a rating verb with a fraction (``I'd rate it 8 out of 10``); an answer that is only a
     number (``7``, ``7/10``, ``**7**``, ``8 out of 10``). A fraction ``a/b`` (or ``a out of b``)
     with b ≠ hi is rescaled to the band. Anything else (prose without a score, several unlabeled
-    numbers, "3 out of 4 objects", garbage) is unusable.
+    numbers, "3 out of 4 objects", garbage) is unusable, and so is an answer longer than
+    `MAX_ANSWER_CHARS`.
     """
     if not isinstance(text, str) or not text.strip():
+        return None
+    if len(text) > MAX_ANSWER_CHARS:
         return None
     value: float | None = None
     for segment in _segments(text):
@@ -290,7 +323,7 @@ def parse_score(text: str | None, lo: float, hi: float) -> float | None:
         stripped = segment.strip()
         try:
             decoded = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
             decoded = None
         if isinstance(decoded, int | float) and not isinstance(decoded, bool):
             value = _finite(decoded)
@@ -362,9 +395,12 @@ def parse_boxes(text: str | None) -> list[list[float]] | None:
     there: ``[]``, "none", "there is no …"), or None for an unusable answer. Accepted: Qwen's
     ``[{"bbox_2d": [...], "label": ...}]`` (bare, in prose or a code fence), a dict with a box key,
     a bare ``[x1, y1, x2, y2]``, and ``(x1,y1),(x2,y2)`` pairs. An answer cut off by the token
-    limit (its outer list never closes) keeps every complete box before the cut.
+    limit (its outer list never closes) keeps every complete box before the cut. An answer
+    longer than `MAX_ANSWER_CHARS` is unusable.
     """
     if not isinstance(text, str) or not text.strip():
+        return None
+    if len(text) > MAX_ANSWER_CHARS:
         return None
     for segment in _segments(text):
         found: list[list[float]] | None = None
