@@ -261,8 +261,8 @@ def test_convert_errors_are_clear(hf_model, plain_tokenizer, tmp_path):
     (src / "config.json").write_text(json.dumps(original_config_from_hf(hf_model.config)))
 
     weights = src / "model.safetensors"
-    weights.rename(src / "pytorch_model.bin")
-    with pytest.raises(UserError, match="pickle checkpoints are not loaded"):
+    weights.rename(src / "pytorch_model.bin")  # safetensors bytes under a torch pickle's name
+    with pytest.raises(UserError, match="not a plain tensor checkpoint"):
         convert_checkpoint(src, tmp_path / "out")
     weights.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="not a readable safetensors file"):

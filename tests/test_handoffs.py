@@ -285,3 +285,81 @@ def test_lora_on_a_base_without_room_for_the_markup_is_refused(plain_tokenizer, 
     resized = save_pretrained(model, processor, tmp_path / "resized")
     model, _ = load_pretrained(resized)
     apply_lora(model, r=4, alpha=8)
+
+
+# --- DeepSeek pytorch_model.bin checkpoints -----------------------------------------------------
+
+
+class WritesAMarker:
+    """An object whose unpickling would create a file: proof that nothing but tensors is loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_deepseek_bin_checkpoints_convert_like_their_safetensors_twin(plain_tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from gotr1.cli import UserError
+    from gotr1.policy.convert import convert_checkpoint
+
+    model = plain_janus(vocab_size=len(plain_tokenizer) + 8, seed=7)
+    twin = write_original_checkpoint(tmp_path / "safetensors", model, plain_tokenizer)
+    weights = load_file(str(twin / "model.safetensors"))
+    names = sorted(weights)
+
+    def bin_copy(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for path in twin.iterdir():
+            if path.name != "model.safetensors":
+                (folder / path.name).write_bytes(path.read_bytes())
+        return folder
+
+    single = bin_copy("bin")  # deepseek-ai/Janus-Pro-1B: one pytorch_model.bin
+    torch.save(weights, single / "pytorch_model.bin")
+    sharded = bin_copy("bin-sharded")  # deepseek-ai/Janus-Pro-7B: shards and an index
+    half = len(names) // 2
+    shards = {"pytorch_model-00001-of-00002.bin": names[:half]}
+    shards["pytorch_model-00002-of-00002.bin"] = names[half:]
+    for file, keys in shards.items():
+        torch.save({k: weights[k] for k in keys}, sharded / file)
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+    ids = [0, 11, 40, 41, len(plain_tokenizer), 23, 3]
+    converted = {
+        name: JanusForConditionalGeneration.from_pretrained(
+            convert_checkpoint(folder, tmp_path / f"hf-{name}")
+        ).eval()
+        for name, folder in (("safetensors", twin), ("bin", single), ("sharded", sharded))
+    }
+    expected = converted.pop("safetensors")
+    expected_state = expected.state_dict()
+    expected_text, expected_image = text_and_image_logits(expected, ids)
+    for name, other in converted.items():
+        state = other.state_dict()
+        assert set(state) == set(expected_state), name
+        assert all(torch.equal(state[k], expected_state[k]) for k in state), name
+        text, image = text_and_image_logits(other, ids)
+        assert torch.equal(text, expected_text) and torch.equal(image, expected_image), name
+
+    # Only tensors: an object that is not one is never unpickled, and the error is one line.
+    marker = tmp_path / "unpickled"
+    for file, payload in (
+        ("object", {**weights, "trap": WritesAMarker(marker)}),
+        ("number", {**weights, "step": 3}),
+        ("list", list(weights.values())),
+    ):
+        folder = bin_copy(f"bad-{file}")
+        torch.save(payload, folder / "pytorch_model.bin")
+        with pytest.raises(UserError) as refused:
+            convert_checkpoint(folder, tmp_path / f"out-{file}")
+        assert "\n" not in str(refused.value) and "pytorch_model.bin" in str(refused.value)
+    assert not marker.exists()
+    (sharded / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(UserError, match="listed in the shard index but missing"):
+        convert_checkpoint(sharded, tmp_path / "out-missing")

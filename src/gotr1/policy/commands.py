@@ -25,7 +25,8 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
         help="convert a DeepSeek-format Janus/GoT-R1 checkpoint into a Hugging Face folder",
         description=(
             "Convert an original DeepSeek-format Janus-Pro or GoT-R1 checkpoint (config.json with "
-            "model_type multi_modality, safetensors weights, tokenizer) into a plain Hugging Face "
+            "model_type multi_modality, safetensors or pytorch_model*.bin weights (tensors only), "
+            "tokenizer) into a plain Hugging Face "
             "folder that JanusForConditionalGeneration.from_pretrained opens. The GoT markup tokens "
             "are added to the tokenizer when missing."
         ),

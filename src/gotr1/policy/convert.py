@@ -15,6 +15,9 @@ parts differently from transformers' ``JanusForConditionalGeneration``:
                                                                  q/k/v_proj, pos_embed squeezed)
     aligner.layers.0 / .2                      model.aligner.fc1 / .hidden_layers.0
 
+Weights are read from safetensors, or from DeepSeek's ``pytorch_model*.bin`` shards (how it publishes
+Janus-Pro) with ``torch.load(weights_only=True)``: tensors only, never another pickled object.
+
 Dropped: the SigLIP attention-pooling head (``attn_pool.*``, unused by Janus) and the VQ's
 ``codebook_used`` statistics buffer. The mapping is written here from the two model definitions
 (both directions, so a test can go HF -> DeepSeek -> HF bit-exactly).
@@ -447,39 +450,83 @@ def original_config_from_hf(config: JanusConfig) -> dict[str, Any]:
 # --- the checkpoint converter ------------------------------------------------------------------
 
 
-def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder: ``*.safetensors`` shards (via the index when present)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    index = folder / "model.safetensors.index.json"
+def _shard_paths(folder: Path, index_name: str, pattern: str) -> list[Path]:
+    """Weight files of one format: those a shard index lists, else the files matching `pattern`."""
+    index = folder / index_name
     if index.is_file():
         try:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise UserError(f"{index}: malformed shard index ({error})") from None
-        paths = [folder / name for name in files]
-    else:
-        paths = sorted(folder.glob("*.safetensors"))
+        return [folder / name for name in files]
+    return sorted(folder.glob(pattern))
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one ``pytorch_model*.bin`` file, read as transformers reads them:
+    ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only and
+    refuses every other object; anything but a flat mapping of names to tensors is refused too."""
+    import torch
+
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure to read is the same answer here
+        reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+        if "WeightsUnpickler error:" in reason:  # keep torch's one useful sentence
+            reason = reason.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        raise UserError(
+            f"{path}: not a plain tensor checkpoint (torch.load with weights_only=True refused "
+            f"it: {type(error).__name__}{': ' + reason if reason else ''})"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise UserError(
+            f"{path}: holds a {type(loaded).__name__}, not a mapping of names to tensors"
+        )
+    for key, value in loaded.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; only tensors "
+                "are read from .bin checkpoints"
+            )
+    return loaded
+
+
+def read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a DeepSeek checkpoint folder.
+
+    ``*.safetensors`` shards (via ``model.safetensors.index.json`` when present) come first; without
+    them, ``pytorch_model*.bin`` shards (via ``pytorch_model.bin.index.json`` when present), the
+    way DeepSeek publishes Janus-Pro, read with ``torch.load(weights_only=True)``: tensors only,
+    never another pickled object. No other file is opened.
+    """
+    paths = _shard_paths(folder, "model.safetensors.index.json", "*.safetensors")
+    read = _read_safetensors
     if not paths:
-        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+        paths = _shard_paths(folder, "pytorch_model.bin.index.json", "pytorch_model*.bin")
+        read = _read_torch_bin
+    if not paths:
+        others = sorted(p.name for p in folder.glob("*.bin")) + sorted(
             p.name for p in folder.glob("*.pt")
         )
-        hint = (
-            f" (found {', '.join(pickles)}: pickle checkpoints are not loaded; re-save them as "
-            "safetensors, or for Janus-Pro use the HF-format deepseek-community/Janus-Pro-* directly)"
-            if pickles
-            else ""
-        )
-        raise UserError(f"{folder}: no *.safetensors weights{hint}")
+        hint = f" (found {', '.join(others)}: not read)" if others else ""
+        raise UserError(f"{folder}: no *.safetensors or pytorch_model*.bin weights{hint}")
     tensors: dict[str, torch.Tensor] = {}
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: listed in the shard index but missing")
-        try:
-            tensors.update(load_file(str(path)))
-        except (SafetensorError, OSError) as error:
-            raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+        tensors.update(read(path))
     return tensors
 
 
@@ -529,7 +576,8 @@ def convert_checkpoint(
 ) -> Path:
     """Convert a DeepSeek-format Janus / GoT-R1 folder into a plain HF folder at `dst`.
 
-    The source holds ``config.json`` (model_type ``multi_modality``), safetensors weights and the
+    The source holds ``config.json`` (model_type ``multi_modality``), the weights (safetensors, or
+    DeepSeek's ``pytorch_model*.bin`` read as tensors only, see `read_checkpoint_weights`) and the
     tokenizer files. The GoT markup tokens are added to the tokenizer when missing, in GoT-R1's
     order; ``markup_init="keep"`` keeps existing embedding rows at those ids (GoT-R1 trained them),
     ``"mean"`` resets them to the mean embedding (a base Janus-Pro). `dtype` casts floating
@@ -569,7 +617,7 @@ def convert_checkpoint(
     config = janus_config_from_original(raw, source=str(config_path))
     processor = _source_processor(src, config)
     try:
-        tensors = convert_state_dict(read_safetensors_folder(src))
+        tensors = convert_state_dict(read_checkpoint_weights(src))
     except ValueError as error:
         raise UserError(f"{src}: {error}") from None
     if target_dtype is not None:
