@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,13 @@ import torch
 from gotr1.train.config import ConfigError, GRPOConfig
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
+
     from gotr1.policy.policy import Policy
+    from gotr1.policy.rollout import Rollouts, SamplingConfig
     from gotr1.rewards import DualStageReward
+    from gotr1.rewards.combine import Rewards
+    from gotr1.train.data import PromptSource
 
 ZERO_STD = 1e-6
 """A group whose reward std is below this has no learning signal: its advantages are exactly 0."""
@@ -413,10 +419,10 @@ class ScoredRollouts:
 
 def score_rollouts(
     config: GRPOConfig,
-    rollouts: Any,
-    rewards: Any,
-    gather: Any = None,
-    global_sum: Any = None,
+    rollouts: Rollouts,
+    rewards: Rewards,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    global_sum: Callable[[float], float] | None = None,
     processes: int = 1,
 ) -> ScoredRollouts:
     """Advantages and token weights of a judged batch, as configured.
@@ -465,30 +471,63 @@ def score_rollouts(
     )
 
 
+@dataclass
+class StepTimes:
+    """Seconds each part of a GRPO step took on this process."""
+
+    rollout: float = 0.0
+    reward: float = 0.0
+    logprobs: float = 0.0
+    update: float = 0.0
+
+
+@dataclass
+class UpdateSums:
+    """What the update adds up over this process's rows (the first iteration's), summed over
+    processes by `step_metrics`; and the update's grad norm and learning rate."""
+
+    sums: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "tokens",
+                "kl",
+                "clip_low",
+                "clip_high",
+                "entropy_chain",
+                "entropy_chain_tokens",
+                "entropy_image",
+                "entropy_image_tokens",
+                "logprob_gap",
+                "logprob_gap_tokens",
+            ),
+            0.0,
+        )
+    )
+    grad_norm: float = float("nan")
+    learning_rate: float = 0.0
+
+
 def grpo_step(
     config: GRPOConfig,
-    accelerator: Any,
+    accelerator: Accelerator,
     wrapped: torch.nn.Module,
-    optimizer: Any,
+    optimizer: torch.optim.Optimizer,
     scheduler: Any,
     policy: Policy,
-    reward_fn: Any,
-    prompts: Any,
-    sampling: Any,
+    reward_fn: Callable[[Rollouts], Rewards],
+    prompts: PromptSource,
+    sampling: SamplingConfig,
     step: int,
-) -> tuple[dict[str, float], Any, Any, ScoredRollouts]:
+) -> tuple[dict[str, float], Rollouts, Rewards, ScoredRollouts]:
     """One GRPO step on this process's whole groups; returns (metrics, rollouts, rewards, the
     scored batch: advantages and token weights). Metrics are over all processes."""
-    from gotr1.policy.lora import is_lora
-    from gotr1.train.runtime import clip_gradients, gathered_parameters, step_seed
+    from gotr1.train.runtime import gathered_parameters, step_seed
 
     started = time.perf_counter()
+    times = StepTimes()
     rank, processes = accelerator.process_index, accelerator.num_processes
     per_process = config.num_prompts // processes
-    device = accelerator.device
-
-    def gather(values: torch.Tensor) -> torch.Tensor:
-        return accelerator.gather(values.to(device)).cpu() if processes > 1 else values.cpu()
+    gather = process_gather(accelerator)
 
     def global_sum(value: float) -> float:
         return float(gather(torch.tensor([float(value)], dtype=torch.float64)).sum())
@@ -498,23 +537,53 @@ def grpo_step(
     generator = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
     with gathered_parameters(accelerator, wrapped):
         rollouts = policy.rollout(local_prompts, config.num_generations, sampling, generator)
-    rollout_time = time.perf_counter() - started
+    times.rollout = time.perf_counter() - started
 
     # 2. Rewards. A judge failure under on_failure="drop" takes that sample (keep False) out.
     mark = time.perf_counter()
     rewards = reward_fn(rollouts)
-    reward_time = time.perf_counter() - mark
+    times.reward = time.perf_counter() - mark
 
     # 3-4. Advantages over the kept rows of complete groups, and which tokens count.
     scored = score_rollouts(config, rollouts, rewards, gather, global_sum, processes)
-    group_std = scored.group_std
-    all_total, all_keep = scored.all_total, scored.all_keep
-    weights, normaliser = scored.weights.to(device), scored.normaliser
-    token_advantages, chain_tokens = scored.token_advantages, rollouts.chain_mask.shape[1]
 
-    # 5. Reference and old log-probs, without gradients (no reference forward when beta == 0;
-    #    old log-probs only when a rollout batch is reused, else old = new.detach(): ratio 1).
+    # 5. Reference and old log-probs, without gradients.
     mark = time.perf_counter()
+    old, ref = fixed_logprobs(config, accelerator, wrapped, policy, rollouts)
+    times.logprobs = time.perf_counter() - mark
+
+    # 6. num_iterations updates, each over gradient_accumulation_steps micro-batches of rows.
+    mark = time.perf_counter()
+    update = grpo_update(
+        config, accelerator, wrapped, optimizer, scheduler, policy, rollouts, scored, old, ref
+    )
+    times.update = time.perf_counter() - mark
+
+    # 7. Metrics over all processes.
+    metrics = step_metrics(config, rollouts, rewards, scored, update, times, gather)
+    metrics["step_time"] = time.perf_counter() - started
+    return metrics, rollouts, rewards, scored
+
+
+def process_gather(accelerator: Accelerator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function that concatenates a tensor over all processes (on the CPU)."""
+    if accelerator.num_processes == 1:
+        return lambda values: values.cpu()
+    return lambda values: accelerator.gather(values.to(accelerator.device)).cpu()
+
+
+def fixed_logprobs(
+    config: GRPOConfig,
+    accelerator: Accelerator,
+    wrapped: torch.nn.Module,
+    policy: Policy,
+    rollouts: Rollouts,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The old and reference log-probs of every token, [rows, chain + image tokens], without
+    gradients: no reference pass when beta == 0, and old log-probs only when a rollout batch is
+    reused (num_iterations > 1; otherwise old = new.detach(), ratio 1). None where not needed."""
+    from gotr1.policy.lora import is_lora
+
     kwargs = dict(
         special=policy.special,
         image_logprob=config.image_logprob,
@@ -534,17 +603,32 @@ def grpo_step(
         if config.num_iterations > 1:
             lp = wrapped("logprobs", rollouts, **kwargs)
             old = torch.cat([lp.chain, lp.image], dim=1)
-    logprob_time = time.perf_counter() - mark
+    return old, ref
 
-    # 6. num_iterations updates, each over gradient_accumulation_steps micro-batches of rows.
-    mark = time.perf_counter()
-    wrapped.train()
-    sums = {"tokens": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0}
-    entropy = {"chain": 0.0, "chain_n": 0.0, "image": 0.0, "image_n": 0.0}
-    gap = torch.zeros(2, dtype=torch.float64)
-    grad_norm = float("nan")
+
+def grpo_update(
+    config: GRPOConfig,
+    accelerator: Accelerator,
+    wrapped: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    policy: Policy,
+    rollouts: Rollouts,
+    scored: ScoredRollouts,
+    old: torch.Tensor | None,
+    ref: torch.Tensor | None,
+) -> UpdateSums:
+    """`num_iterations` optimizer steps of `grpo_loss` over the scored rollouts, each in
+    `gradient_accumulation_steps` micro-batches of rows; returns the first iteration's sums."""
+    from gotr1.train.runtime import clip_gradients
+
+    device = accelerator.device
+    weights = scored.weights.to(device)
+    chain_tokens = rollouts.chain_mask.shape[1]
     accumulation = config.gradient_accumulation_steps
-    learning_rate = scheduler.get_last_lr()[0]
+    out = UpdateSums(learning_rate=scheduler.get_last_lr()[0])
+    sums = out.sums
+    wrapped.train()
     for iteration in range(config.num_iterations):
         for rows in torch.arange(len(rollouts)).tensor_split(accumulation):
             batch = rollouts.select(rows)
@@ -561,9 +645,9 @@ def grpo_step(
                     new,
                     new.detach() if old is None else old[rows],
                     None if ref is None else ref[rows],
-                    token_advantages(rows, chain_tokens).to(device),
+                    scored.token_advantages(rows, chain_tokens).to(device),
                     weights[rows],
-                    normaliser,
+                    scored.normaliser,
                     config.epsilon,
                     config.clip_high,
                     config.beta,
@@ -571,106 +655,106 @@ def grpo_step(
                 )
                 accelerator.backward(loss * accumulation)  # accelerate divides by accumulation
                 if accelerator.sync_gradients:
-                    grad_norm = clip_gradients(accelerator, wrapped, config.max_grad_norm)
+                    out.grad_norm = clip_gradients(accelerator, wrapped, config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             if iteration == 0:
-                for key in sums:
+                for key in ("tokens", "kl", "clip_low", "clip_high"):
                     sums[key] += float(stats[key])
                 mask = batch.chain_mask.bool()
                 sampled = torch.cat([batch.chain_logprobs[mask], batch.image_logprobs.flatten()])
                 teacher_forced = torch.cat([lp.chain[mask], lp.image.flatten()]).detach().float()
-                gap += torch.tensor(
-                    [
-                        float((teacher_forced - sampled.to(teacher_forced)).abs().sum()),
-                        sampled.numel(),
-                    ]
+                sums["logprob_gap"] += float(
+                    (teacher_forced - sampled.to(teacher_forced)).abs().sum()
                 )
+                sums["logprob_gap_tokens"] += sampled.numel()
                 if lp.chain_entropy is not None:
-                    entropy["chain"] += float(lp.chain_entropy.detach()[mask].sum())
-                    entropy["chain_n"] += float(mask.sum())
-                    entropy["image"] += float(lp.image_entropy.detach().sum())
-                    entropy["image_n"] += float(lp.image_entropy.numel())
+                    sums["entropy_chain"] += float(lp.chain_entropy.detach()[mask].sum())
+                    sums["entropy_chain_tokens"] += float(mask.sum())
+                    sums["entropy_image"] += float(lp.image_entropy.detach().sum())
+                    sums["entropy_image_tokens"] += float(lp.image_entropy.numel())
         scheduler.step()
-    update_time = time.perf_counter() - mark
+    return out
 
-    # 7. Metrics over all processes (TRL's names where they exist).
-    lengths = rollouts.chain_mask.sum(1).float().cpu()
-    per_row = {
-        name: torch.as_tensor(rewards.component(name), dtype=torch.float32)
-        for name in ("sem", "spa", "ri", "pi")
+
+def step_metrics(
+    config: GRPOConfig,
+    rollouts: Rollouts,
+    rewards: Rewards,
+    scored: ScoredRollouts,
+    update: UpdateSums,
+    times: StepTimes,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
+    """A GRPO step's metrics over all processes, TRL's names where they exist."""
+    local = {
+        **update.sums,
+        "judge_failures": float(sum(rewards.failure_counts.values())),
+        "parsed_chains": float(sum(bool(c.objects) and not c.errors for c in rollouts.chains)),
     }
-    gathered = {name: gather(values) for name, values in per_row.items()}
-    counts = gather(
-        torch.tensor(
-            [
-                sums["tokens"],
-                sums["kl"],
-                sums["clip_low"],
-                sums["clip_high"],
-                entropy["chain"],
-                entropy["chain_n"],
-                entropy["image"],
-                entropy["image_n"],
-                float(sum(rewards.failure_counts.values())),
-                float(gap[0]),
-                float(gap[1]),
-                float(sum(bool(c.objects) and not c.errors for c in rollouts.chains)),
-            ],
-            dtype=torch.float64,
-        )[None]
-    ).sum(0)
-    all_lengths = gather(lengths)
-    all_truncated = gather(rollouts.truncated.cpu().float())
-    all_group_std = gather(group_std)  # NaN for groups left with fewer than two kept rows
-    scored_groups = torch.isfinite(all_group_std)
-    scored_std = all_group_std[scored_groups]
-    tokens = max(float(counts[0]), 1.0)
-    kept_total = all_total[all_keep]
+    totals = dict(
+        zip(
+            local,
+            gather(torch.tensor([list(local.values())], dtype=torch.float64)).sum(0).tolist(),
+            strict=True,
+        )
+    )
+    lengths = gather(rollouts.chain_mask.sum(1).float().cpu())
+    truncated = gather(rollouts.truncated.cpu().float())
+    group_std = gather(scored.group_std)  # NaN for groups left with fewer than two kept rows
+    scored_groups = torch.isfinite(group_std)
+    scored_std = group_std[scored_groups]
+    kept_total = scored.all_total[scored.all_keep]
+    tokens = max(totals["tokens"], 1.0)
+
+    def mean_or_nan(values: torch.Tensor) -> float:
+        return float(values.mean()) if values.numel() else float("nan")
+
     metrics: dict[str, float] = {
-        "reward": float(kept_total.mean()) if kept_total.numel() else float("nan"),
-        "reward_std": float(scored_std.mean()) if scored_std.numel() else float("nan"),
-        "frac_reward_zero_std": (
-            float((scored_std < ZERO_STD).float().mean()) if scored_std.numel() else float("nan")
-        ),
-        "completions/mean_length": float(all_lengths.mean()),
-        "completions/min_length": float(all_lengths.min()),
-        "completions/max_length": float(all_lengths.max()),
-        "completions/clipped_ratio": float(all_truncated.mean()),
-        "clip_ratio/low_mean": float(counts[2]) / tokens,
-        "clip_ratio/high_mean": float(counts[3]) / tokens,
-        "clip_ratio/region_mean": float(counts[2] + counts[3]) / tokens,
-        "grad_norm": grad_norm,
-        "learning_rate": learning_rate,
-        "judge/failures": float(counts[8]),
-        "judge/dropped_rows": float((~all_keep).sum()),
+        "reward": mean_or_nan(kept_total),
+        "reward_std": mean_or_nan(scored_std),
+        "frac_reward_zero_std": mean_or_nan((scored_std < ZERO_STD).float()),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float(truncated.mean()),
+        "clip_ratio/low_mean": totals["clip_low"] / tokens,
+        "clip_ratio/high_mean": totals["clip_high"] / tokens,
+        "clip_ratio/region_mean": (totals["clip_low"] + totals["clip_high"]) / tokens,
+        "grad_norm": update.grad_norm,
+        "learning_rate": update.learning_rate,
+        "judge/failures": totals["judge_failures"],
+        "judge/dropped_rows": float((~scored.all_keep).sum()),
         "judge/dropped_groups": float((~scored_groups).sum()),
-        "chains/parse_rate": float(counts[11]) / max(len(all_lengths), 1),
-        "debug/logprob_gap": float(counts[9]) / max(float(counts[10]), 1.0),
-        "time/rollout": rollout_time,
-        "time/reward": reward_time,
-        "time/logprobs": logprob_time,
-        "time/update": update_time,
-        "step_time": time.perf_counter() - started,
+        "chains/parse_rate": totals["parsed_chains"] / max(len(lengths), 1),
+        "debug/logprob_gap": totals["logprob_gap"] / max(totals["logprob_gap_tokens"], 1.0),
+        "time/rollout": times.rollout,
+        "time/reward": times.reward,
+        "time/logprobs": times.logprobs,
+        "time/update": times.update,
     }
-    for name, values in gathered.items():
+    for name in ("sem", "spa", "ri", "pi"):
+        values = gather(torch.as_tensor(rewards.component(name), dtype=torch.float32))
         if torch.isfinite(values).any():
             metrics[f"rewards/{name}/mean"] = float(values[torch.isfinite(values)].mean())
     if config.beta > 0:
-        metrics["kl"] = float(counts[1]) / tokens
-    if config.log_entropy and counts[5] + counts[7] > 0:
-        metrics["entropy"] = float(counts[4] + counts[6]) / float(counts[5] + counts[7])
-        metrics["entropy/chain"] = float(counts[4]) / max(float(counts[5]), 1.0)
-        metrics["entropy/image"] = float(counts[6]) / max(float(counts[7]), 1.0)
-    return metrics, rollouts, rewards, scored
+        metrics["kl"] = totals["kl"] / tokens
+    chain_n, image_n = totals["entropy_chain_tokens"], totals["entropy_image_tokens"]
+    if config.log_entropy and chain_n + image_n > 0:
+        metrics["entropy"] = (totals["entropy_chain"] + totals["entropy_image"]) / (
+            chain_n + image_n
+        )
+        metrics["entropy/chain"] = totals["entropy_chain"] / max(chain_n, 1.0)
+        metrics["entropy/image"] = totals["entropy_image"] / max(image_n, 1.0)
+    return metrics
 
 
 def _dump(
     accelerator: Any,
     config: GRPOConfig,
     step: int,
-    rollouts: Any,
-    rewards: Any,
+    rollouts: Rollouts,
+    rewards: Rewards,
     scored: ScoredRollouts,
 ) -> None:
     """Save the first `num_samples` rows of the main process's rollouts with their rewards and
