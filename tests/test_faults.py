@@ -455,3 +455,78 @@ def test_an_over_long_answer_is_a_counted_judge_failure():
     finally:
         server.close()
     assert result.failed.all() and server.requests == 2  # asked once more, then counted
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Every numeric setting is finite
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["sft", "--learning_rate", "inf"], "learning_rate"),
+        (["sft", "--learning_rate", "nan"], "learning_rate"),
+        (["grpo", "--max_grad_norm", "nan"], "max_grad_norm"),
+        (["grpo", "--cfg_weight=-inf"], "cfg_weight"),
+        (["grpo", "--reward_weights", "sem=nan"], "reward_weights"),
+        (["demo", "--set", "grpo_learning_rate=nan"], "grpo_learning_rate"),
+        (["demo", "--set", "cfg_weight=nan"], "cfg_weight"),
+        (["demo", "--set", "grpo_beta=inf"], "grpo_beta"),
+        (["score", "--judge", "openai", "--timeout", "nan"], "timeout"),
+        (["score", "--judge", "openai", "--timeout", "inf"], "timeout"),
+        (["score", "--weights", "sem=nan", "--combination", "weighted_sum"], "weights"),
+    ],
+)
+def test_non_finite_settings_are_refused_naming_the_field(tmp_path, capsys, args, field):
+    from PIL import Image
+
+    from gotr1.chain import format_chain
+
+    if args[0] == "demo":
+        args = [*args, "--out", str(tmp_path / "run")]
+    if args[0] in ("sft", "grpo"):  # were the value taken, a short run in a scratch folder
+        args = [*args, "--output_dir", str(tmp_path / "run"), "--max_steps", "1"]
+    if args[0] == "score":
+        chain = tmp_path / "chain.txt"
+        chain.write_text(format_chain([("red circle", (100, 100, 400, 400))]))
+        image = tmp_path / "image.png"
+        Image.new("RGB", (32, 32), "white").save(image)
+        args = [*args, "--prompt", "a red circle", "--chain", str(chain), "--image", str(image)]
+    assert main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and field in errors[0] and "finite" in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
+def test_each_config_system_checks_every_float_field():
+    import dataclasses
+    import typing
+
+    from gotr1.cli import UserError
+    from gotr1.demo.config import DemoConfig
+    from gotr1.rewards import OpenAIJudgeConfig, RewardConfig
+    from gotr1.train.config import ConfigError, GRPOConfig, SFTConfig
+
+    def float_fields(cls):
+        hints = typing.get_type_hints(cls)
+        return [f.name for f in dataclasses.fields(cls) if hints[f.name] in (float, float | None)]
+
+    for cls in (SFTConfig, GRPOConfig):
+        assert len(float_fields(cls)) >= 8
+        for name in float_fields(cls):
+            for bad in (float("nan"), float("inf")):
+                with pytest.raises(ConfigError, match=name):
+                    cls(**{name: bad})
+    for name in float_fields(DemoConfig):
+        with pytest.raises(UserError, match=f"demo setting {name} "):
+            DemoConfig(**{name: float("nan")}).validate()
+    for name in float_fields(OpenAIJudgeConfig):
+        with pytest.raises(ValueError, match=name):
+            OpenAIJudgeConfig(**{name: float("nan")})
+    for name in float_fields(RewardConfig):
+        with pytest.raises(ValueError, match=name):
+            RewardConfig(**{name: float("inf")})
+    with pytest.raises(ValueError, match="weights"):
+        RewardConfig(weights={"sem": float("nan")})
+    GRPOConfig(learning_rate=1e-3, max_grad_norm=0.0, epsilon_high=None)  # finite values pass

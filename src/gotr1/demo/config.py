@@ -206,7 +206,11 @@ class DemoConfig:
     def validate(self) -> None:
         """Raise `gotr1.cli.UserError` naming the field for values a run cannot use."""
         from gotr1.cli import UserError
+        from gotr1.numeric import finite_message
 
+        message = finite_message(self, "demo setting ")  # first: NaN passes range checks
+        if message:
+            raise UserError(message)
         positive = (
             "vq_steps",
             "vq_batch_size",

@@ -74,6 +74,11 @@ class RewardConfig:
     )
 
     def __post_init__(self) -> None:
+        from gotr1.numeric import finite_message
+
+        message = finite_message(self)
+        if message:
+            raise ValueError(message)
         self.components = tuple(self.components)
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown or not self.components:

@@ -77,6 +77,11 @@ class VLMJudgeConfig:
     )
 
     def __post_init__(self) -> None:
+        from gotr1.numeric import finite_message
+
+        message = finite_message(self)  # of subclasses' fields too (timeouts, backoff)
+        if message:
+            raise ValueError(message)
         if self.box_format not in qp.BOX_FORMATS:
             raise ValueError(f"box_format {self.box_format!r} is not one of {qp.BOX_FORMATS}")
         if self.image_size is not None and self.image_size < 28:

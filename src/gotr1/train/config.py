@@ -103,6 +103,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values; raise `ConfigError` naming the field. Called at construction."""
+        from gotr1.numeric import finite_message
+
+        message = finite_message(self)  # first: NaN passes every range check below
+        if message:
+            raise ConfigError(message)
         _positive(self, "max_steps", "learning_rate", "gradient_accumulation_steps")
         _positive(self, "logging_steps", "save_steps", "save_total_limit")
         _non_negative(self, "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm")
