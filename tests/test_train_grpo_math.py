@@ -226,3 +226,24 @@ def test_per_token_advantages_equal_per_row_ones_when_the_stages_agree():
     loss, _ = grpo_loss(new, new.detach(), None, staged, weights, 4.0)
     (grad,) = torch.autograd.grad(loss, new)
     assert torch.allclose(grad, -staged / 6 / 4, atol=1e-7)
+
+
+def test_the_begin_of_image_forced_at_the_cap_carries_no_weight():
+    from gotr1.train.config import GRPOConfig
+    from gotr1.train.grpo import score_rollouts
+
+    rollouts, rewards = _judged_batch([1.0] * 6, [1.0] * 6, [0.0, 0.3, 0.6, 0.1, 0.5, 0.9])
+    rollouts.chain_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]] * 3)  # row 1's chain: one token
+    rollouts.truncated = torch.tensor([True, True, False, False, False, False])
+    weights = score_rollouts(GRPOConfig(), rollouts, rewards).weights
+    assert weights[0, :2].tolist() == [1.0, 0.0]  # its last chain token was forced
+    assert weights[1, :2].tolist() == [0.0, 0.0]  # forced at its only chain position
+    assert weights[2, :2].tolist() == [1.0, 1.0] and weights[3, :2].tolist() == [1.0, 0.0]
+    assert (weights[:, 2:] == 1.0).all()  # image tokens are sampled, never forced
+
+
+def test_grpo_refuses_a_nucleus_its_log_probs_would_not_match():
+    from gotr1.train.config import ConfigError, GRPOConfig
+
+    with pytest.raises(ConfigError, match="top_p must be 1 for GRPO"):
+        GRPOConfig(top_p=0.5)

@@ -298,7 +298,9 @@ class GRPOConfig(TrainConfig):
     )
     text_temperature: float = _field(1.0, "Sampling temperature of chain tokens.")
     image_temperature: float = _field(1.0, "Sampling temperature of image tokens.")
-    top_p: float = _field(1.0, "Nucleus sampling of chain tokens (1.0 = off).")
+    top_p: float = _field(
+        1.0, "Nucleus sampling of chain tokens: must be 1 (off) for exact GRPO log-prob ratios."
+    )
     cfg_weight: float = _field(5.0, "Classifier-free guidance of the rollout's image tokens.")
     max_chain_tokens: int = _field(600, "Chain cap; longer chains get <begin_of_image> forced.")
     max_batch_rows: int | None = _field(
@@ -384,8 +386,11 @@ class GRPOConfig(TrainConfig):
             )
         if self.epsilon_high is not None and self.epsilon_high < 0:
             raise ConfigError(f"epsilon_high must be >= 0 or None, got {self.epsilon_high}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_p != 1:
+            raise ConfigError(
+                f"top_p must be 1 for GRPO, got {self.top_p}: the teacher-forced log-probs score "
+                "the whole distribution, so a nucleus would make the importance ratio inexact"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         _choice(self, "loss_type", LOSS_TYPES)

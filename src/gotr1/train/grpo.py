@@ -431,7 +431,8 @@ def score_rollouts(
     over the kept rows of all processes (`gather` concatenates a tensor over them; default: this
     process only). A group left with fewer than two kept rows has no std (NaN) and stays out of
     the loss, like the dropped rows themselves. Weights: chain tokens (minus truncated chains, if
-    asked), then the image tokens, times the row's weight. With ``chain_advantage: plan`` the
+    asked, and always minus the <begin_of_image> forced at the cap), then the image tokens, times
+    the row's weight. With ``chain_advantage: plan`` the
     chain tokens' advantages are the same computation over the plan's reward (R_sem + R_spa of
     the included ones).
     """
@@ -460,8 +461,14 @@ def score_rollouts(
         row_weight = row_weight * (~zero_std).float()
 
     chain_weight = rollouts.chain_mask.cpu().float() * config.chain_token_weight
+    truncated = rollouts.truncated.cpu()
     if config.mask_truncated_chains:
-        chain_weight[rollouts.truncated.cpu()] = 0.0
+        chain_weight[truncated] = 0.0
+    # A chain cut at the cap ends in a <begin_of_image> the sampler forced, not sampled: no
+    # gradient through it (chains are right-padded, so it is the row's last real chain token).
+    last = rollouts.chain_mask.cpu().sum(1).long() - 1
+    forced = truncated.nonzero().flatten()
+    chain_weight[forced, last[forced]] = 0.0
     image_weight = torch.full(rollouts.image_ids.shape, config.image_token_weight)
     weights = torch.cat([chain_weight, image_weight], dim=1) * row_weight[:, None]
     max_length = config.max_chain_tokens + rollouts.image_ids.shape[1]
