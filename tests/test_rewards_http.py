@@ -490,13 +490,14 @@ def test_no_key_variable_sends_no_authorization(server, monkeypatch):
 
 
 def test_dual_stage_reward_over_http_on_world_samples(server):
+    from gotr1.chain import box_iou, parse_chain
     from gotr1.world import sample_examples
 
     examples = sample_examples(6, seed=5)
 
     def respond(text, image, attempt):
-        if text.startswith("Locate the "):
-            return ("ok", "[]")  # nothing found: R_RI = 0
+        if text.startswith("Locate the "):  # every object "found" filling the left 3/4
+            return ("ok", '[{"bbox_2d": [0, 0, 336, 448], "label": "it"}]')
         if "Plan:" in text:
             return ("ok", '{"score": 8}')
         if "layout planned" in text:
@@ -516,8 +517,18 @@ def test_dual_stage_reward_over_http_on_world_samples(server):
     np.testing.assert_allclose(product.sem, 0.8)
     np.testing.assert_allclose(product.spa, 1.0)
     np.testing.assert_allclose(product.pi, 0.6)
-    np.testing.assert_allclose(product.ri, 0.0)
-    np.testing.assert_allclose(product.total, 0.0)  # R_RI = 0 zeroes the product
+    # R_RI: one candidate box a name, (0,0),(750,1000) on the grid of the 448 px image the judge
+    # saw, given to the planned object of that name it overlaps most; the others of it get 0.
+    expected_ri = []
+    for chain in map(parse_chain, chains):
+        best: dict[str, float] = {}
+        for obj in chain.objects:
+            iou = box_iou(obj.box, (0, 0, 750, 1000))
+            best[obj.name] = max(best.get(obj.name, 0.0), iou)
+        expected_ri.append(sum(best.values()) / len(chain.objects))
+    assert min(expected_ri) > 0
+    np.testing.assert_allclose(product.ri, expected_ri, atol=1e-6)
+    np.testing.assert_allclose(product.total, 0.6 * (0.8 + 1.0) * np.array(expected_ri), atol=1e-6)
     np.testing.assert_allclose(planning.total, 0.6 * 1.8)
     assert np.isnan(planning.ri).all()
     assert set(product.timings) >= {"sem", "spa", "ri", "pi", "layout_render"}

@@ -128,9 +128,15 @@ def test_chains_that_run_out_are_closed_and_flagged(policy):
     assert (lengths[rollouts.truncated] == 4).all()
     ends = rollouts.chain_ids[torch.arange(len(rollouts)), lengths - 1]
     assert (ends == boi).all()
-    # Chains that ended by themselves are not flagged (even the ones that ended at the last step).
+    # Chains that ended by themselves are not flagged, even one that ended at the last step: the
+    # same seed without the cap samples the same tokens, so it says which chains the cap cut.
+    uncapped = run(policy, n=8, max_chain_tokens=64)
+    free_lengths = uncapped.chain_mask.sum(1)
+    assert (free_lengths == 4).any()  # this seed has a chain that ends by itself at the cap
+    assert rollouts.truncated.tolist() == (free_lengths > 4).tolist()
     natural = ~rollouts.truncated
-    assert (lengths[natural] <= 4).all()
+    assert torch.equal(lengths[natural], free_lengths[natural])
+    assert torch.equal(rollouts.chain_ids[natural, :4], uncapped.chain_ids[natural, :4])
 
 
 def test_chain_lengths_vary_within_a_batch(policy):

@@ -39,24 +39,27 @@ def train(model, optimizer, scheduler, steps, seed):
 
 
 def test_optimizer_and_scheduler_round_trip_exactly(tmp_path):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = small_training()
     train(model, optimizer, scheduler, 5, seed=1)
-    ckpt.save_optimizer(optimizer, tmp_path)
-    (tmp_path / "scheduler.json").write_text(json.dumps(ckpt._json_safe(scheduler.state_dict())))
     weights = {k: v.clone() for k, v in model.state_dict().items()}
+    path = ckpt.save_checkpoint(
+        accelerator, tmp_path, 5, lambda folder: folder.mkdir(), optimizer, scheduler, {}, keep=1
+    )
     train(model, optimizer, scheduler, 3, seed=2)
     expected = [p.clone() for p in model.parameters()]
 
     restored, optimizer2, scheduler2 = small_training(seed=9)
     restored.load_state_dict(weights)
-    ckpt.load_optimizer(optimizer2, tmp_path)
-    scheduler2.load_state_dict(json.loads((tmp_path / "scheduler.json").read_text()))
+    assert ckpt.load_checkpoint(accelerator, path, optimizer2, scheduler2)["step"] == 5
     assert scheduler2.get_last_lr() == pytest.approx([1e-2 / 6, 1e-2 / 6])
     train(restored, optimizer2, scheduler2, 3, seed=2)
     for a, b in zip(expected, restored.parameters(), strict=True):
         assert torch.equal(a, b)
     assert optimizer2.param_groups[0]["betas"] == (0.9, 0.95)
-    assert not list(tmp_path.glob("*.pt")) and (tmp_path / "optimizer.safetensors").is_file()
+    assert not list(path.glob("*.pt")) and (path / "optimizer.safetensors").is_file()
 
 
 def test_rng_states_round_trip():

@@ -95,24 +95,27 @@ def test_k3_kl_penalty():
 
 
 def test_loss_types_aggregate_as_documented():
-    torch.manual_seed(2)
-    new = torch.randn(3, 5)
-    old = new + 0.05 * torch.randn(3, 5)
-    advantages = torch.tensor([0.7, -1.1, 0.4])
-    weights = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [2, 2, 2, 0.5, 0.5]]).float()
-    ratio = torch.exp(new - old)
-    per_token = -torch.min(ratio * advantages[:, None], ratio.clamp(0.8, 1.2) * advantages[:, None])
-    sums = (per_token * weights).sum(1)
+    # Per-token values worked out by hand (clip range [0.8, 1.2], loss = -min(r*A, clip(r)*A)):
+    # row 0, A = +1, ratios 1.0 and 1.5 (clipped to 1.2): -1.0, -1.2; weights 1, 1 -> sum -2.2
+    # row 1, A = -1, ratio 0.5 (clipped up to 0.8, the min): +0.8; its 2nd token is padding
+    # row 2, A = 0.5, ratios 1: -0.5 each; weights 2 and 0.5 -> sum -1.25
+    ratios = torch.tensor([[1.0, 1.5], [0.5, 2.0], [1.0, 1.0]])
+    new, old = torch.log(ratios), torch.zeros(3, 2)
+    advantages = torch.tensor([1.0, -1.0, 0.5])
+    weights = torch.tensor([[1.0, 1.0], [1.0, 0.0], [2.0, 0.5]])
     expected = {
-        "grpo": (sums / weights.sum(1)).mean(),
-        "bnpo": sums.sum() / weights.sum(),
-        "dapo": sums.sum() / weights.sum(),
-        "dr_grpo": sums.sum() / (3 * 10),
+        "grpo": (-2.2 / 2 + 0.8 / 1 - 1.25 / 2.5) / 3,  # each row's weighted mean, then rows
+        "bnpo": (-2.2 + 0.8 - 1.25) / 5.5,  # over this batch's weighted tokens
+        "dapo": (-2.2 + 0.8 - 1.25) / 5.5,  # the same on one process
+        "dr_grpo": (-2.2 + 0.8 - 1.25) / (3 * 10),  # rows x max_length
     }
     for loss_type, value in expected.items():
         normaliser = loss_normaliser(loss_type, weights, max_length=10)
-        loss, _ = grpo_loss(new, old, None, advantages, weights, normaliser, loss_type=loss_type)
-        assert loss.item() == pytest.approx(value.item(), rel=1e-5), loss_type
+        loss, stats = grpo_loss(
+            new, old, None, advantages, weights, normaliser, loss_type=loss_type
+        )
+        assert loss.item() == pytest.approx(value, rel=1e-6), loss_type
+        assert stats["clip_high"] == 1 and stats["clip_low"] == 1 and stats["tokens"] == 5
 
 
 def test_micro_batches_add_up_to_the_batch_loss():
