@@ -36,7 +36,7 @@ from gotr1.policy.policy import Policy
 from gotr1.policy.presets import preset_from_dict
 from gotr1.policy.rollout import SamplingConfig
 from gotr1.train.data import BadRows, WorldExamples, make_sft_batch
-from gotr1.train.sft import sft_losses
+from gotr1.train.losses import sft_losses
 from gotr1.world import benchmark_prompts
 
 VARIANTS: dict[str, tuple[bool, Callable]] = {

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from gotr1.chain import GOT_MARKUP_TOKENS
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.policy import commands
 from gotr1.policy.convert import (
     convert_state_dict,

@@ -15,10 +15,10 @@ import torch
 import yaml
 from PIL import Image
 
-from gotr1.cli import UserError
 from gotr1.demo import ablate, commands, report
 from gotr1.demo.config import DEMO_PRESET, DemoConfig
 from gotr1.demo.pipeline import Stages, fingerprint, seed_markdown, seed_summary
+from gotr1.errors import UserError
 from gotr1.world import CATEGORIES, sample_examples, write_chain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +72,11 @@ def test_full_settings_score_the_whole_benchmark():
     ],
 )
 def test_bad_settings_name_the_field(field, value):
+    from gotr1.demo.pipeline import check_settings
+
     config = DemoConfig.full(**{field: value})
     with pytest.raises(UserError, match=field):
-        config.validate()
+        check_settings(config)
 
 
 def test_unknown_arm_is_a_user_error():
@@ -820,9 +822,9 @@ def test_grpo_stage_in_two_processes(tmp_path):
 def test_demo_settings_from_the_command_line(tmp_path: Path) -> None:
     """--set FIELD=VALUE reaches DemoConfig typed; bad names, values and combinations are one-line
     errors before anything trains."""
-    from gotr1.cli import UserError
     from gotr1.demo.commands import _demo_config
     from gotr1.demo.config import parse_settings
+    from gotr1.errors import UserError
 
     args = _parser().parse_args(
         ["demo", "--out", str(tmp_path / "run"), "--quick", "--set", "grpo_steps=24",

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.eval import compbench, geneval
 from gotr1.eval.commands import register
 from gotr1.eval.generation import (

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.eval import geneval
 from gotr1.eval.generation import load_policy
 from gotr1.eval.prompt_parsing import find_spatial_relation, parse_numeracy, parse_spatial

@@ -41,7 +41,7 @@ def test_a_stage_folder_without_a_marker_is_refused_and_left_alone(tmp_path):
     folder = tmp_path / "sft"
     folder.mkdir()
     (folder / "data.bin").write_bytes(b"\x00" * 10)
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     with pytest.raises(UserError, match=str(folder)):
         Stages(lambda _: None).run("sft", folder, {"steps": 1}, lambda f: {})
@@ -119,7 +119,7 @@ def _saved_checkpoint(folder, step=6):
 def test_a_kill_between_the_renames_of_a_re_save_keeps_the_checkpoint(tmp_path, left):
     import json
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.train import checkpoint as ckpt
 
     source = _saved_checkpoint(tmp_path / "source")
@@ -171,7 +171,7 @@ def test_sft_resumes_from_a_re_save_killed_between_its_renames(tiny_folder, tmp_
     import torch
     from safetensors.torch import load_file
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.train.runlog import read_log
     from gotr1.train.sft import train_sft
     from test_train_sft import quick_config
@@ -503,8 +503,8 @@ def test_each_config_system_checks_every_float_field():
     import dataclasses
     import typing
 
-    from gotr1.cli import UserError
     from gotr1.demo.config import DemoConfig
+    from gotr1.errors import UserError
     from gotr1.rewards import OpenAIJudgeConfig, RewardConfig
     from gotr1.train.config import ConfigError, GRPOConfig, SFTConfig
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.policy.generate import add_generate_parser
 from gotr1.policy.io import save_pretrained
 from test_rollout import make_policy

@@ -271,7 +271,7 @@ def test_lora_adapter_loads_in_plain_peft_to_gotr1s_logits(plain_tokenizer, tmp_
 
 
 def test_lora_on_a_base_without_room_for_the_markup_is_refused(plain_tokenizer, tmp_path):
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.io import load_pretrained, save_pretrained
     from gotr1.policy.lora import apply_lora
 
@@ -303,7 +303,7 @@ class WritesAMarker:
 def test_deepseek_bin_checkpoints_convert_like_their_safetensors_twin(plain_tokenizer, tmp_path):
     from safetensors.torch import load_file
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.convert import convert_checkpoint
 
     model = plain_janus(vocab_size=len(plain_tokenizer) + 8, seed=7)

@@ -163,7 +163,7 @@ def test_reference_logprobs_use_the_base_weights_under_lora():
 
 
 def test_policy_save_and_load_plain_and_lora(tmp_path):
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     model, processor = make_policy(boi_logit=None, seed=3)
     plain = Policy(model, processor)

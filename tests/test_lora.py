@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.policy.io import load_pretrained, save_pretrained
 from gotr1.policy.lora import (
     apply_lora,

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from gotr1.chain import BEGIN_OF_IMAGE, GOT_MARKUP_TOKENS, parse_chain
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.policy.io import (
     add_markup_tokens,
     load_pretrained,

@@ -258,7 +258,7 @@ def test_score_command_failure_policy(tmp_path, capsys):
 
 
 def test_score_command_user_errors(tmp_path, capsys):
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     (tmp_path / "chain.txt").write_text("x")
     (tmp_path / "bad.png").write_bytes(b"not an image")

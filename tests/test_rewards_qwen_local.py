@@ -474,7 +474,7 @@ def test_score_command_with_the_local_qwen_judge(checkpoint, tmp_path, capsys):
     assert drop["total"] is None and drop["kept"] is False and drop["failed"] == zero["failed"]
     names = [o["name"] for o in zero["chain"]["objects"]]
     assert names and all(o["grounded"] == [] for o in zero["chain"]["objects"])
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     with pytest.raises(UserError, match="--model: cannot load"):
         args = parser.parse_args([*argv[:4], str(tmp_path / "missing"), *argv[5:]])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.train import checkpoint as ckpt
 from gotr1.train.runlog import RunLog, read_log
 

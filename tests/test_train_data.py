@@ -170,7 +170,7 @@ def test_sources_are_indexed_and_deterministic(tmp_path):
     assert sorted(file_source.take(2, 2)) == ["a blue square", "a red circle"]  # next epoch
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text('{"prompt": "two stars"}\n{"text": "x"}\n')
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     with pytest.raises(UserError, match=f"{jsonl}:2: no string 'prompt'"):
         read_prompt_file(jsonl)

@@ -16,9 +16,10 @@ from gotr1.policy.rollout import Rollouts, SamplingConfig, left_pad
 from gotr1.policy.tokenizer import encode_prompt
 from gotr1.train.config import SFTConfig
 from gotr1.train.data import BadRows, WorldExamples, chain_token_ids, make_sft_batch
+from gotr1.train.losses import sft_losses
 from gotr1.train.runlog import read_log
 from gotr1.train.runtime import enable_gradient_checkpointing
-from gotr1.train.sft import sft_losses, train_sft
+from gotr1.train.sft import train_sft
 from test_train_data import write_dataset
 from test_train_helpers import TINY, make_tiny_model
 
@@ -152,7 +153,7 @@ def test_sft_loss_falls_and_resume_is_exact(tiny_folder, tmp_path):
     state = json.loads((part / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["data_position"] == 16 and state["step"] == 4
     # Without --resume an existing run folder is refused.
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     with pytest.raises(UserError, match="already holds checkpoints"):
         train_sft(quick_config(tiny_folder, part))
@@ -200,7 +201,7 @@ def test_from_scratch_trains_tokenizer_and_vq_once(tmp_path):
 
 
 def test_vq_from_a_model_of_another_shape_is_refused(tiny_folder, tmp_path):
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.train.sft import train_world_tokenizer_and_vq
 
     with pytest.raises(UserError, match="vq_from: the VQ of .* does not have the shape of preset"):

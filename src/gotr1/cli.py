@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from gotr1.errors import UserError
+
 # Each module here defines `register(subparsers)`, adding its subcommands with a `func` default
 # that takes the parsed namespace and returns an exit code. Registration must stay cheap (no
 # torch import): handlers import what they need when they run.
@@ -18,10 +20,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gotr1.train.commands",
     "gotr1.demo.commands",
 )
-
-
-class UserError(Exception):
-    """A problem with the user's input (file, flag, config) that deserves a one-line message, not a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,7 +86,7 @@ PAPER_CLAIMS: tuple[tuple[str, str, str], ...] = (
 
 def resolve_arms(names: Sequence[str] | None) -> list[Arm]:
     """The arms to run, in the table's order; unknown names raise `UserError`."""
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     if not names:
         return list(ARMS)
@@ -126,11 +126,11 @@ def run_ablation(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the ablation arms from one SFT checkpoint; writes ablation.json / ablation.md."""
-    from gotr1.cli import UserError
     from gotr1.demo import pipeline as P
     from gotr1.demo.report import read_eval_samples
+    from gotr1.errors import UserError
 
-    config.validate()
+    P.check_settings(config)
     started, started_cpu = time.perf_counter(), P.cpu_seconds()
     chosen = resolve_arms(arms)
     out = Path(config.out)

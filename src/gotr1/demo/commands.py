@@ -106,7 +106,7 @@ def _demo_config(args: argparse.Namespace, **overrides: object) -> DemoConfig:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Handler of `gotr1 demo`."""
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     if args.seeds is None:
         from gotr1.demo.pipeline import run_demo

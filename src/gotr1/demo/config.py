@@ -204,8 +204,9 @@ class DemoConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise `gotr1.cli.UserError` naming the field for values a run cannot use."""
-        from gotr1.cli import UserError
+        """Raise `gotr1.errors.UserError` naming the field for values a run cannot use (the
+        stages' own configs are checked by `gotr1.demo.pipeline.check_settings`)."""
+        from gotr1.errors import UserError
         from gotr1.numeric import finite_message
 
         message = finite_message(self, "demo setting ")  # first: NaN passes range checks
@@ -264,12 +265,6 @@ class DemoConfig:
         for name in ("report_examples", "vq_foreground_margin"):
             if getattr(self, name) < 0:
                 raise UserError(f"demo setting {name} must be >= 0, got {getattr(self, name)}")
-        # The GRPO stage's own checks (reward components, combination, ...), before any training.
-        from pathlib import Path
-
-        from gotr1.demo.pipeline import grpo_config
-
-        grpo_config(self, Path("sft"), Path("grpo"))
 
 
 SET_RESERVED = ("out", "seed", "quick", "threads", "progress", "preset")
@@ -278,10 +273,10 @@ SET_RESERVED = ("out", "seed", "quick", "threads", "progress", "preset")
 
 def parse_settings(assignments: list[str]) -> dict[str, Any]:
     """``["grpo_steps=24", "reward_components=sem,pi"]`` -> typed DemoConfig overrides; raises
-    `gotr1.cli.UserError` naming the bad assignment (unknown field, wrong type)."""
+    `gotr1.errors.UserError` naming the bad assignment (unknown field, wrong type)."""
     import typing
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.train.config import coerce
 
     hints = typing.get_type_hints(DemoConfig)

@@ -35,7 +35,7 @@ def plan_sensitivity(
 
     from gotr1.policy.io import load_pretrained
     from gotr1.train.data import BadRows, SFTExample, WorldExamples, make_sft_batch
-    from gotr1.train.sft import sft_losses
+    from gotr1.train.losses import sft_losses
 
     model, processor = load_pretrained(str(model_dir))
     model.eval()

@@ -126,7 +126,7 @@ def clear_stage_folder(folder: Path) -> None:
     folder of the user's such as ``--set tokenizer_dir=`` pointing at their own files) is refused
     with a `UserError` naming it: a stage never deletes what it did not write.
     """
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: a demo stage cannot run there")
@@ -199,7 +199,7 @@ def write_preset(config: DemoConfig, out: Path) -> Path:
     """Write the run's preset as YAML (SFT builds the new model from it); returns the path."""
     import yaml
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.presets import preset_from_dict
 
     try:
@@ -412,7 +412,7 @@ def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
     processes (DDP over gloo) that torchrun starts; returns the final model folder. A run folder
     that already holds a checkpoint is continued from its newest one (`Stages.run` leaves one
     only for the same settings)."""
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.train.checkpoint import latest_checkpoint
 
     resume = latest_checkpoint(train_config.output_dir) is not None
@@ -561,11 +561,18 @@ def resolve_precision(config: DemoConfig) -> tuple[DemoConfig, Any]:
     return dataclasses.replace(config, mixed_precision=choice.chosen), choice
 
 
+def check_settings(config: DemoConfig) -> None:
+    """Check a demo's settings before anything trains: its own fields, then the stages' configs
+    they make (the GRPO stage's reward components, combination, ...); raises `UserError`."""
+    config.validate()
+    grpo_config(config, Path("sft"), Path("grpo"))
+
+
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the whole demo in ``config.out``; returns metrics.json's content."""
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
-    config.validate()
+    check_settings(config)
     started, started_cpu = time.perf_counter(), cpu_seconds()
     out = Path(config.out)
     try:

@@ -234,7 +234,7 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _user_error() -> type[Exception]:
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     return UserError
 

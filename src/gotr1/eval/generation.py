@@ -106,12 +106,12 @@ def load_policy(
 ) -> Policy:
     """Load a policy folder (HF Janus / GoT-R1 folder, or a LoRA adapter folder) for generation.
 
-    Missing or malformed folders raise :class:`gotr1.cli.UserError` naming the folder, as
+    Missing or malformed folders raise :class:`gotr1.errors.UserError` naming the folder, as
     ``gotr1 generate`` does. ``dtype`` defaults to bfloat16 on CUDA, float32 elsewhere.
     """
     import torch
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.policy import Policy
 
     resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

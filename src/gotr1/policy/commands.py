@@ -128,7 +128,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     import torch
     from transformers.models.janus.modeling_janus import JanusVQVAE
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.presets import get_preset, janus_config
     from gotr1.policy.vq import VQTrainConfig, evaluate_vq, save_report, train_vq
 

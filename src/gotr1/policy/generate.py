@@ -69,7 +69,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from gotr1.chain import render_layout
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.policy import Policy
     from gotr1.policy.rollout import SamplingConfig
 

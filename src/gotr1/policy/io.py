@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 from gotr1.policy.tokenizer import (
     CHAT_TEMPLATE,
     GOT_R1_MARKUP_ORDER,

@@ -114,13 +114,14 @@ def chunked_head_logprobs(
     return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
 
 
-def _hidden_states(
+def teacher_forced_hidden(
     parts: JanusParts,
     text_ids: torch.Tensor,
     text_mask: torch.Tensor,
     image_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """Final hidden states of ``[text][image codes except the last]`` (transformers' forward)."""
+    """Final hidden states of ``[text][image codes except the last]`` (transformers' forward): the
+    one teacher-forced pass that SFT's losses and GRPO's log-probs both read."""
     embeds = torch.cat([parts.text_embed(text_ids), parts.image_embed(image_ids[:, :-1])], dim=1)
     mask = torch.cat([text_mask, text_mask.new_ones(image_ids.shape[0], image_ids.shape[1] - 1)], 1)
     output = parts.language_model(
@@ -195,7 +196,7 @@ def token_logprobs(
 
         text_ids = torch.cat([prompt_ids, chain_ids], dim=1)
         text_mask = torch.cat([prompt_mask, chain_mask], dim=1)
-        hidden = _hidden_states(parts, text_ids, text_mask, image_ids)
+        hidden = teacher_forced_hidden(parts, text_ids, text_mask, image_ids)
         chain_hidden = hidden[:, prompt_len - 1 : prompt_len + width - 1]
         chain_logp, chain_entropy = chunked_head_logprobs(
             parts.lm_head,
@@ -215,7 +216,7 @@ def token_logprobs(
         uncond_image_hidden = None
         if guided:
             uncond_ids = unconditional_ids(text_ids, text_mask, pad_id, bos_id)
-            uncond_hidden = _hidden_states(parts, uncond_ids, text_mask, image_ids)
+            uncond_hidden = teacher_forced_hidden(parts, uncond_ids, text_mask, image_ids)
             uncond_image_hidden = _image_hidden(uncond_hidden, text_mask, num_image)
             del uncond_hidden
         image_logp, image_entropy = chunked_head_logprobs(

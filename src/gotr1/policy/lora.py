@@ -114,9 +114,9 @@ def check_base_holds_vocabulary(model: JanusForConditionalGeneration) -> None:
     plain ``PeftModel.from_pretrained(base, adapter)`` starts from the saved base. When loading
     grew the vocabulary (the GoT markup tokens on a matrix without room for them), that base has
     fewer rows than the model the adapter was trained on (IndexError, or different logits), so
-    the adapter would not be self-contained. Raises `gotr1.cli.UserError` saying what to do.
+    the adapter would not be self-contained. Raises `gotr1.errors.UserError` saying what to do.
     """
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     base = str(getattr(model, "name_or_path", "") or "")
     if not base:
@@ -172,7 +172,7 @@ def load_adapter(
     """Attach a saved PEFT adapter folder to a base model (trainable if asked)."""
     from peft import PeftModel
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     path = Path(path)
     if not (path / "adapter_config.json").is_file():

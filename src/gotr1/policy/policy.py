@@ -150,7 +150,7 @@ class Policy:
         """Load a policy folder: a plain HF Janus folder, or a PEFT adapter folder whose
         adapter_config.json names its base model (the reference is then the base weights).
 
-        Missing or malformed folders raise `gotr1.cli.UserError` with the path in the message.
+        Missing or malformed folders raise `gotr1.errors.UserError` with the path in the message.
         """
         folder = Path(path).expanduser()
         if (folder / "adapter_config.json").is_file():
@@ -169,7 +169,7 @@ class Policy:
     ) -> Policy:
         import json
 
-        from gotr1.cli import UserError
+        from gotr1.errors import UserError
         from gotr1.policy.io import load_pretrained
         from gotr1.policy.lora import load_adapter
 

@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
 def _read_inputs(args: argparse.Namespace) -> tuple[str, Any]:
     from PIL import Image, UnidentifiedImageError
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     if args.chain == "-":
         chain_text = sys.stdin.read()
@@ -108,7 +108,7 @@ def _read_inputs(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 def _reward_config(args: argparse.Namespace) -> Any:
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.rewards import RewardConfig
 
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
@@ -134,7 +134,7 @@ def _reward_config(args: argparse.Namespace) -> Any:
 
 
 def _judge(args: argparse.Namespace) -> Any:
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
 
     try:
         if args.judge == "world":

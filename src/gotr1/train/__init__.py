@@ -1,7 +1,7 @@
 """Training: SFT and GRPO on accelerate, resumable, observable, multi-process.
 
 - `config`: `SFTConfig`, `GRPOConfig` (per-field help, YAML + ``--field value`` overrides).
-- `sft`: `train_world_tokenizer_and_vq` (a new world model), `train_sft`, `sft_losses`.
+- `sft`: `train_world_tokenizer_and_vq` (a new world model), `train_sft`; `losses`: `sft_losses`.
 - `grpo`: `group_advantages`, `grpo_loss` (the math), `train_grpo`.
 - `checkpoint`, `runlog`, `data`, `runtime`: atomic checkpoints, train_log.jsonl and samples,
   data sources, accelerate plumbing.
@@ -18,7 +18,7 @@ from gotr1.train.config import ConfigError, GRPOConfig, SFTConfig, load_config
 _LAZY = {
     "train_sft": "gotr1.train.sft",
     "train_world_tokenizer_and_vq": "gotr1.train.sft",
-    "sft_losses": "gotr1.train.sft",
+    "sft_losses": "gotr1.train.losses",
     "train_grpo": "gotr1.train.grpo",
     "grpo_loss": "gotr1.train.grpo",
     "group_advantages": "gotr1.train.grpo",

@@ -35,8 +35,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gotr1.errors import UserError
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+    from gotr1.train.config import TrainConfig
 
 PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-checkpoint-"
@@ -101,7 +105,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def resolve_resume(output_dir: str | Path, resume: bool | str | Path | None) -> Path | None:
     """The checkpoint to resume from: None (fresh run), the latest (``True``) or a given folder."""
-    from gotr1.cli import UserError
 
     if not resume:
         return None
@@ -318,3 +321,27 @@ def _json_safe(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return None
+
+
+def prepare_output_dir(
+    accelerator: Accelerator, config: TrainConfig, resume: bool | str | Path
+) -> Path | None:
+    """The checkpoint to resume from (or None); refuse to mix a fresh run into an old run folder."""
+    out = Path(config.output_dir)
+    resume_from = resolve_resume(out, resume)
+    if resume_from is None and checkpoints(out):
+        if not config.overwrite_output_dir:
+            raise UserError(
+                f"output_dir {out} already holds checkpoints: pass --resume to continue that run, "
+                "--overwrite_output_dir true to start afresh, or choose another output_dir"
+            )
+        if accelerator.is_main_process:
+            for old in checkpoints(out):
+                shutil.rmtree(old)
+            shutil.rmtree(out / "final", ignore_errors=True)
+            shutil.rmtree(out / "samples", ignore_errors=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale(out)
+    accelerator.wait_for_everyone()
+    return resume_from

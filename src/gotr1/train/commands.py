@@ -167,7 +167,7 @@ def run_grpo_signal(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.train.signal import measure_gradient_signal
 
     if args.batches < 2:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")

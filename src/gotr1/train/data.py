@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gotr1.cli import UserError
+from gotr1.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -300,7 +300,6 @@ def train_grpo(
         save_policy,
         uses_accelerate_state,
     )
-    from gotr1.train.sft import _prepare_output_dir
 
     config.check_files()
     accelerator = make_accelerator(config)
@@ -317,7 +316,7 @@ def train_grpo(
             f"{rows} rollout rows each process holds per step"
         )
     out = Path(config.output_dir)
-    resume_from = _prepare_output_dir(accelerator, config, resume)
+    resume_from = ckpt.prepare_output_dir(accelerator, config, resume)
 
     policy = build_policy(config, resume_from)
     optimizer = make_optimizer(policy.model, config)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gotr1.train.config import ConfigError, TrainConfig
+from gotr1.train.losses import sft_losses
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -37,8 +38,6 @@ class TrainingModule(torch.nn.Module):
 
     def forward(self, task: str, batch: Any, **kwargs: Any) -> Any:
         if task == "sft":
-            from gotr1.train.sft import sft_losses
-
             return sft_losses(self.model, batch, **kwargs)
         from gotr1.policy.logprobs import token_logprobs
 

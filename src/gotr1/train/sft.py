@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from gotr1.train.config import SFTConfig
 
 if TYPE_CHECKING:
     from gotr1.policy.vq import VQTrainConfig
-    from gotr1.train.data import SFTBatch
 
 INIT_MARKER = "gotr1_init.json"
 
@@ -39,56 +37,6 @@ INIT_MARKER = "gotr1_init.json"
 # ----------------------------------------------------------------------------------------------
 # The loss
 # ----------------------------------------------------------------------------------------------
-
-
-def sft_losses(
-    model: torch.nn.Module,
-    batch: SFTBatch,
-    chain_weight: float = 1.0,
-    image_weight: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """Cross-entropy on chain tokens (text head) and image tokens (image head) of a batch.
-
-    Returns ``loss`` (the weighted sum, differentiable), ``chain_loss`` and ``image_loss`` (token
-    means) and the token counts. The text block is left-padded, so every row's <begin_of_image> is
-    the last text column and hidden state ``L - 1 + k`` predicts image code ``k``.
-    """
-    from gotr1.policy.rollout import janus_parts, positions_from_mask
-
-    parts = janus_parts(model)
-    text_ids, text_mask = batch.text_ids, batch.text_mask
-    image_ids = batch.image_ids
-    rows, length = text_ids.shape
-    embeds = torch.cat([parts.text_embed(text_ids), parts.image_embed(image_ids[:, :-1])], dim=1)
-    mask = torch.cat([text_mask, text_mask.new_ones(rows, image_ids.shape[1] - 1)], dim=1)
-    hidden = parts.language_model(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions_from_mask(mask),
-        use_cache=False,
-    ).last_hidden_state
-
-    # Chain: the hidden state at t predicts text token t + 1; only labelled positions hit the head.
-    targets = batch.labels[:, 1:]
-    labelled = targets != -100
-    chain_logits = parts.lm_head(hidden[:, : length - 1][labelled]).float()
-    chain_tokens = int(labelled.sum())
-    chain_loss = F.cross_entropy(chain_logits, targets[labelled], reduction="sum") / max(
-        chain_tokens, 1
-    )
-
-    # Image: the hidden state at <begin_of_image> predicts code 0, at code k-1 predicts code k.
-    image_logits = parts.image_head(hidden[:, length - 1 :]).float()
-    image_loss = F.cross_entropy(image_logits.flatten(0, 1), image_ids.flatten())
-
-    loss = chain_weight * chain_loss + image_weight * image_loss
-    return {
-        "loss": loss,
-        "chain_loss": chain_loss.detach(),
-        "image_loss": image_loss.detach(),
-        "chain_tokens": torch.tensor(float(chain_tokens)),
-        "image_tokens": torch.tensor(float(image_ids.numel())),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +58,7 @@ def train_world_tokenizer_and_vq(
     tokenizer and VQ are copied from the model folder `vq_from` (no VQ training). Writes
     ``gotr1_init.json`` (settings and VQ statistics) next to the weights; returns the folder.
     """
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.policy.io import configure_special_tokens, load_pretrained, new_policy
     from gotr1.policy.io import save_pretrained as save_hf
     from gotr1.policy.presets import build_model
@@ -199,7 +147,7 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
     config.check_files()
     out = Path(config.output_dir)
     accelerator = make_accelerator(config)
-    resume_from = _prepare_output_dir(accelerator, config, resume)
+    resume_from = ckpt.prepare_output_dir(accelerator, config, resume)
 
     # --- the model --------------------------------------------------------------------------
     if resume_from is not None:
@@ -292,7 +240,7 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
                 bad_rows,
             )
             if batch is None:
-                from gotr1.cli import UserError
+                from gotr1.errors import UserError
 
                 raise UserError(f"every row of the batch at data position {position} was bad")
             batch = batch.to(accelerator.device)
@@ -357,33 +305,6 @@ def is_preset(model: str) -> bool:
     from gotr1.policy.presets import PRESETS
 
     return model in PRESETS or str(model).endswith((".yaml", ".yml"))
-
-
-def _prepare_output_dir(accelerator: Any, config: Any, resume: bool | str | Path) -> Path | None:
-    """The checkpoint to resume from (or None); refuse to mix a fresh run into an old run folder."""
-    import shutil
-
-    from gotr1.cli import UserError
-    from gotr1.train import checkpoint as ckpt
-
-    out = Path(config.output_dir)
-    resume_from = ckpt.resolve_resume(out, resume)
-    if resume_from is None and ckpt.checkpoints(out):
-        if not config.overwrite_output_dir:
-            raise UserError(
-                f"output_dir {out} already holds checkpoints: pass --resume to continue that run, "
-                "--overwrite_output_dir true to start afresh, or choose another output_dir"
-            )
-        if accelerator.is_main_process:
-            for old in ckpt.checkpoints(out):
-                shutil.rmtree(old)
-            shutil.rmtree(out / "final", ignore_errors=True)
-            shutil.rmtree(out / "samples", ignore_errors=True)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_stale(out)
-    accelerator.wait_for_everyone()
-    return resume_from
 
 
 def _sample_prompts(config: SFTConfig, data: Any) -> list[str]:

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _preview(args: argparse.Namespace) -> int:
     """Handler of `gotr1 world preview`."""
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.world.preview import write_preview
 
     if args.per_category < 1 or args.size < 16:
@@ -64,7 +64,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _detector_check(args: argparse.Namespace) -> int:
     """Handler of `gotr1 world detector-check`."""
-    from gotr1.cli import UserError
+    from gotr1.errors import UserError
     from gotr1.world.detector_check import detector_accuracy
 
     if args.scenes < 1 or args.size < 16 or args.blur < 0 or args.noise < 0:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from gotr1.boxes import relative_position
 from gotr1.chain import GRID, Box
-from gotr1.eval.geneval import relative_position
 from gotr1.world.grammar import BACKGROUND, COLORS, SHAPES, PromptSpec
 
 LATTICE = 64

@@ -1,0 +1,63 @@
+"""The package's import graph: layers import only layers below them, and nothing imports the CLI.
+
+Layers, bottom up: the package root (its version), errors, numeric, boxes, chain; world; policy and rewards; eval and train; demo;
+cli. The ``commands`` module of each package (its CLI handlers) is left out of the layer rule.
+Imports inside functions count as much as those at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "gotr1"
+LAYERS = {
+    "gotr1": 0, "errors": 0, "numeric": 0, "boxes": 0, "chain": 0,
+    "world": 1,
+    "policy": 2, "rewards": 2,
+    "eval": 3, "train": 3,
+    "demo": 4,
+    "cli": 5, "__main__": 6,
+}  # fmt: skip
+
+
+def gotr1_imports() -> list[tuple[str, str]]:
+    """(importing module, imported module) for every gotr1 import in the package's source."""
+    found = []
+    for path in SRC.rglob("*.py"):
+        module = ".".join(("gotr1", *path.relative_to(SRC).with_suffix("").parts))
+        module = module.removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [(module, name) for name in names if name.split(".")[0] == "gotr1"]
+    return found
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1] if len(parts) > 1 else parts[0]]
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
+    assert packages | modules <= set(LAYERS)
+
+
+def test_only_the_entry_point_imports_the_cli():
+    importers = {source for source, target in gotr1_imports() if target == "gotr1.cli"}
+    assert importers == {"gotr1.__main__"}
+
+
+def test_no_layer_imports_one_above_it():
+    upward = [
+        (source, target)
+        for source, target in gotr1_imports()
+        if not source.endswith(".commands") and layer(target) > layer(source)
+    ]
+    assert upward == []
