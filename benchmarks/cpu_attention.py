@@ -29,15 +29,9 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from gotr1.demo.config import DEMO_PRESET
+from demo_inputs import demo_inputs
 from gotr1.policy.attention import float32_cpu_sdpa
-from gotr1.policy.io import new_policy
-from gotr1.policy.policy import Policy
-from gotr1.policy.presets import preset_from_dict
-from gotr1.policy.rollout import SamplingConfig
-from gotr1.train.data import BadRows, WorldExamples, make_sft_batch
 from gotr1.train.losses import sft_losses
-from gotr1.world import benchmark_prompts
 
 VARIANTS: dict[str, tuple[bool, Callable]] = {
     "float32": (False, sdpa_attention_forward),
@@ -71,36 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    if args.model:
-        policy = Policy.load(args.model)
-        model, processor = policy.model, policy.processor
-        name = f"world-demo-trained-{args.model.parts[-2]}"
-    else:
-        model, processor = new_policy(preset_from_dict(DEMO_PRESET))
-        policy = Policy(model, processor)
-        name = "world-demo-random"
-    image_size = model.config.vision_config.image_size
-    examples = WorldExamples(seed=0, image_size=image_size)
-    batch = make_sft_batch(
-        [(i, examples[i]) for i in range(args.sft_batch)],
-        policy.tokenizer,
-        model.model.vqmodel,
-        image_size,
-        cfg_dropout=0.1,
-        seed=0,
-        max_chain_tokens=256,
-        bad_rows=BadRows(),
+    inputs = demo_inputs(
+        args.model, args.sft_batch, args.prompts, args.num_generations, args.chain_tokens
     )
-    assert batch is not None
-    prompts = [p for p, _ in benchmark_prompts("train", n=args.prompts, seed=0)]
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        rollouts = policy.rollout(
-            prompts,
-            args.num_generations,
-            SamplingConfig(max_chain_tokens=args.chain_tokens),
-            generator,
-        )
+    name, policy, batch, rollouts = inputs.name, inputs.policy, inputs.sft_batch, inputs.rollouts
+    model = policy.model
 
     def grpo_update() -> torch.Tensor:
         lp = policy.logprobs(rollouts, image_logprob="guided")

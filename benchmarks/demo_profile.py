@@ -1,0 +1,129 @@
+"""Where the demo's time goes: per stage (from a run's metrics.json) and per operator.
+
+    python benchmarks/demo_profile.py                          # the demo's model, random weights
+    python benchmarks/demo_profile.py --demo runs/demo         # a finished demo: its stage times
+                                                               # and its trained SFT model
+
+Profiles, with torch.profiler on the CPU, the three kinds of work the demo repeats: an SFT step
+(chain + image cross-entropy, forward, backward), a GRPO update (guided teacher-forced log-probs
+of sampled rollouts, forward and backward) and a rollout (chains, then image tokens with CFG),
+each in the precision `mixed_precision: auto` picks on this CPU (or --precision). Prints each
+one's wall time and its top operators by self CPU time, with their share, and writes JSON under
+benchmarks/results/ naming the CPU's capability and the precision, so the next speed-up starts
+from measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from demo_inputs import demo_inputs
+from gotr1.policy.attention import use_float32_cpu_attention
+from gotr1.train.losses import sft_losses
+from gotr1.train.precision import choose_mixed_precision
+
+
+def profiled(work: Callable[[], None], top: int) -> dict:
+    """Wall seconds of one call of `work` (after a warm-up call) and its top operators."""
+    work()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        work()
+        seconds = time.perf_counter() - start
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {
+        "seconds": round(seconds, 4),
+        "operators": len(events),
+        "calls": sum(e.count for e in events),
+        "top": [
+            {
+                "op": e.key,
+                "self_ms": round(e.self_cpu_time_total / 1000, 2),
+                "share": round(e.self_cpu_time_total / total, 3),
+                "calls": e.count,
+            }
+            for e in events[:top]
+        ],
+    }
+
+
+def main() -> None:
+    """Profile the demo's three kinds of work and report where the time goes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, help="a finished demo run folder")
+    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    use_float32_cpu_attention()
+    choice = choose_mixed_precision(args.precision, "cpu")
+    autocast = choice.chosen == "bf16"
+    model_dir = args.demo / "sft" / "final" if args.demo else None
+    # the demo's GRPO shapes per process and update pass: 4 prompts x 8 samples = 32 rollouts
+    inputs = demo_inputs(model_dir, sft_rows=32, prompts=4, num_generations=8)
+    policy, rollouts = inputs.policy, inputs.rollouts
+
+    def in_precision(step: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
+                loss = step()
+            loss.backward()
+            policy.model.zero_grad(set_to_none=True)
+
+        return run
+
+    def grpo_update() -> torch.Tensor:
+        lp = policy.logprobs(rollouts, image_logprob="guided")
+        return -(lp.image.sum() + (lp.chain * rollouts.chain_mask).sum())
+
+    def rollout() -> None:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            policy.rollout(inputs.prompts, 8, inputs.sampling, generator)
+
+    policy.model.train()
+    work = {
+        "sft_step": profiled(
+            in_precision(lambda: sft_losses(policy.model, inputs.sft_batch)["loss"]), args.top
+        ),
+        "grpo_update_pass": profiled(in_precision(grpo_update), args.top),
+        "rollout": profiled(rollout, args.top),
+    }
+    record = {
+        "model": inputs.name,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mixed_precision": choice.to_dict(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": {"sft": len(inputs.sft_batch), "grpo": len(rollouts)},
+        "work": work,
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    if args.demo:
+        metrics = json.loads((args.demo / "metrics.json").read_text())
+        record["demo_stage_seconds"] = {k: v["seconds"] for k, v in metrics["stages"].items()}
+    for name, found in work.items():
+        print(f"{name}: {found['seconds']:.3f} s, {found['calls']} operator calls")
+        for op in found["top"]:
+            print(f"  {op['share']:6.1%}  {op['self_ms']:9.1f} ms  {op['calls']:6d}x  {op['op']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"demo-profile-{inputs.name}-{choice.chosen}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
