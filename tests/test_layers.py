@@ -29,13 +29,25 @@ def gotr1_imports() -> list[tuple[str, str]]:
         module = module.removesuffix(".__init__")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+                # `from gotr1.pkg import submodule` imports the submodule, not just the package
+                names = [
+                    f"{node.module}.{alias.name}"
+                    if module_path(f"{node.module}.{alias.name}").exists()
+                    else node.module
+                    for alias in node.names
+                ]
             elif isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             else:
                 continue
             found += [(module, name) for name in names if name.split(".")[0] == "gotr1"]
     return found
+
+
+def module_path(module: str) -> Path:
+    """The source file of a gotr1 module name (a package's __init__.py for a package)."""
+    path = SRC.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def layer(module: str) -> int:
@@ -61,3 +73,28 @@ def test_no_layer_imports_one_above_it():
         if not source.endswith(".commands") and layer(target) > layer(source)
     ]
     assert upward == []
+
+
+def test_no_import_cycles_between_modules():
+    graph: dict[str, set[str]] = {}
+    for source, target in gotr1_imports():
+        graph.setdefault(source, set()).add(target)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo += graph.get(node, ())
+        return False
+
+    cycles = sorted(
+        (source, target)
+        for source, targets in graph.items()
+        for target in targets
+        if target != source and reaches(target, source)
+    )
+    assert cycles == []
