@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from gotr1.eval import compbench as cb
 from gotr1.eval import layouts
 from gotr1.eval.evidence import Detection, EvidenceScorer, PixelBox
+from gotr1.eval.generation import write_item
 
 # ------------------------------------------------------------------------------ a pixel scorer
 
@@ -468,7 +469,7 @@ def test_compbench_generation_layout_resume_and_readback(tmp_path: Path) -> None
     assert todo == items
     image = draw_scene([("dog", "red", (10, 10, 50, 50))], size=64)
     for item in todo[:4]:
-        layouts.write_compbench_sample(item, image, f"chain for {item.index}")
+        write_item(item, image, f"chain for {item.index}", {"seed": item.seed})
     assert layouts.pending(items) == items[4:]  # resume skips finished images
     samples_dir = tmp_path / "spatial" / "samples"
     assert sorted(p.name for p in samples_dir.iterdir()) == [

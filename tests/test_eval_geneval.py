@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from gotr1.eval import geneval as ge
 from gotr1.eval import layouts
 from gotr1.eval.evidence import Detection, PixelBox
+from gotr1.eval.generation import write_item
 
 # ------------------------------------------------------------------------------ a pixel scorer
 
@@ -361,7 +362,7 @@ def test_geneval_layout_roundtrip_and_resume(tmp_path: Path) -> None:
     assert items[5].seed == 42 + 5
     image = draw_scene([("dog", "red", (5, 5, 44, 44))], size=32)
     for item in items[:6]:
-        layouts.write_geneval_sample(tmp_path, item, image, "a chain")
+        write_item(item, image, "a chain", {"seed": item.seed})
     assert layouts.pending(items) == items[6:]
     layouts.write_geneval_grid(tmp_path, 0, [image] * 4)
     (tmp_path / "00000" / "samples" / "notes.txt").write_text("ignored by the evaluator")

@@ -62,10 +62,8 @@ __all__ = [
     "save_image_atomic",
     "shard",
     "write_compbench_results",
-    "write_compbench_sample",
     "write_geneval_grid",
     "write_geneval_metadata",
-    "write_geneval_sample",
     "write_jsonl",
     "write_summary",
 ]
@@ -290,26 +288,6 @@ def compbench_items(
     return items
 
 
-def write_compbench_sample(item: CompbenchItem, image: Image.Image, chain: str | None) -> None:
-    """Save one generated image, its chain text and a JSON record (prompt, index, seed) beside it.
-
-    The chain is written first and the image last, so an existing image implies its chain.
-    """
-    record = {
-        "category": item.category,
-        "prompt": item.prompt,
-        "prompt_index": item.prompt_index,
-        "sample_index": item.sample_index,
-        "index": item.index,
-        "seed": item.seed,
-        "image": item.image_path.name,
-        "chain": chain,
-    }
-    write_text_atomic(item.chain_path, chain or "")
-    write_text_atomic(item.chain_path.with_suffix(".json"), json.dumps(record) + "\n")
-    save_image_atomic(image, item.image_path)
-
-
 @dataclass(frozen=True)
 class CompbenchSample:
     """An image found in a category's ``samples`` folder."""
@@ -457,26 +435,6 @@ def geneval_items(
                 )
             )
     return items
-
-
-def write_geneval_sample(
-    out: str | os.PathLike[str], item: GenevalItem, image: Image.Image, chain: str | None
-) -> None:
-    """Save one GenEval image with its metadata.jsonl (if missing), chain and JSON record."""
-    meta_path = geneval_prompt_dir(out, item.prompt_index) / "metadata.jsonl"
-    if not meta_path.is_file():
-        write_geneval_metadata(out, item.prompt_index, item.metadata)
-    record = {
-        "prompt": item.metadata.get("prompt"),
-        "prompt_index": item.prompt_index,
-        "sample_index": item.sample_index,
-        "seed": item.seed,
-        "image": f"samples/{item.image_path.name}",
-        "chain": chain,
-    }
-    write_text_atomic(item.chain_path, chain or "")
-    write_text_atomic(item.chain_path.with_suffix(".json"), json.dumps(record) + "\n")
-    save_image_atomic(image, item.image_path)
 
 
 def write_geneval_grid(

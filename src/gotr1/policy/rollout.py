@@ -1,7 +1,8 @@
 """Rollouts: sample a GoT chain, then an image, for every prompt — the two-stage sampler.
 
 Reading order (top to bottom):
-  1. `SamplingConfig` and `Rollouts`, the batch object handed to rewards and training (verl style).
+  1. `SamplingConfig` (from `gotr1.policy.sampling`, which owns its checks) and `Rollouts`, the
+     batch object handed to rewards and training (verl style).
   2. `JanusParts`: the pieces of a `JanusForConditionalGeneration` (possibly inside a peft model).
   3. `KVCache` and `transformer_forward`: a preallocated (static) KV cache and one forward pass of
      the Llama decoder through it, with explicit slots, position ids and key masks.
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from gotr1.policy.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -39,59 +42,6 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------------------------
 # 1. The sampling settings and the batch object
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SamplingConfig:
-    """How rollouts are sampled (both stages) and how the decoding engine runs."""
-
-    text_temperature: float = field(
-        default=1.0, metadata={"help": "Temperature of the chain tokens; 0 means greedy."}
-    )
-    image_temperature: float = field(
-        default=1.0, metadata={"help": "Temperature of the image tokens; 0 means greedy."}
-    )
-    top_p: float = field(
-        default=1.0, metadata={"help": "Nucleus sampling for chain tokens (1.0 = off)."}
-    )
-    cfg_weight: float = field(
-        default=5.0,
-        metadata={"help": "Classifier-free guidance w: uncond + w*(cond-uncond); 1 = no guidance."},
-    )
-    max_chain_tokens: int = field(
-        default=600,
-        metadata={"help": "Cap on chain tokens; a chain that reaches it gets <begin_of_image>."},
-    )
-    max_batch_rows: int | None = field(
-        default=None,
-        metadata={
-            "help": "Rows (samples, before CFG doubling) per engine pass; whole prompt groups are "
-            "kept together. None = all rows at once."
-        },
-    )
-    compile_decode: bool = field(
-        default=False,
-        metadata={
-            "help": "CUDA only: torch.compile (CUDA graphs) the stage-2 decode step. Ignored on CPU."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.text_temperature < 0 or self.image_temperature < 0:
-            raise ValueError("SamplingConfig: temperatures must be >= 0 (0 means greedy)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
-        if self.cfg_weight < 0:
-            raise ValueError(f"SamplingConfig.cfg_weight must be >= 0, got {self.cfg_weight}")
-        if self.max_chain_tokens < 1:
-            raise ValueError("SamplingConfig.max_chain_tokens must be >= 1")
-        if self.max_batch_rows is not None and self.max_batch_rows < 1:
-            raise ValueError("SamplingConfig.max_batch_rows must be >= 1 or None")
-
-    @property
-    def guided(self) -> bool:
-        """Whether stage 2 runs the unconditional branch (cfg_weight != 1)."""
-        return self.cfg_weight != 1.0
 
 
 @dataclass

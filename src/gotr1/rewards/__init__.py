@@ -27,7 +27,6 @@ from gotr1.rewards.protocol import (
     Judge,
     JudgeScores,
     match_boxes,
-    region_iou_reward,
 )
 from gotr1.rewards.qwen_local import QwenLocalConfig, QwenLocalJudge
 from gotr1.rewards.vlm import ChatRequest, Reply, VLMJudge, VLMJudgeConfig
@@ -56,5 +55,4 @@ __all__ = [
     "WorldJudge",
     "combine",
     "match_boxes",
-    "region_iou_reward",
 ]

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from gotr1.errors import ConfigError
 from gotr1.rewards.protocol import COMPONENTS, Box, Judge, match_boxes
 
 COMBINATIONS: tuple[str, ...] = ("product", "sum", "weighted_sum")
@@ -74,30 +75,47 @@ class RewardConfig:
     )
 
     def __post_init__(self) -> None:
+        """Refuse a bad value with a one-line `ConfigError` that begins with the field's name
+        (the one owner of these checks: GRPOConfig's reward fields are judged here too)."""
         from gotr1.numeric import finite_message
 
         message = finite_message(self)
         if message:
-            raise ValueError(message)
+            raise ConfigError(message, message.split()[0])
         self.components = tuple(self.components)
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown or not self.components:
-            raise ValueError(
-                f"components {self.components} must be a non-empty subset of {COMPONENTS}"
+            raise ConfigError(
+                f"components must be a non-empty subset of {COMPONENTS}, got {self.components}",
+                "components",
             )
         if len(set(self.components)) != len(self.components):
-            raise ValueError(f"components {self.components} repeat a name")
+            raise ConfigError(f"components {self.components} repeat a name", "components")
         if self.combination not in COMBINATIONS:
-            raise ValueError(f"combination {self.combination!r} is not one of {COMBINATIONS}")
+            raise ConfigError(
+                f"combination must be one of {', '.join(COMBINATIONS)}; got {self.combination!r}",
+                "combination",
+            )
         if self.on_failure not in FAILURE_POLICIES:
-            raise ValueError(f"on_failure {self.on_failure!r} is not one of {FAILURE_POLICIES}")
+            raise ConfigError(
+                f"on_failure must be one of {', '.join(FAILURE_POLICIES)}; got {self.on_failure!r}",
+                "on_failure",
+            )
         if self.spatial_input not in SPATIAL_INPUTS:
-            raise ValueError(f"spatial_input {self.spatial_input!r} is not one of {SPATIAL_INPUTS}")
+            raise ConfigError(
+                f"spatial_input must be one of {', '.join(SPATIAL_INPUTS)}; "
+                f"got {self.spatial_input!r}",
+                "spatial_input",
+            )
         bad = [k for k in self.weights if k not in COMPONENTS]
         if bad:
-            raise ValueError(f"weights name unknown components {bad}; expected {COMPONENTS}")
+            raise ConfigError(
+                f"weights name unknown components {bad}; expected {COMPONENTS}", "weights"
+            )
         if self.layout_size < 32:
-            raise ValueError(f"layout_size {self.layout_size} is too small to draw names")
+            raise ConfigError(
+                f"layout_size {self.layout_size} is too small to draw names", "layout_size"
+            )
 
 
 @dataclass

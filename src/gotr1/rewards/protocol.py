@@ -166,12 +166,3 @@ def match_boxes(
             used_objects.add(i)
             used_boxes.add(k)
     return ious
-
-
-def region_iou_reward(
-    names: Sequence[str], planned: Sequence[Box], candidates: Sequence[Sequence[Box]]
-) -> float:
-    """R_RI of one sample: the mean matched IoU over the planned objects; 0 for a chain without any."""
-    if not names:
-        return 0.0
-    return float(np.mean(match_boxes(names, planned, candidates)))

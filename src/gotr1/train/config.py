@@ -17,9 +17,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gotr1.errors import UserError
+from gotr1.errors import ConfigError  # defined at the bottom layer; importable from here
+
+if TYPE_CHECKING:
+    from gotr1.policy.sampling import SamplingConfig
+    from gotr1.rewards.combine import RewardConfig
 
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -31,10 +35,12 @@ IMAGE_LOGPROB = ("guided", "conditional")
 JUDGES = ("world", "qwen", "openai")
 BAD_ROW_POLICIES = ("skip", "error")
 REWARD_COMPONENTS = ("sem", "spa", "ri", "pi")
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config value; the message names the field (and the file, when there is one)."""
+REWARD_FIELDS = {
+    "components": "reward_components",
+    "combination": "reward_combination",
+    "weights": "reward_weights",
+    "on_failure": "reward_on_failure",
+}  # RewardConfig's field -> GRPOConfig's
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -211,9 +217,10 @@ class SFTConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        self.sample_sampling()  # SamplingConfig owns the checks of the sample dumps' fields
         _positive(self, "batch_size", "max_chain_tokens", "vq_steps", "vq_batch_size")
-        _positive(self, "vq_learning_rate", "sample_max_chain_tokens")
-        _non_negative(self, "chain_loss_weight", "image_loss_weight", "sample_cfg_weight")
+        _positive(self, "vq_learning_rate")
+        _non_negative(self, "chain_loss_weight", "image_loss_weight")
         _choice(self, "on_bad_row", BAD_ROW_POLICIES)
         _choice(self, "world_split", world_splits())
         _choice(self, "world_chain_colors", world_chain_colors())
@@ -227,6 +234,20 @@ class SFTConfig(TrainConfig):
             raise ConfigError("data: give 'world' or at least one JSONL file")
         if "world" in self.data and len(self.data) > 1:
             raise ConfigError("data: 'world' cannot be mixed with JSONL files")
+
+    def sample_sampling(self) -> SamplingConfig:
+        """The `SamplingConfig` of the sample dumps' rollouts; it checks sample_cfg_weight and
+        sample_max_chain_tokens, and its errors name them."""
+        from gotr1.policy.sampling import SamplingConfig
+
+        try:
+            return SamplingConfig(
+                cfg_weight=self.sample_cfg_weight, max_chain_tokens=self.sample_max_chain_tokens
+            )
+        except ConfigError as error:
+            raise error.renamed(
+                {"cfg_weight": "sample_cfg_weight", "max_chain_tokens": "sample_max_chain_tokens"}
+            ) from None
 
     def check_files(self) -> None:
         """Check that the files the config names exist (at the start of a run)."""
@@ -375,10 +396,10 @@ class GRPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        _positive(self, "num_prompts", "num_iterations", "max_chain_tokens", "lora_r")
-        _positive(self, "lora_alpha")
+        self.sampling()  # SamplingConfig owns the checks of the sampling fields
+        self.reward_config()  # RewardConfig owns the checks of the reward fields
+        _positive(self, "num_prompts", "num_iterations", "lora_r", "lora_alpha")
         _non_negative(self, "beta", "epsilon", "chain_token_weight", "image_token_weight")
-        _non_negative(self, "cfg_weight", "text_temperature", "image_temperature")
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations must be >= 2 (group-normalised advantages need a group), got "
@@ -404,9 +425,6 @@ class GRPOConfig(TrainConfig):
             )
         _choice(self, "image_logprob", IMAGE_LOGPROB)
         _choice(self, "judge", JUDGES)
-        _choice(self, "reward_combination", ("product", "sum", "weighted_sum"))
-        _choice(self, "reward_on_failure", ("zero", "drop"))
-        _choice(self, "spatial_input", ("canvas", "text"))
         if self.world_clean_image and self.judge != "world":
             raise ConfigError("world_clean_image needs judge: world")
         if self.world_clean_image and "pi" not in self.reward_components:
@@ -414,19 +432,8 @@ class GRPOConfig(TrainConfig):
                 "world_clean_image corrects R_PI and needs 'pi' in reward_components (without "
                 "it the factor rewards drawing nothing)"
             )
-        bad = [c for c in self.reward_components if c not in REWARD_COMPONENTS]
-        if bad or not self.reward_components:
-            raise ConfigError(
-                f"reward_components must be a non-empty subset of {REWARD_COMPONENTS}, got "
-                f"{self.reward_components}"
-            )
-        bad = [c for c in self.reward_weights if c not in REWARD_COMPONENTS]
-        if bad:
-            raise ConfigError(f"reward_weights: unknown component(s) {bad}")
         if self.chain_token_weight == 0 and self.image_token_weight == 0:
             raise ConfigError("chain_token_weight and image_token_weight are both 0")
-        if self.max_batch_rows is not None and self.max_batch_rows < 1:
-            raise ConfigError(f"max_batch_rows must be >= 1 or None, got {self.max_batch_rows}")
         if self.logprob_micro_batch_size is not None and self.logprob_micro_batch_size < 1:
             raise ConfigError("logprob_micro_batch_size must be >= 1 or None")
         from gotr1.policy.lora import LANGUAGE_PROJECTIONS
@@ -442,6 +449,35 @@ class GRPOConfig(TrainConfig):
     def clip_high(self) -> float:
         """The upper clipping range (epsilon_high, or epsilon when unset)."""
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def sampling(self) -> SamplingConfig:
+        """The `SamplingConfig` of the run's rollouts; it checks the sampling fields (same names)."""
+        from gotr1.policy.sampling import SamplingConfig
+
+        return SamplingConfig(
+            text_temperature=self.text_temperature,
+            image_temperature=self.image_temperature,
+            top_p=self.top_p,
+            cfg_weight=self.cfg_weight,
+            max_chain_tokens=self.max_chain_tokens,
+            max_batch_rows=self.max_batch_rows,
+        )
+
+    def reward_config(self) -> RewardConfig:
+        """The `RewardConfig` of the run's reward; it checks the reward fields, and its errors
+        are passed on naming this config's fields (reward_weights for its weights, ...)."""
+        from gotr1.rewards.combine import RewardConfig
+
+        try:
+            return RewardConfig(
+                components=tuple(self.reward_components),
+                combination=self.reward_combination,
+                weights=dict.fromkeys(REWARD_COMPONENTS, 1.0) | dict(self.reward_weights),
+                spatial_input=self.spatial_input,
+                on_failure=self.reward_on_failure,
+            )
+        except ConfigError as error:
+            raise error.renamed(REWARD_FIELDS) from None
 
     def check_files(self) -> None:
         """Check that the files the config names exist (at the start of a run)."""
