@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gotr1.chain import format_chain, parse_chain
+from gotr1.errors import ConfigError
 from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge, combine
 from gotr1.world import Scene, render_scene, sample_examples
 
@@ -180,6 +181,43 @@ def test_config_validation():
         RewardConfig(on_failure="ignore")
     with pytest.raises(ValueError, match="weights"):
         RewardConfig(weights={"total": 1.0})
+
+
+@pytest.mark.parametrize(
+    "values,field",
+    [
+        ({"extra_weight": 0.5}, "extra_weight"),  # the product multiplies by the extra as is
+        ({"weights": {"sem": 2.0}}, "weights"),  # product reads no weights
+        ({"combination": "sum", "weights": {"pi": 0.5}}, "weights"),  # nor does sum
+        (
+            {"combination": "weighted_sum", "components": ("ri", "pi"), "weights": {"sem": 2.0}},
+            "weights",
+        ),  # a weight of a component that is not computed
+        ({"components": ("sem", "ri"), "spatial_input": "text"}, "spatial_input"),  # no R_spa
+        ({"components": ("pi",), "layout_size": 112}, "layout_size"),  # nothing is drawn
+        ({"spatial_input": "text", "layout_size": 112}, "layout_size"),  # text: nothing drawn
+    ],
+)
+def test_settings_the_combination_ignores_are_refused(values, field):
+    with pytest.raises(ConfigError) as error:
+        RewardConfig(**values)
+    message = str(error.value)
+    assert message.startswith(f"{field} ") and "ignored" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"combination": "weighted_sum", "weights": {"sem": 2.0}, "extra_weight": 0.5},
+        {"combination": "sum", "extra_weight": 0.5},
+        {"weights": dict.fromkeys(("sem", "spa", "ri", "pi"), 1.0)},  # the default, spelt out
+        {"components": ("sem", "spa"), "spatial_input": "text"},
+        {"layout_size": 112},
+    ],
+)
+def test_the_same_settings_pass_where_they_apply(values):
+    config = RewardConfig(**values)
+    assert all(getattr(config, name) == value for name, value in values.items())
 
 
 def test_combine_by_hand():

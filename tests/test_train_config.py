@@ -29,7 +29,8 @@ def test_yaml_then_overrides_with_types(tmp_path):
         {
             "beta": "0.04",
             "use-lora": "false",
-            "lora_target_modules": "q_proj,v_proj",
+            "freeze": "vqmodel,aligner",
+            "reward_combination": "weighted_sum",
             "reward_weights": "pi=2,ri=0.5",
             "max_batch_rows": "none",
             "epsilon_high": "0.28",
@@ -39,7 +40,7 @@ def test_yaml_then_overrides_with_types(tmp_path):
     assert config.num_generations == 8 and config.learning_rate == pytest.approx(1e-5)
     assert config.mixed_precision == "no" and config.reward_components == ["pi", "ri"]
     assert config.beta == pytest.approx(0.04) and config.use_lora is False
-    assert config.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.freeze == ["vqmodel", "aligner"]
     assert config.reward_weights == {"pi": 2.0, "ri": 0.5}
     assert config.max_batch_rows is None and config.clip_high == pytest.approx(0.28)
     assert config.max_steps == 1000 and isinstance(config.max_steps, int)
@@ -96,6 +97,87 @@ def test_bad_values_name_the_field(tmp_path, cls, values, field):
     with pytest.raises(ConfigError) as error:
         load_config(cls, path)
     assert field in str(error.value) and str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "values,field",
+    [
+        ({"reward_weights": {"sem": 2.0}}, "reward_weights"),  # product reads no weights
+        ({"reward_combination": "sum", "reward_weights": {"sem": 2.0}}, "reward_weights"),
+        (
+            {
+                "reward_combination": "weighted_sum",
+                "reward_components": ["ri", "pi"],
+                "reward_weights": {"sem": 2.0},
+            },
+            "reward_weights",
+        ),  # a weight of a component that is not computed
+        ({"spatial_input": "text"}, "spatial_input"),  # the world judge: R_spa as on the canvas
+        ({"judge_model": "Qwen/Qwen2.5-VL-7B-Instruct"}, "judge_model"),
+        ({"judge_device": "cuda:7"}, "judge_device"),
+        ({"judge_base_url": "http://judge-host:8000/v1"}, "judge_base_url"),
+        ({"judge_api_key_env": "JUDGE_KEY"}, "judge_api_key_env"),
+        ({"judge": "qwen", "judge_base_url": "http://judge-host:8000/v1"}, "judge_base_url"),
+        ({"judge": "openai", "judge_device": "cuda:7"}, "judge_device"),
+        ({"freeze": ["vqmodel"]}, "freeze"),  # LoRA trains the adapters only
+        ({"use_lora": False, "lora_r": 8}, "lora_r"),
+        ({"use_lora": False, "lora_alpha": 16}, "lora_alpha"),
+        ({"use_lora": False, "lora_dropout": 0.1}, "lora_dropout"),
+        ({"use_lora": False, "lora_target_modules": ["q_proj"]}, "lora_target_modules"),
+        ({"use_lora": False, "lora_train_image_head": True}, "lora_train_image_head"),
+    ],
+)
+def test_settings_the_mode_ignores_are_refused_naming_them(values, field):
+    with pytest.raises(ConfigError) as error:
+        GRPOConfig(**values)
+    message = str(error.value)
+    assert message.startswith(f"{field} ") and "ignored" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"reward_combination": "weighted_sum", "reward_weights": {"sem": 2.0}},
+        {"reward_weights": {"sem": 1.0}},  # a default weight changes nothing
+        {"judge": "qwen", "spatial_input": "text", "judge_model": "m", "judge_device": "cpu"},
+        {"judge": "openai", "judge_model": "m", "judge_base_url": "http://h:1/v1"},
+        {"judge": "openai", "judge_api_key_env": "JUDGE_KEY"},
+        {"use_lora": False, "freeze": ["vqmodel"]},
+        {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_train_image_head": True},
+        {"use_lora": False, "lora_r": 32, "freeze": ["vqmodel", "vision_model", "aligner"]},
+    ],
+)
+def test_the_same_settings_pass_where_they_apply(values):
+    config = GRPOConfig(**values)
+    assert all(getattr(config, name) == value for name, value in values.items())
+
+
+def test_demo_and_ablation_grpo_configs_are_valid(tmp_path):
+    from gotr1.demo import pipeline
+    from gotr1.demo.ablate import ARMS
+    from gotr1.demo.config import DemoConfig
+
+    def grpo(**overrides):
+        return pipeline.grpo_config(DemoConfig(), tmp_path / "sft", tmp_path / "grpo", **overrides)
+
+    assert not grpo().use_lora
+    for arm in ARMS:
+        config = grpo(reward_components=list(arm.components), reward_combination=arm.combination)
+        assert config.reward_config().combination == arm.combination
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--reward_weights", "sem=2"], "reward_weights are set ({'sem': 2.0})"),
+        (["--judge_model", "Qwen/Qwen2.5-VL-7B-Instruct"], "judge_model is set"),
+        (["--use_lora", "false", "--lora_r", "8"], "lora_r is set (8) but use_lora is false"),
+    ],
+)
+def test_cli_refuses_an_ignored_setting_in_one_line(argv, needle, capsys):
+    assert main(["grpo", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "ignored" in err and "\n" not in err and "Traceback" not in err
 
 
 def test_unknown_fields_and_files_are_named(tmp_path):

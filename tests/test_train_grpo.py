@@ -73,6 +73,9 @@ def quick(folder, out, **overrides):
         progress=False,
     )
     values.update(overrides)
+    if not values.get("use_lora", True):  # full fine-tuning refuses LoRA settings
+        for name in ("lora_r", "lora_alpha"):
+            values.pop(name)
     return GRPOConfig(**values)
 
 

@@ -20,9 +20,33 @@ class ConfigError(UserError, ValueError):
         self.field = field
 
     def renamed(self, names: dict[str, str]) -> ConfigError:
-        """The same error naming its field as ``names`` (this config's name -> the caller's) spells it."""
+        """The same error, naming its field as ``names`` (ours -> the caller's) spells it."""
         message = str(self)
         if self.field in names and message.startswith(self.field):
             new = names[self.field]
             return ConfigError(new + message[len(self.field) :], new)
         return ConfigError(message, self.field)
+
+
+def refuse_set(config: object, names: tuple[str, ...], reason: str) -> None:
+    """Refuse settings the chosen mode would silently ignore: raise a one-line `ConfigError` naming
+    the first of ``names`` whose value differs from its dataclass default, saying ``reason``.
+
+    Defaults pass, so a config that leaves such a field alone (or spells out its default) stays
+    valid in every mode.
+    """
+    import dataclasses
+
+    for spec in dataclasses.fields(config):  # type: ignore[arg-type]
+        if spec.name not in names:
+            continue
+        if spec.default is not dataclasses.MISSING:
+            default = spec.default
+        else:
+            default = spec.default_factory()  # type: ignore[misc]
+        value = getattr(config, spec.name)
+        if value != default:
+            raise ConfigError(
+                f"{spec.name} is set ({value!r}) but {reason}, so it would be ignored; remove it",
+                spec.name,
+            )

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from gotr1.errors import ConfigError
+from gotr1.errors import ConfigError, refuse_set
 from gotr1.rewards.protocol import COMPONENTS, Box, Judge, match_boxes
 
 COMBINATIONS: tuple[str, ...] = ("product", "sum", "weighted_sum")
@@ -116,6 +116,30 @@ class RewardConfig:
             raise ConfigError(
                 f"layout_size {self.layout_size} is too small to draw names", "layout_size"
             )
+        self._refuse_ignored()
+
+    def _refuse_ignored(self) -> None:
+        """Refuse a setting the combination or components would not read (defaults pass)."""
+        changed = {c: w for c, w in self.weights.items() if w != 1}  # a missing weight is 1
+        if self.combination != "weighted_sum" and changed:
+            raise ConfigError(
+                f"weights are set ({changed}) but only weighted_sum reads them, not "
+                f"{self.combination}, so they would be ignored; remove them",
+                "weights",
+            )
+        uncomputed = sorted(c for c in changed if c not in self.components)
+        if uncomputed:
+            raise ConfigError(
+                f"weights weigh {uncomputed}, which are not among the components "
+                f"{self.components}, so they would be ignored; remove them",
+                "weights",
+            )
+        if self.combination == "product":
+            refuse_set(self, ("extra_weight",), "the product multiplies by the extra reward as is")
+        if "spa" not in self.components:
+            refuse_set(self, ("spatial_input", "layout_size"), "R_spa is not among the components")
+        elif self.spatial_input == "text":
+            refuse_set(self, ("layout_size",), "spatial_input text draws no layout")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gotr1.errors import ConfigError  # defined at the bottom layer; importable from here
+from gotr1.errors import ConfigError, refuse_set  # ConfigError is importable from here too
 
 if TYPE_CHECKING:
     from gotr1.policy.sampling import SamplingConfig
@@ -33,6 +33,18 @@ SCALE_REWARDS = ("group", "batch", "none")
 CHAIN_ADVANTAGES = ("total", "plan")
 IMAGE_LOGPROB = ("guided", "conditional")
 JUDGES = ("world", "qwen", "openai")
+JUDGE_FIELDS = {
+    "world": (),
+    "qwen": ("judge_model", "judge_device"),
+    "openai": ("judge_model", "judge_base_url", "judge_api_key_env"),
+}  # the judge_* settings each judge reads
+LORA_FIELDS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_train_image_head",
+)
 BAD_ROW_POLICIES = ("skip", "error")
 REWARD_COMPONENTS = ("sem", "spa", "ri", "pi")
 REWARD_FIELDS = {
@@ -425,6 +437,7 @@ class GRPOConfig(TrainConfig):
             )
         _choice(self, "image_logprob", IMAGE_LOGPROB)
         _choice(self, "judge", JUDGES)
+        self._refuse_ignored()
         if self.world_clean_image and self.judge != "world":
             raise ConfigError("world_clean_image needs judge: world")
         if self.world_clean_image and "pi" not in self.reward_components:
@@ -445,13 +458,31 @@ class GRPOConfig(TrainConfig):
                 f"got {self.lora_target_modules}"
             )
 
+    def _refuse_ignored(self) -> None:
+        """Refuse a setting the chosen judge or training mode would not read (a default passes)."""
+        every = ("judge_model", "judge_device", "judge_base_url", "judge_api_key_env")
+        unread = tuple(name for name in every if name not in JUDGE_FIELDS[self.judge])
+        refuse_set(self, unread, f"judge {self.judge} does not read it")
+        if self.judge == "world" and self.spatial_input == "text":
+            raise ConfigError(
+                "spatial_input is set ('text') but the world judge reads the planned boxes "
+                "either way (R_spa is the canvas mode's), so it would be ignored; remove it",
+                "spatial_input",
+            )
+        if self.use_lora:
+            refuse_set(
+                self, ("freeze",), "use_lora trains adapters only (freeze is for full fine-tuning)"
+            )
+        else:
+            refuse_set(self, LORA_FIELDS, "use_lora is false")
+
     @property
     def clip_high(self) -> float:
         """The upper clipping range (epsilon_high, or epsilon when unset)."""
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def sampling(self) -> SamplingConfig:
-        """The `SamplingConfig` of the run's rollouts; it checks the sampling fields (same names)."""
+        """The `SamplingConfig` of the rollouts; it checks the sampling fields (same names)."""
         from gotr1.policy.sampling import SamplingConfig
 
         return SamplingConfig(
