@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gotr1.errors import UserError
+from gotr1.policy.io import load_pretrained, save_pretrained
 from gotr1.policy.logprobs import TokenLogprobs, token_logprobs
-from gotr1.policy.lora import is_lora, reference_mode
+from gotr1.policy.lora import is_lora, load_adapter, reference_mode, save_adapter
 from gotr1.policy.rollout import Rollouts, SamplingConfig, rollout, special_ids
 
 if TYPE_CHECKING:
@@ -131,12 +133,9 @@ class Policy:
         """
         path = Path(path)
         if is_lora(self.model):
-            from gotr1.policy.lora import save_adapter
-
             save_adapter(self.model, path, state_dict=state_dict)
             self.processor.save_pretrained(path)
             return path
-        from gotr1.policy.io import save_pretrained
 
         return save_pretrained(self.model, self.processor, path, state_dict=state_dict)
 
@@ -155,7 +154,6 @@ class Policy:
         folder = Path(path).expanduser()
         if (folder / "adapter_config.json").is_file():
             return cls._load_adapter(folder, dtype, device)
-        from gotr1.policy.io import load_pretrained
 
         model, processor = load_pretrained(path, dtype=dtype, device=device)
         return cls(model, processor)
@@ -168,10 +166,6 @@ class Policy:
         device: str | torch.device | None,
     ) -> Policy:
         import json
-
-        from gotr1.errors import UserError
-        from gotr1.policy.io import load_pretrained
-        from gotr1.policy.lora import load_adapter
 
         try:
             base = json.loads((folder / "adapter_config.json").read_text())[

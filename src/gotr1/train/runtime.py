@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gotr1.policy.attention import use_float32_cpu_attention
+from gotr1.policy.logprobs import token_logprobs
+from gotr1.policy.lora import reference_mode
 from gotr1.train.config import ConfigError, TrainConfig
 from gotr1.train.losses import sft_losses
+from gotr1.train.precision import choose_mixed_precision, say_once
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -39,14 +43,11 @@ class TrainingModule(torch.nn.Module):
     def forward(self, task: str, batch: Any, **kwargs: Any) -> Any:
         if task == "sft":
             return sft_losses(self.model, batch, **kwargs)
-        from gotr1.policy.logprobs import token_logprobs
 
         special = kwargs.pop("special")
         if task == "logprobs":
             return token_logprobs(self.model, batch, special.pad, special.bos, **kwargs)
         if task == "reference":
-            from gotr1.policy.lora import reference_mode
-
             with torch.no_grad(), reference_mode(self.model):
                 return token_logprobs(self.model, batch, special.pad, special.bos, **kwargs)
         raise ValueError(f"unknown task {task!r}")
@@ -61,9 +62,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from transformers.utils import logging as hf_logging
-
-    from gotr1.policy.attention import use_float32_cpu_attention
-    from gotr1.train.precision import choose_mixed_precision, say_once
 
     check_trackers(config.report_to)
     if config.threads:

@@ -37,6 +37,9 @@ import numpy as np
 import torch
 
 from gotr1.train.config import ConfigError, GRPOConfig
+from gotr1.train.data import PromptSource
+from gotr1.train.grpo import build_policy, grpo_loss, make_reward, rollout_sampling, score_rollouts
+from gotr1.train.runtime import TrainingModule, make_accelerator, step_seed
 
 PARTS = ("chain", "image", "all")
 
@@ -182,9 +185,6 @@ def measure_gradient_signal(
 ) -> SignalReport:
     """Gradients of the first `batches` GRPO steps of `config` at its start weights, and their
     signal fraction per part against the shuffled-advantage null. Single process."""
-    from gotr1.train.data import PromptSource
-    from gotr1.train.grpo import build_policy, make_reward, rollout_sampling, score_rollouts
-    from gotr1.train.runtime import TrainingModule, make_accelerator, step_seed
 
     if batches < 2:
         raise ConfigError(f"batches must be >= 2 (pairs of independent gradients), got {batches}")
@@ -321,7 +321,6 @@ def token_coefficients(
     """d loss / d log-prob of every token [rows, chain + image columns] at ratio 1 (the first
     update of a step, where it does not depend on the log-probs' values): the loss's gradient is
     the sum over tokens of this coefficient times the token's log-prob gradient."""
-    from gotr1.train.grpo import grpo_loss
 
     point = torch.zeros(scored.weights.shape, dtype=torch.float32, requires_grad=True)
     loss, _ = grpo_loss(
