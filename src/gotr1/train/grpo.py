@@ -178,23 +178,15 @@ def loss_normaliser(
 
 def make_reward(config: GRPOConfig) -> DualStageReward:
     """The dual-stage reward with the configured judge and combination."""
-    from gotr1.rewards import DualStageReward, RewardConfig
+    from gotr1.rewards import DualStageReward
 
-    weights = {c: 1.0 for c in ("sem", "spa", "ri", "pi")} | dict(config.reward_weights)
-    reward_config = RewardConfig(
-        components=tuple(config.reward_components),
-        combination=config.reward_combination,
-        weights=weights,
-        spatial_input=config.spatial_input,
-        on_failure=config.reward_on_failure,
-    )
     judge = make_judge(config)
     extra = None
     if config.world_clean_image:
         from gotr1.rewards.clean_image import CleanImageReward
 
         extra = CleanImageReward(judge)
-    return DualStageReward(judge, reward_config, extra_reward=extra)
+    return DualStageReward(judge, config.reward_config(), extra_reward=extra)
 
 
 def make_judge(config: GRPOConfig) -> Any:
@@ -222,18 +214,9 @@ def make_judge(config: GRPOConfig) -> Any:
     )
 
 
-def rollout_sampling(config: GRPOConfig) -> Any:
-    """The `SamplingConfig` of the run's rollouts."""
-    from gotr1.policy.rollout import SamplingConfig
-
-    return SamplingConfig(
-        text_temperature=config.text_temperature,
-        image_temperature=config.image_temperature,
-        top_p=config.top_p,
-        cfg_weight=config.cfg_weight,
-        max_chain_tokens=config.max_chain_tokens,
-        max_batch_rows=config.max_batch_rows,
-    )
+def rollout_sampling(config: GRPOConfig) -> SamplingConfig:
+    """The `SamplingConfig` of the run's rollouts (GRPOConfig.sampling, which checks it)."""
+    return config.sampling()
 
 
 def build_policy(config: GRPOConfig, resume_from: Path | None = None) -> Policy:

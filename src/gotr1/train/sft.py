@@ -348,15 +348,12 @@ def _sample_dump(
     accelerator: Any, config: SFTConfig, policy: Any, prompts: list[str], step: int
 ) -> dict[str, float]:
     """Sample one chain + image per fixed prompt, save them, return parse/score metrics (main)."""
-    from gotr1.policy.rollout import SamplingConfig
     from gotr1.train.runlog import dump_samples
     from gotr1.train.runtime import is_sharded, step_seed
 
     if not prompts or not accelerator.is_main_process or is_sharded(accelerator):
         return {}
-    sampling = SamplingConfig(
-        cfg_weight=config.sample_cfg_weight, max_chain_tokens=config.sample_max_chain_tokens
-    )
+    sampling = config.sample_sampling()
     generator = torch.Generator().manual_seed(step_seed(config.seed, step, 99))
     with torch.autocast(accelerator.device.type, enabled=False):
         rollouts = policy.rollout(prompts, 1, sampling, generator)
