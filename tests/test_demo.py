@@ -567,6 +567,8 @@ def test_report_escapes_what_the_model_wrote(tmp_path):
     )
     assert (tmp_path / "report" / "curves.png").is_file()
     assert (tmp_path / "report" / "layout-grpo-000.png").is_file()
+    with Image.open(tmp_path / "report" / "examples.png") as figure:  # plan + image, both models
+        assert figure.width == 4 * 168 + 8 and 'src="report/examples.png"' in page
     stats = json.loads((tmp_path / "report" / "chain_statistics.json").read_text())
     assert stats["grpo"]["novel_sentence_fraction"] == pytest.approx(1 / 2)
 

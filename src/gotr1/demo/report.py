@@ -575,6 +575,39 @@ def pick_examples(
     return chosen
 
 
+def draw_examples(
+    run: Path, examples: Sequence[tuple[dict[str, Any], dict[str, Any]]], path: Path
+) -> Path:
+    """One picture of the side by side: a row per prompt, then SFT's plan (its boxes drawn on a
+    blank canvas) and image, and GRPO's plan and image for the same prompt and sampling seed."""
+    from gotr1.chain import parse_chain, render_layout
+
+    cell, gap, text_height = 160, 8, 26
+    columns = ("SFT plan", "SFT image", "GRPO plan", "GRPO image")
+    width = len(columns) * (cell + gap) + gap
+    height = text_height + len(examples) * (text_height + cell + gap) + gap
+    figure = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(figure)
+    font = _font(14)
+    for column, title in enumerate(columns):
+        draw.text((gap + column * (cell + gap), 6), title, fill="black", font=font)
+    for row, (sft, grpo) in enumerate(examples):
+        top = text_height + row * (text_height + cell + gap)
+        draw.text((gap, top + 6), str(sft.get("prompt", "")), fill="black", font=font)
+        tiles = []
+        for name, sample in (("sft", sft), ("grpo", grpo)):
+            tiles.append(render_layout(parse_chain(str(sample.get("chain", ""))), cell))
+            with Image.open(run / "eval" / name / str(sample.get("image", ""))) as image:
+                tiles.append(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST))
+        for column, tile in enumerate(tiles):
+            left = gap + column * (cell + gap)
+            figure.paste(tile.convert("RGB"), (left, top + text_height))
+            box = (left - 1, top + text_height - 1, left + cell, top + text_height + cell)
+            draw.rectangle(box, outline="#bbbbbb")
+    figure.save(path)
+    return path
+
+
 def _card(title: str, sample: dict[str, Any], image_src: str, layout_src: str) -> str:
     verdict = (
         '<span class="ok">all requirements met</span>'
@@ -595,7 +628,8 @@ def _card(title: str, sample: dict[str, Any], image_src: str, layout_src: str) -
 
 
 def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
-    """Write ``report.html`` (and ``report/``: curves.png and drawn layouts) for a demo run."""
+    """Write ``report.html`` (and ``report/``: curves.png, examples.png and the drawn layouts)
+    for a demo run."""
     from gotr1.chain import parse_chain, render_layout
     from gotr1.train.runlog import LOG_FILE
 
@@ -623,6 +657,7 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     examples = pick_examples(
         samples["sft"], samples["grpo"], int(settings.get("report_examples", 24))
     )
+    figure = draw_examples(run, examples[:4], assets / "examples.png")
     blocks = []
     for index, (sft_sample, grpo_sample) in enumerate(examples):
         cards = []
@@ -698,6 +733,8 @@ SFT data's only phrasings) can produce, with any object name and box.</p>
 <p class="note">Left: the SFT model; right: after GRPO. Each card: the generated image, the
 chain's boxes drawn on a blank canvas (what R_spa judges), the benchmark score, the four reward
 components, and the chain as the model wrote it.</p>
+<img src="report/{figure.name}" alt="plans and images of SFT and GRPO for the first prompts"
+ style="max-width:100%">
 {"".join(blocks)}
 
 <h2>Run</h2>
