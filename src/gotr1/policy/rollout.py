@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE, parse_chain
 from gotr1.policy.sampling import SamplingConfig
+from gotr1.policy.tokenizer import encode_prompt
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -754,7 +756,6 @@ def decode_images(
 
 def special_ids(tokenizer: Any) -> SpecialIds:
     """Pad, BOS and <begin_of_image> ids of a tokenizer; a clear error when one is missing."""
-    from gotr1.chain import BEGIN_OF_IMAGE
 
     boi = tokenizer.convert_tokens_to_ids(BEGIN_OF_IMAGE)
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -767,7 +768,6 @@ def special_ids(tokenizer: Any) -> SpecialIds:
 
 def chain_text(tokenizer: Any, ids: Sequence[int]) -> str:
     """Decoded chain with markup kept and image/pad/BOS/EOS special tokens removed."""
-    from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE
 
     text = tokenizer.decode(list(ids), skip_special_tokens=False)
     drop = [BEGIN_OF_IMAGE, END_OF_IMAGE, tokenizer.pad_token, tokenizer.bos_token]
@@ -808,14 +808,12 @@ def rollout(
     eval mode (restoring the previous mode), in chunks of `sampling.max_batch_rows` rows (whole
     groups). Seeded through `generator` (on the model's device, or CPU).
     """
-    from gotr1.chain import parse_chain
 
     if num_generations < 1:
         raise ValueError("num_generations must be >= 1")
     if not prompts:
         raise ValueError("rollout needs at least one prompt")
     if encode is None:
-        from gotr1.policy.tokenizer import encode_prompt
 
         def encode(prompt: str) -> list[int]:
             return encode_prompt(tokenizer, prompt)

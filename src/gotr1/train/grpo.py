@@ -28,7 +28,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gotr1.train.config import ConfigError, GRPOConfig
+from gotr1.policy.io import load_pretrained
+from gotr1.policy.lora import apply_lora, is_lora, load_adapter
+from gotr1.policy.policy import Policy
+from gotr1.policy.rollout import SamplingConfig
+from gotr1.rewards import (
+    DualStageReward,
+    OpenAIJudge,
+    OpenAIJudgeConfig,
+    QwenLocalConfig,
+    QwenLocalJudge,
+    WorldJudge,
+)
+from gotr1.rewards.clean_image import CleanImageReward
+from gotr1.train import checkpoint as ckpt
+from gotr1.train.config import ConfigError, GRPOConfig, save_config
+from gotr1.train.data import PromptSource
+from gotr1.train.runlog import RunLog, dump_samples, progress_bar
+from gotr1.train.runtime import (
+    TrainingModule,
+    clip_gradients,
+    enable_gradient_checkpointing,
+    freeze_modules,
+    gathered_parameters,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    save_policy,
+    step_seed,
+    uses_accelerate_state,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -178,13 +207,9 @@ def loss_normaliser(
 
 def make_reward(config: GRPOConfig) -> DualStageReward:
     """The dual-stage reward with the configured judge and combination."""
-    from gotr1.rewards import DualStageReward
-
     judge = make_judge(config)
     extra = None
     if config.world_clean_image:
-        from gotr1.rewards.clean_image import CleanImageReward
-
         extra = CleanImageReward(judge)
     return DualStageReward(judge, config.reward_config(), extra_reward=extra)
 
@@ -192,18 +217,13 @@ def make_reward(config: GRPOConfig) -> DualStageReward:
 def make_judge(config: GRPOConfig) -> Any:
     """The configured judge: the world's exact judge, local Qwen2.5-VL, or an HTTP server."""
     if config.judge == "world":
-        from gotr1.rewards import WorldJudge
-
         return WorldJudge()
     if config.judge == "qwen":
-        from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
-
         return QwenLocalJudge(
             QwenLocalConfig(
                 model=config.judge_model or QwenLocalConfig.model, device=config.judge_device
             )
         )
-    from gotr1.rewards import OpenAIJudge, OpenAIJudgeConfig
 
     return OpenAIJudge(
         OpenAIJudgeConfig(
@@ -223,10 +243,6 @@ def build_policy(config: GRPOConfig, resume_from: Path | None = None) -> Policy:
     """The policy to train: LoRA adapters on the start model (reference = adapters off), or the
     full model with a frozen reference copy (only when beta > 0). Resumes the trained weights
     from ``resume_from/model``."""
-    from gotr1.policy.io import load_pretrained
-    from gotr1.policy.lora import apply_lora, load_adapter
-    from gotr1.policy.policy import Policy
-    from gotr1.train.runtime import enable_gradient_checkpointing, freeze_modules
 
     model, processor = load_pretrained(config.model, dtype=config.dtype)
     reference = None
@@ -271,18 +287,6 @@ def train_grpo(
     folder). `reward_fn` replaces the configured reward (anything called with Rollouts that
     returns `Rewards`). Works under ``accelerate launch``.
     """
-    from gotr1.train import checkpoint as ckpt
-    from gotr1.train.config import save_config
-    from gotr1.train.data import PromptSource
-    from gotr1.train.runlog import RunLog, progress_bar
-    from gotr1.train.runtime import (
-        TrainingModule,
-        make_accelerator,
-        make_optimizer,
-        make_scheduler,
-        save_policy,
-        uses_accelerate_state,
-    )
 
     config.check_files()
     accelerator = make_accelerator(config)
@@ -510,7 +514,6 @@ def grpo_step(
 ) -> tuple[dict[str, float], Rollouts, Rewards, ScoredRollouts]:
     """One GRPO step on this process's whole groups; returns (metrics, rollouts, rewards, the
     scored batch: advantages and token weights). Metrics are over all processes."""
-    from gotr1.train.runtime import gathered_parameters, step_seed
 
     started = time.perf_counter()
     times = StepTimes()
@@ -571,7 +574,6 @@ def fixed_logprobs(
     """The old and reference log-probs of every token, [rows, chain + image tokens], without
     gradients: no reference pass when beta == 0, and old log-probs only when a rollout batch is
     reused (num_iterations > 1; otherwise old = new.detach(), ratio 1). None where not needed."""
-    from gotr1.policy.lora import is_lora
 
     kwargs = dict(
         special=policy.special,
@@ -609,7 +611,6 @@ def grpo_update(
 ) -> UpdateSums:
     """`num_iterations` optimizer steps of `grpo_loss` over the scored rollouts, each in
     `gradient_accumulation_steps` micro-batches of rows; returns the first iteration's sums."""
-    from gotr1.train.runtime import clip_gradients
 
     device = accelerator.device
     weights = scored.weights.to(device)
@@ -748,7 +749,6 @@ def _dump(
 ) -> None:
     """Save the first `num_samples` rows of the main process's rollouts with their rewards and
     advantages (the chain tokens' own too, under ``chain_advantage: plan``)."""
-    from gotr1.train.runlog import dump_samples
 
     if not accelerator.is_main_process or not config.num_samples:
         return

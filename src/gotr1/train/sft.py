@@ -26,7 +26,31 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gotr1.train.config import SFTConfig
+from gotr1.errors import UserError
+from gotr1.policy.io import configure_special_tokens, load_pretrained, new_policy
+from gotr1.policy.io import save_pretrained as save_hf
+from gotr1.policy.policy import Policy
+from gotr1.policy.presets import PRESETS, build_model, get_preset
+from gotr1.policy.vq import VQTrainConfig, train_vq
+from gotr1.train import checkpoint as ckpt
+from gotr1.train.config import SFTConfig, save_config
+from gotr1.train.data import BadRows, make_sft_batch, sft_source, slice_for_process
+from gotr1.train.runlog import RunLog, dump_samples, progress_bar
+from gotr1.train.runtime import (
+    TrainingModule,
+    clip_gradients,
+    enable_gradient_checkpointing,
+    freeze_modules,
+    is_sharded,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    mean_over_processes,
+    save_policy,
+    step_seed,
+    uses_accelerate_state,
+)
+from gotr1.world import benchmark_prompts, parse_prompt, score_image
 
 if TYPE_CHECKING:
     from gotr1.policy.vq import VQTrainConfig
@@ -58,11 +82,6 @@ def train_world_tokenizer_and_vq(
     tokenizer and VQ are copied from the model folder `vq_from` (no VQ training). Writes
     ``gotr1_init.json`` (settings and VQ statistics) next to the weights; returns the folder.
     """
-    from gotr1.errors import UserError
-    from gotr1.policy.io import configure_special_tokens, load_pretrained, new_policy
-    from gotr1.policy.io import save_pretrained as save_hf
-    from gotr1.policy.presets import build_model
-    from gotr1.policy.vq import VQTrainConfig, train_vq
 
     folder = Path(output_dir)
     vq_config = vq_config or VQTrainConfig(seed=seed)
@@ -123,26 +142,6 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
     ``<output_dir>/init``); a folder: fine-tune it. `resume` = True continues from the newest
     checkpoint in output_dir (or give a checkpoint folder). Works under ``accelerate launch``.
     """
-    from gotr1.policy.io import load_pretrained
-    from gotr1.policy.policy import Policy
-    from gotr1.policy.presets import get_preset
-    from gotr1.policy.vq import VQTrainConfig
-    from gotr1.train import checkpoint as ckpt
-    from gotr1.train.config import save_config
-    from gotr1.train.data import BadRows, make_sft_batch, sft_source, slice_for_process
-    from gotr1.train.runlog import RunLog, progress_bar
-    from gotr1.train.runtime import (
-        TrainingModule,
-        clip_gradients,
-        enable_gradient_checkpointing,
-        freeze_modules,
-        make_accelerator,
-        make_optimizer,
-        make_scheduler,
-        mean_over_processes,
-        save_policy,
-        uses_accelerate_state,
-    )
 
     config.check_files()
     out = Path(config.output_dir)
@@ -240,8 +239,6 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
                 bad_rows,
             )
             if batch is None:
-                from gotr1.errors import UserError
-
                 raise UserError(f"every row of the batch at data position {position} was bad")
             batch = batch.to(accelerator.device)
             with accelerator.accumulate(wrapped):
@@ -302,7 +299,6 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
 
 def is_preset(model: str) -> bool:
     """Whether an SFT `model` names a preset (a new model) rather than a model folder."""
-    from gotr1.policy.presets import PRESETS
 
     return model in PRESETS or str(model).endswith((".yaml", ".yml"))
 
@@ -312,8 +308,6 @@ def _sample_prompts(config: SFTConfig, data: Any) -> list[str]:
     if not config.sample_steps or not config.num_samples:
         return []
     if list(config.data) == ["world"]:
-        from gotr1.world import benchmark_prompts
-
         return [p for p, _ in benchmark_prompts("test", config.num_samples, seed=config.seed)]
     return [data.rows[i].prompt for i in range(min(config.num_samples, len(data.rows)))]
 
@@ -323,7 +317,6 @@ def world_sample_metrics(
 ) -> dict[str, Any]:
     """Parse rate of chains and world-benchmark scores of images (prompts outside the world
     grammar are left out of the scores)."""
-    from gotr1.world import parse_prompt, score_image
 
     parsed = [bool(c.objects) and not c.errors for c in chains]
     soft, correct, scores = [], [], []
@@ -348,8 +341,6 @@ def _sample_dump(
     accelerator: Any, config: SFTConfig, policy: Any, prompts: list[str], step: int
 ) -> dict[str, float]:
     """Sample one chain + image per fixed prompt, save them, return parse/score metrics (main)."""
-    from gotr1.train.runlog import dump_samples
-    from gotr1.train.runtime import is_sharded, step_seed
 
     if not prompts or not accelerator.is_main_process or is_sharded(accelerator):
         return {}
