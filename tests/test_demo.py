@@ -422,6 +422,12 @@ def test_seed_summary_checks_the_headline():
     assert summary["checks"]["overall_gain_at_least_0.10"] == (overall >= 0.10)
     text = seed_markdown(summary)
     assert "| mean | Δ |" in text and text.count("| 1 |") == 2
+    assert "overall_gain_standard_error" not in summary["checks"]  # no errors given
+    for seed, error in zip(results, (0.03, 0.04, 0.12), strict=True):
+        results[seed]["delta_standard_error"] = {"overall": error}
+    summary = seed_summary(results)  # the mean of three independent gains: sqrt(sum e^2) / 3
+    assert summary["checks"]["overall_gain_standard_error"] == pytest.approx(0.13 / 3)
+    assert f"{overall:+.3f} ± 0.043" in seed_markdown(summary)
 
 
 def test_ablation_markdown_has_the_paper_layout():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -980,6 +981,9 @@ def seed_summary(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
             v >= -HEADLINE_MAX_LOSS for k, v in delta.items() if k != "overall"
         ),
     }
+    errors = [(results[s].get("delta_standard_error") or {}).get("overall") for s in seeds]
+    if all(isinstance(e, int | float) for e in errors):  # independent runs: errors add in squares
+        checks["overall_gain_standard_error"] = math.sqrt(sum(e * e for e in errors)) / len(seeds)
     return {
         "seeds": seeds,
         "per_seed": {
@@ -1016,9 +1020,12 @@ def seed_markdown(summary: dict[str, Any]) -> str:
     values = " | ".join(f"{summary['mean_delta'][c]:+.3f}" for c in categories)
     lines.append(f"| mean | Δ | {values} |")
     checks = summary["checks"]
+    error = checks.get("overall_gain_standard_error")
     lines += [
         "",
-        f"Overall gain (mean over seeds): {checks['overall_gain']:+.3f} "
+        f"Overall gain (mean over seeds): {checks['overall_gain']:+.3f}"
+        + (f" ± {error:.3f}" if error is not None else "")
+        + " "
         f"(target >= +{HEADLINE_GAIN:.2f}: {'met' if checks['overall_gain_at_least_0.10'] else 'not met'}); "
         f"spatial improves: {checks['spatial_improves']}; colour binding improves: "
         f"{checks['color_binding_improves']}; worst category change "
