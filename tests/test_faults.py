@@ -530,3 +530,208 @@ def test_each_config_system_checks_every_float_field():
     with pytest.raises(ValueError, match="weights"):
         RewardConfig(weights={"sem": float("nan")})
     GRPOConfig(learning_rate=1e-3, max_grad_norm=0.0, epsilon_high=None)  # finite values pass
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. A damaged checkpoint or model folder is a one-line error naming the file; --resume (latest)
+#    falls back to the newest intact checkpoint
+# ----------------------------------------------------------------------------------------------
+
+
+def _truncate(path, keep=0.5):
+    """Cut a file short, as a kill or a full disk during the write would leave it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGES = {
+    "model/model.safetensors": lambda path: _truncate(path),
+    "optimizer.safetensors": lambda path: _truncate(path),
+    "optimizer.json": lambda path: _truncate(path),
+    "scheduler.json": lambda path: _truncate(path),
+    "trainer_state.json": lambda path: path.write_bytes(b"\x00\x17garbage{"),
+    "rng-0.json": lambda path: path.write_text(""),
+    "model/config.json": lambda path: path.write_text("[1, 2, 3]"),
+}
+"""File of a checkpoint -> how it is damaged."""
+
+
+def _two_checkpoints(folder):
+    """A run folder with intact checkpoints 4 and 6 written by `save_checkpoint` (the policy is
+    a model.safetensors plus a config.json)."""
+    from accelerate import Accelerator
+    from safetensors.torch import save_file
+
+    from gotr1.train import checkpoint as ckpt
+    from test_train_checkpoint import small_training, train
+
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, scheduler = small_training()
+    train(model, optimizer, scheduler, 2, seed=0)
+
+    def save_model(path):
+        path.mkdir()
+        save_file(dict(model.state_dict()), str(path / "model.safetensors"))
+        (path / "config.json").write_text('{"model_type": "janus"}')
+
+    for step in (4, 6):
+        ckpt.save_checkpoint(accelerator, folder, step, save_model, optimizer, scheduler, {}, 2)
+    return accelerator, folder / "checkpoint-4", folder / "checkpoint-6"
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGES))
+def test_a_damaged_checkpoint_file_is_named_and_latest_falls_back(tmp_path, name):
+    from gotr1.errors import UserError
+    from gotr1.train import checkpoint as ckpt
+    from test_train_checkpoint import small_training
+
+    accelerator, older, newest = _two_checkpoints(tmp_path / "run")
+    DAMAGES[name](newest / name)
+    damaged = str(newest / name)
+
+    # Given by name: refused in one line naming the file.
+    with pytest.raises(UserError) as refused:
+        ckpt.resolve_resume(tmp_path / "run", newest)
+    assert damaged in str(refused.value) and "\n" not in str(refused.value)
+
+    # --resume (latest): the newest intact checkpoint, said in one line.
+    notes = []
+    assert ckpt.resolve_resume(tmp_path / "run", True, notes.append) == older
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "checkpoint-6" in notes[0] and damaged in notes[0] and str(older) in notes[0]
+
+    # Nothing intact: one line naming the newest's damaged file.
+    DAMAGES[name](older / name)
+    with pytest.raises(UserError, match="no intact checkpoint") as none_left:
+        ckpt.resolve_resume(tmp_path / "run", True, notes.append)
+    assert damaged in str(none_left.value) and len(notes) == 1
+
+    # Loading the damaged state directly is a one-line error too, never a traceback.
+    if not name.startswith("model/"):
+        _, optimizer, scheduler = small_training(seed=3)
+        with pytest.raises(UserError) as loading:
+            ckpt.load_checkpoint(accelerator, newest, optimizer, scheduler)
+        assert damaged in str(loading.value) and "\n" not in str(loading.value)
+
+
+def test_a_checkpoint_whose_files_parse_but_hold_the_wrong_state_is_named(tmp_path):
+    from gotr1.errors import UserError
+    from gotr1.train import checkpoint as ckpt
+    from test_train_checkpoint import small_training
+
+    accelerator, _, newest = _two_checkpoints(tmp_path / "run")
+    (newest / "rng-0.json").write_text('{"python": 1}')
+    _, optimizer, scheduler = small_training(seed=3)
+    with pytest.raises(UserError, match="rng-0.json"):
+        ckpt.load_checkpoint(accelerator, newest, optimizer, scheduler)
+    (newest / "optimizer.json").write_text('{"state": {"0": {"step": {"tensor": "nope"}}}}')
+    with pytest.raises(UserError, match="optimizer"):
+        ckpt.resolve_resume(tmp_path / "run", newest)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("model.safetensors", lambda path: _truncate(path, 0.9)),
+        ("model.safetensors", lambda path: path.write_bytes(b"")),
+        ("config.json", lambda path: path.write_text('["janus"]')),
+        ("config.json", lambda path: _truncate(path)),
+        ("tokenizer_config.json", lambda path: _truncate(path)),
+    ],
+)
+def test_a_damaged_model_folder_is_a_one_line_error_naming_the_file(
+    tiny_folder, tmp_path, name, damage
+):
+    import shutil
+
+    from gotr1.errors import UserError
+    from gotr1.policy.io import load_pretrained
+    from gotr1.policy.policy import Policy
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    damage(folder / name)
+    for load in (load_pretrained, Policy.load):
+        with pytest.raises(UserError) as error:
+            load(folder)
+        assert str(folder / name) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_damaged_adapter_folder_is_a_one_line_error_naming_the_file(tmp_path):
+    from gotr1.errors import UserError
+    from gotr1.policy.policy import Policy
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('["base"]')
+    with pytest.raises(UserError, match="adapter_config.json"):
+        Policy.load(folder)
+
+
+@pytest.mark.slow
+def test_sft_resume_skips_a_damaged_newest_checkpoint(tiny_folder, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from gotr1.train.checkpoint import checkpoint_problem
+    from gotr1.train.runlog import read_log
+    from gotr1.train.sft import train_sft
+    from test_train_sft import quick_config
+
+    run = tmp_path / "run"
+    train_sft(quick_config(tiny_folder, run))  # checkpoints 2 and 4
+    expected = load_file(str(run / "final" / "model.safetensors"))
+    _truncate(run / "checkpoint-4" / "model" / "model.safetensors")
+    capsys.readouterr()
+    train_sft(quick_config(tiny_folder, run), resume=True)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--resume" in line]
+    assert len(notes) == 1 and "checkpoint-4" in notes[0] and "model.safetensors" in notes[0]
+    assert [r["step"] for r in read_log(run)] == [1, 2, 3, 4]  # steps 3, 4 trained again
+    final = load_file(str(run / "final" / "model.safetensors"))
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+    assert checkpoint_problem(run / "checkpoint-4") is None  # re-saved whole
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. A folder given to --resume is never a hub id
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["sft", "grpo"])
+def test_resume_from_a_folder_without_model_never_asks_the_hub(
+    tiny_folder, tmp_path, monkeypatch, capsys, command
+):
+    import transformers
+
+    calls = []
+
+    def no_hub(*args, **kwargs):
+        calls.append(args)
+        raise OSError("gotr1 asked the hub")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(transformers.JanusForConditionalGeneration, "from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    garb = tmp_path / "garb"
+    garb.mkdir()
+    (garb / "trainer_state.json").write_text('{"step": 2}')
+    args = [command, "--resume", "garb", "--output_dir", "run", "--max_steps", "1"]
+    if command == "grpo":
+        args += ["--model", str(tiny_folder), "--judge", "world"]
+    assert main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "garb/model" in errors[0] and "no model folder" in errors[0]
+    assert "hub" not in errors[0] and calls == []
+
+
+def test_a_path_to_a_missing_folder_is_never_a_hub_id(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from gotr1.errors import UserError
+    from gotr1.policy.io import load_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="garb/model: no such model folder"):
+        load_pretrained(Path("garb") / "model")

@@ -215,12 +215,90 @@ def new_policy(
 # --- load / save -----------------------------------------------------------------------------
 
 
+def json_file_problem(path: Path, kind: type = dict) -> str | None:
+    """Why a JSON file cannot be used (unreadable, not JSON, not a `kind`), naming it; or None."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{path}: missing"
+    except (OSError, UnicodeDecodeError) as error:
+        return f"{path}: cannot be read ({type(error).__name__}: {error})"
+    except json.JSONDecodeError as error:
+        return f"{path}: not valid JSON ({error}); the file is damaged or truncated"
+    if not isinstance(value, kind):
+        found = type(value).__name__
+        wanted = "a JSON object" if kind is dict else f"JSON of type {kind.__name__}"
+        return f"{path}: expected {wanted}, found a JSON {found}; the file is damaged"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be loaded (missing, truncated, corrupt header), naming it; or
+    None. Reads the header only and checks that it covers the file exactly, so a file cut short
+    anywhere is caught without loading a tensor."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return f"{path}: missing"
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"{path}: truncated or corrupt ({detail})"
+    return None
+
+
+def model_folder_problem(folder: Path, require_config: bool = True) -> str | None:
+    """Why a local model folder (a plain HF Janus folder or a PEFT adapter folder) cannot be
+    loaded, naming the file or folder at fault; None when it looks intact.
+
+    Checks that the folder exists, that its JSON files (config.json, adapter_config.json,
+    processor and tokenizer files) parse and that config.json / adapter_config.json are JSON
+    objects, and that every safetensors file is whole (`safetensors_problem`) and the weights are
+    there. Cheap: no tensor is read. With `require_config` False a folder without config.json is
+    only checked for damage: its JSON and safetensors files must be whole.
+    """
+    if not folder.is_dir():
+        return (
+            f"{folder}: expected a model folder, found a file"
+            if folder.exists()
+            else f"{folder}: no such model folder"
+        )
+    adapter = folder / "adapter_config.json"
+    config = adapter if adapter.is_file() else folder / "config.json"
+    if not config.is_file() and require_config:
+        return f"{folder}: not a model folder (no config.json)"
+    for path in sorted(folder.glob("*.json")):
+        problem = json_file_problem(path, dict if path in (config, adapter) else object)
+        if problem:
+            return problem
+    if not config.is_file():
+        weights = []
+    elif config == adapter:
+        weights = [folder / "adapter_model.safetensors"]
+    elif (folder / "model.safetensors.index.json").is_file():
+        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        shards = index.get("weight_map", {}) if isinstance(index, dict) else {}
+        weights = [folder / name for name in sorted(set(shards.values()))]
+    else:
+        weights = [folder / "model.safetensors"]
+    weights += [p for p in sorted(folder.glob("*.safetensors")) if p not in weights]
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            return problem
+    return None
+
+
 def _resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
-    """(source for from_pretrained, is_local). Local folders must hold a config.json."""
+    """(source for from_pretrained, is_local). Local folders must hold a config.json. A `Path`
+    is always a local folder, never a hub id: a folder the user (or a checkpoint) named that does
+    not exist is an error, not a download."""
     path = Path(name_or_path).expanduser()
-    if path.exists():
+    if path.exists() or isinstance(name_or_path, Path):
         if not path.is_dir():
-            raise UserError(f"{path}: expected a model folder, found a file")
+            raise UserError(model_folder_problem(path) or f"{path}: not a model folder")
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a model folder (no config.json)")
         return str(path), True
@@ -235,10 +313,11 @@ def _janus_model_type(source: str, is_local: bool) -> str | None:
     """The model_type in a local config.json (None for hub ids)."""
     if not is_local:
         return None
-    try:
-        return json.loads((Path(source) / "config.json").read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"{source}/config.json: cannot be read as JSON ({error})") from None
+    config = Path(source) / "config.json"
+    problem = json_file_problem(config)
+    if problem:
+        raise UserError(problem)
+    return json.loads(config.read_text(encoding="utf-8")).get("model_type")
 
 
 def load_pretrained(
@@ -269,6 +348,9 @@ def load_pretrained(
         )
     if model_type not in (None, "janus"):
         raise UserError(f"{source}: model_type is {model_type!r}, expected 'janus'")
+    problem = model_folder_problem(Path(source)) if is_local else None
+    if problem:  # a damaged file, named, rather than a traceback from deep in the loaders
+        raise UserError(problem)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise UserError(f"unknown dtype {dtype!r} (try float32, bfloat16 or float16)")

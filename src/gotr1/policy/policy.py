@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gotr1.errors import UserError
-from gotr1.policy.io import load_pretrained, save_pretrained
+from gotr1.policy.io import load_pretrained, model_folder_problem, save_pretrained
 from gotr1.policy.logprobs import TokenLogprobs, token_logprobs
 from gotr1.policy.lora import is_lora, load_adapter, reference_mode, save_adapter
 from gotr1.policy.rollout import Rollouts, SamplingConfig, rollout, special_ids
+from gotr1.policy.tokenizer import encode_prompt
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -50,7 +51,17 @@ class Policy:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
 
-    def _image_normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prefix token ids of a prompt, as rollouts encode it (`encode`, or BOS + the GoT
+        chat template)."""
+        return (
+            self.encode(prompt)
+            if self.encode is not None
+            else encode_prompt(self.tokenizer, prompt)
+        )
+
+    def image_normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
+        """The image processor's pixel mean and std (what decoded images are un-normalised by)."""
         image_processor = getattr(self.processor, "image_processor", None)
         mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         std = getattr(image_processor, "image_std", None) or (0.5, 0.5, 0.5)
@@ -64,7 +75,7 @@ class Policy:
         generator: torch.Generator | None = None,
     ) -> Rollouts:
         """Sample `num_generations` chains and images per prompt (no gradient graph)."""
-        mean, std = self._image_normalisation()
+        mean, std = self.image_normalisation()
         return rollout(
             self.model,
             self.tokenizer,
@@ -167,6 +178,9 @@ class Policy:
     ) -> Policy:
         import json
 
+        problem = model_folder_problem(folder)  # a damaged adapter_config.json or weights file
+        if problem:
+            raise UserError(problem)
         try:
             base = json.loads((folder / "adapter_config.json").read_text())[
                 "base_model_name_or_path"
@@ -175,6 +189,8 @@ class Policy:
             raise UserError(
                 f"{folder}/adapter_config.json: no readable base model ({error})"
             ) from None
+        if not isinstance(base, str | None):
+            raise UserError(f"{folder}/adapter_config.json: base_model_name_or_path is not text")
         if not base:
             raise UserError(f"{folder}/adapter_config.json: base_model_name_or_path is empty")
         model, processor = load_pretrained(base, dtype=dtype, device=device)

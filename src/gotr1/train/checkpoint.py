@@ -103,19 +103,99 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_resume(output_dir: str | Path, resume: bool | str | Path | None) -> Path | None:
-    """The checkpoint to resume from: None (fresh run), the latest (``True``) or a given folder."""
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, naming the file (or folder) at fault; None
+    when every file it needs is intact.
+
+    Checks trainer_state.json (a JSON object with an integer step), the policy in ``model/``
+    (`gotr1.policy.io.model_folder_problem`: its JSON files, whole safetensors files), the
+    optimizer (optimizer.safetensors whole, optimizer.json with its state and param groups; any
+    safetensors under ``accelerate/`` instead where accelerate saved the state), scheduler.json
+    and every ``rng-<process>.json``. Only headers and JSON are read, no tensor.
+    """
+    from gotr1.policy.io import json_file_problem, model_folder_problem, safetensors_problem
+
+    path = Path(path)
+    problem = json_file_problem(path / STATE_FILE)
+    if problem:
+        return problem
+    step = json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"{path / STATE_FILE}: no step count (step is {step!r}); the file is damaged"
+    if not (path / "model").is_dir():
+        return f"no model folder {path / 'model'}"
+    problem = model_folder_problem(path / "model", require_config=False)
+    if problem:
+        return problem
+    if (path / "accelerate").is_dir():
+        for tensors in sorted((path / "accelerate").rglob("*.safetensors")):
+            problem = safetensors_problem(tensors)
+            if problem:
+                return problem
+    else:
+        problem = safetensors_problem(path / "optimizer.safetensors") or json_file_problem(
+            path / "optimizer.json"
+        )
+        if problem:
+            return problem
+        meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+        groups = meta.get("param_groups")
+        if not isinstance(meta.get("state"), dict) or not isinstance(groups, list):
+            return f"{path / 'optimizer.json'}: no state or param_groups; the file is damaged"
+    for name in ["scheduler.json", *sorted(p.name for p in path.glob("rng-*.json"))]:
+        problem = json_file_problem(path / name)
+        if problem:
+            return problem
+    return None
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_resume(
+    output_dir: str | Path,
+    resume: bool | str | Path | None,
+    note: Callable[[str], None] | None = _stderr,
+) -> Path | None:
+    """The checkpoint to resume from: None (fresh run), the latest (``True``) or a given folder.
+
+    Every candidate is checked first (`checkpoint_problem`). The latest: the newest intact
+    checkpoint; when newer ones are damaged, `note` gets one line saying which and why. A given
+    folder must be intact: a damaged one, or one without ``model/`` (never taken for a hub id),
+    raises `UserError` naming the file at fault.
+    """
 
     if not resume:
         return None
     if resume is True or str(resume) == "latest":
-        path = latest_checkpoint(output_dir)
-        if path is None:
+        found = checkpoints(output_dir)
+        if not found:
             raise UserError(f"--resume: no complete checkpoint in {output_dir}")
-        return path
+        damaged: list[tuple[Path, str]] = []
+        for path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                if damaged and note is not None:
+                    names = ", ".join(p.name for p, _ in damaged)
+                    note(
+                        f"--resume: skipping damaged {names} ({damaged[0][1]}); resuming from "
+                        f"{path}, the newest intact checkpoint"
+                    )
+                return path
+            damaged.append((path, problem))
+        raise UserError(
+            f"--resume: no intact checkpoint in {output_dir}; the newest, {damaged[0][0].name}, "
+            f"is damaged: {damaged[0][1]}"
+        )
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise UserError(f"--resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise UserError(f"--resume: {path} cannot be resumed from: {problem}")
     return path
 
 
@@ -271,18 +351,52 @@ def load_checkpoint(
     (The model is loaded from ``path/model`` by the trainer before the optimizer is built.)
     """
     path = Path(path)
-    state = json.loads((path / STATE_FILE).read_text())
+    state = _read_json(path / STATE_FILE)
     if accelerate_state:
         accelerator.load_state(str(path / "accelerate"))
     else:
-        load_optimizer(optimizer, path)
-    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+        with _blame(path / "optimizer.safetensors", path / "optimizer.json"):
+            load_optimizer(optimizer, path)
+    scheduler_state = _read_json(path / "scheduler.json")
+    with _blame(path / "scheduler.json"):
+        scheduler.load_state_dict(scheduler_state)
     rng_file = path / f"rng-{accelerator.process_index}.json"
     if rng_file.is_file():
-        set_rng_state(json.loads(rng_file.read_text()))
+        rng = _read_json(rng_file)
+        with _blame(rng_file):
+            set_rng_state(rng)
     elif accelerator.is_main_process:
         print(f"note: {path} has no RNG state for process {accelerator.process_index}")
     return state
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON object; a missing, damaged or truncated file raises `UserError`
+    naming it."""
+    from gotr1.policy.io import json_file_problem
+
+    problem = json_file_problem(path)
+    if problem:
+        raise UserError(f"cannot resume: {problem}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def _blame(*files: Path) -> Any:
+    """Turn an error while restoring state from `files` into a one-line `UserError` naming them
+    (the files parsed but do not hold what the optimizer, scheduler or RNG expects)."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        names = " / ".join(str(f) for f in files)
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise UserError(
+            f"cannot resume: {names} do not hold a usable state ({type(error).__name__}: {detail})"
+        ) from None
+    except Exception as error:  # safetensors' own SafetensorError: a damaged file
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"cannot resume: {files[0]}: truncated or corrupt ({error})") from None
 
 
 def clean_stale(output_dir: str | Path) -> None:
@@ -328,7 +442,7 @@ def prepare_output_dir(
 ) -> Path | None:
     """The checkpoint to resume from (or None); refuse to mix a fresh run into an old run folder."""
     out = Path(config.output_dir)
-    resume_from = resolve_resume(out, resume)
+    resume_from = resolve_resume(out, resume, _stderr if accelerator.is_main_process else None)
     if resume_from is None and checkpoints(out):
         if not config.overwrite_output_dir:
             raise UserError(
