@@ -193,6 +193,22 @@ def test_eval_world_command(model_dir, tmp_path):
     assert summary["images"] == {"counting": 4, "spatial": 4}
     assert summary["model"] == str(model_dir) and summary["settings"]["split"] == "test"
     assert len((out / "samples.jsonl").read_text().splitlines()) == 8
+    assert summary["settings"]["plans"] == {"candidates": 1, "repair": False}
+
+    planned = tmp_path / "planned"
+    argv[argv.index(str(out))] = str(planned)
+    assert run_cli(*argv, "--plan-candidates", "3", "--repair-plans") == 0
+    summary = json.loads((planned / "summary.json").read_text())
+    assert summary["settings"]["plans"] == {"candidates": 3, "repair": True}
+    samples = [json.loads(line) for line in (planned / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8
+    for sample in samples:  # the drawn plan is the best of three by the world judge's chain stage
+        plan = sample["plan"]
+        assert len(plan["candidate_scores"]) == 3
+        assert plan["plan_score"] == max(plan["candidate_scores"])
+        assert sample["chain"] == plan["sampled_chain"] or plan["repairs"]
+    with pytest.raises(UserError, match="plan candidates must be >= 1"):
+        run_cli(*argv, "--plan-candidates", "0")
     with pytest.raises(UserError, match="unknown world category colour"):
         run_cli("eval", "world", "--model", str(model_dir), "--categories", "colour")
     with pytest.raises(UserError, match="nope"):

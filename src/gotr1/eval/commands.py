@@ -109,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "summary.md, samples.jsonl and images/ under --out.",
     )
     _add_model_args(world, default_seed=0, out_required=False, prompts_per_batch=64)
+    add_plan_args(world)
     world.add_argument("--split", choices=("test", "train"), default="test", help="prompt split")
     world.add_argument(
         "--num-prompts", type=int, default=300, help="benchmark prompts (balanced over categories)"
@@ -179,6 +180,31 @@ def _add_model_args(
         default=None,
         help="policy dtype (default bfloat16 on CUDA, float32 on CPU)",
     )
+
+
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    """The plan-aware generation flags (`gotr1.eval.plans`), scored by the world judge."""
+    parser.add_argument(
+        "--plan-candidates",
+        type=int,
+        default=1,
+        metavar="K",
+        help="sample K plans per image and draw the best by the chain stage of the reward "
+        "(R_sem + R_spa, world judge); 1: draw the plan sampled (default)",
+    )
+    parser.add_argument(
+        "--repair-plans",
+        action="store_true",
+        help="before drawing, clamp boxes, make the prompt's stated relation hold and separate "
+        "overlapping objects in the plan",
+    )
+
+
+def plan_options(args: argparse.Namespace) -> Any:
+    """The `PlanOptions` of the plan flags (a one-line error for a bad value)."""
+    from gotr1.eval.plans import PlanOptions
+
+    return PlanOptions(candidates=args.plan_candidates, repair=args.repair_plans)
 
 
 def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
@@ -749,6 +775,7 @@ def run_world(args: argparse.Namespace) -> int:
         prompts_per_batch=args.prompts_per_batch,
         with_rewards=not args.no_rewards,
         progress=_progress(),
+        plans=plan_options(args),
     )
     result["model"] = args.model
     result["settings"]["split"] = args.split

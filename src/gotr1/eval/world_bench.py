@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from gotr1.eval.plans import PlanOptions
     from gotr1.policy.policy import Policy
     from gotr1.policy.rollout import SamplingConfig
     from gotr1.world import PromptSpec
@@ -84,8 +85,13 @@ def evaluate_world(
     prompts_per_batch: int = 64,
     with_rewards: bool = True,
     progress: bool = False,
+    plans: PlanOptions | None = None,
 ) -> dict[str, Any]:
     """Generate ``num_generations`` images per world prompt and score them exactly.
+
+    ``plans`` (`gotr1.eval.plans.PlanOptions`): draw each image from the best of several plans
+    by the world judge's chain stage and/or a repaired plan; each sample then records its plan
+    (``plan``: as sampled, its score, the repairs) and the settings the options.
 
     ``prompts``: world prompt texts or (text, spec) pairs; None = the 300 test-split benchmark
     prompts (:func:`gotr1.world.benchmark_prompts`). ``sampling`` defaults to the paper's
@@ -103,7 +109,9 @@ def evaluate_world(
     """
     import torch
 
+    from gotr1.eval.plans import PlanOptions, plan_aware_rollout
     from gotr1.policy.rollout import SamplingConfig
+    from gotr1.rewards import DualStageReward, WorldJudge
     from gotr1.world import score_image, summarize
 
     if num_generations < 1:
@@ -116,8 +124,6 @@ def evaluate_world(
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     reward = None
     if with_rewards:
-        from gotr1.rewards import DualStageReward, WorldJudge
-
         reward = DualStageReward(WorldJudge())
     bar = None
     if progress:
@@ -127,7 +133,14 @@ def evaluate_world(
     samples: list[dict[str, Any]] = []
     for first in range(0, len(pairs), prompts_per_batch):
         chunk = pairs[first : first + prompts_per_batch]
-        rollouts = policy.rollout([text for text, _ in chunk], num_generations, sampling, generator)
+        texts = [text for text, _ in chunk]
+        records = None
+        if plans is not None and plans.active:
+            rollouts, records = plan_aware_rollout(
+                policy, texts, num_generations, sampling, generator, plans, WorldJudge()
+            )
+        else:
+            rollouts = policy.rollout(texts, num_generations, sampling, generator)
         rewards = (
             reward.score(rollouts.prompts, rollouts.chains, rollouts.images) if reward else None
         )
@@ -150,6 +163,8 @@ def evaluate_world(
                 "soft": float(score.soft),
                 "requirements": {name: float(value) for name, value in score.requirements},
             }
+            if records is not None:
+                sample["plan"] = records[row].to_dict()
             if rewards is not None:
                 sample["rewards"] = {
                     name: _finite_or_none(rewards.component(name)[row])
@@ -182,6 +197,7 @@ def evaluate_world(
             "cfg_weight": sampling.cfg_weight,
             "max_chain_tokens": sampling.max_chain_tokens,
             "device": str(policy.device),
+            "plans": (plans or PlanOptions()).to_dict(),
         },
         "samples": samples,
     }
