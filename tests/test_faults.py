@@ -735,3 +735,138 @@ def test_a_path_to_a_missing_folder_is_never_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="garb/model: no such model folder"):
         load_pretrained(Path("garb") / "model")
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. A 429's Retry-After is honoured, within the request's deadline
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_a_429_is_retried_after_the_wait_its_retry_after_asks(form):
+    import email.utils
+    import time
+
+    from test_rewards_http import ChatServer, _chains, make_judge
+
+    def respond(text, image, attempt):
+        if attempt:
+            return ("ok", '{"score": 7}')
+        # An HTTP date has whole seconds: 3 s from now is a wait of 2 to 3 s.
+        when = "2" if form == "seconds" else email.utils.formatdate(time.time() + 3, usegmt=True)
+        return ("status", 429, {"Retry-After": when})
+
+    server = ChatServer()
+    server.respond = respond
+    try:
+        # The backoff alone would wait at most 0.2 s before the first retry.
+        with make_judge(
+            server.base_url, api_key_env=None, timeout=5, max_retries=2, backoff_base=0.2
+        ) as judge:
+            result = judge.semantic(["p"], _chains(1))
+    finally:
+        server.close()
+    assert not result.failed.any() and result.scores[0] == pytest.approx(0.7)
+    ((first, second),) = server.times.values()
+    assert 1.9 <= second - first < 3.5, second - first
+
+
+def test_a_retry_after_past_the_deadline_fails_at_once():
+    import time
+
+    from test_rewards_http import ChatServer, _chains, make_judge
+
+    server = ChatServer()
+    server.respond = lambda text, image, attempt: ("status", 429, {"Retry-After": "3600"})
+    start = time.perf_counter()
+    try:
+        with make_judge(server.base_url, api_key_env=None, timeout=0.5, max_retries=3) as judge:
+            result = judge.semantic(["p"], _chains(1))
+    finally:
+        server.close()
+    elapsed = time.perf_counter() - start
+    assert result.failed.all() and server.requests == 1 and elapsed < 1.0, elapsed
+    assert "HTTP 429" in result.reasons[0] and "Retry-After 3600s" in result.reasons[0]
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from gotr1.rewards.openai_http import parse_retry_after
+
+    now = 1_700_000_000.0
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(" 0 ", now) == 0.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == pytest.approx(30.0)
+    assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # already past
+    for unreadable in (None, "", "soon", "-5", "1.5e3", "Tue, 99 Foo 2023"):
+        assert parse_retry_after(unreadable, now) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. A hanging judge server costs one deadline per batch, not one per question
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_hanging_judge_costs_one_deadline_per_batch():
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from gotr1.rewards import DualStageReward
+    from test_rewards_http import ChatServer, _chains, make_judge
+
+    server = ChatServer()
+    server.respond = lambda text, image, attempt: ("sleep", 5.0, '{"score": 7}')  # hangs
+    images = [Image.new("RGB", (56, 56))] * 2
+    try:
+        # 2 samples of 1 object: 8 requests (sem, spa, ri, pi x 2) for 4 workers.
+        with make_judge(
+            server.base_url, api_key_env=None, timeout=0.5, max_retries=2, max_concurrency=4
+        ) as judge:
+            budget = 3 * 0.5 + 0.01 + 0.02  # 3 attempts of 0.5 s, backoff ceilings 0.01, 0.02 s
+            start = time.perf_counter()
+            rewards = DualStageReward(judge).score(["p", "q"], _chains(2), images)
+            elapsed = time.perf_counter() - start
+            stats = dict(judge.stats)
+            print(f"batch of 8 requests to a hanging server: {elapsed:.2f} s")
+    finally:
+        server.close()
+    # One after another: 4 questions x 1.53 s = 6.1 s; the 8 requests at once on 4 workers
+    # without a batch deadline: 2 x 1.53 s. One deadline: 1.53 s + 0.5 s for the second round.
+    assert elapsed < budget + 0.5 + 0.6, elapsed
+    assert rewards.failure_counts == {"sem": 2, "spa": 2, "ri": 2, "pi": 2}
+    assert np.isnan(rewards.sem).all() and (rewards.total == 0).all()
+    assert stats["http_failures"] == 8 and stats["no_answer"] == 8
+
+
+def test_questions_asked_at_once_give_the_same_rewards(monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from gotr1.rewards import DualStageReward, OpenAIJudge
+    from test_rewards_http import ChatServer, _chains, make_judge
+
+    def respond(text, image, attempt):
+        if text.startswith("Locate the "):
+            return ("ok", '[{"bbox_2d": [5, 6, 30, 40], "label": "red circle"}]')
+        return ("sleep", 0.05, f'{{"score": {len(text) % 10}}}')
+
+    server = ChatServer()
+    server.respond = respond
+    images = [Image.new("RGB", (56, 56))] * 3
+    try:
+        with make_judge(server.base_url, api_key_env=None, max_concurrency=4) as judge:
+            together = DualStageReward(judge).score(["a", "bb", "ccc"], _chains(3), images)
+        # 3 requests per question: only questions asked at once reach the bound of 4.
+        assert server.max_in_flight == 4
+        monkeypatch.setattr(OpenAIJudge, "concurrent_questions", False)
+        server.max_in_flight = 0
+        with make_judge(server.base_url, api_key_env=None, max_concurrency=4) as judge:
+            apart = DualStageReward(judge).score(["a", "bb", "ccc"], _chains(3), images)
+        assert server.max_in_flight == 3
+    finally:
+        server.close()
+    for name in ("sem", "spa", "ri", "pi", "total"):
+        np.testing.assert_array_equal(together.component(name), apart.component(name))
+    assert [together.sample(i) for i in range(3)] == [apart.sample(i) for i in range(3)]
+    assert list(together.timings) == list(apart.timings)

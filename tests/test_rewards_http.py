@@ -27,9 +27,10 @@ KEY_ENV = "GOTR1_TEST_JUDGE_KEY"
 class ChatServer:
     """A chat-completions server; ``respond(text, image, attempt)`` says what to do per request.
 
-    ``respond`` returns ("ok", answer_text) | ("status", code) | ("sleep", seconds, answer_text)
-    | ("malformed", body) | ("truncate", answer_text) | ("drip", seconds, answer_text, chunk): the
-    whole response (status line, headers, body) ``chunk`` bytes at a time, ``seconds`` apart.
+    ``respond`` returns ("ok", answer_text) | ("status", code[, headers]) | ("sleep", seconds,
+    answer_text) | ("malformed", body) | ("truncate", answer_text) | ("drip", seconds,
+    answer_text, chunk): the whole response (status line, headers, body) ``chunk`` bytes at a
+    time, ``seconds`` apart.
     ``attempt`` counts requests with the same text; ``times[text]`` lists when each arrived.
     """
 
@@ -90,7 +91,8 @@ class ChatServer:
                     time.sleep(action[1])
                     kind, action = "ok", ("ok", action[2])
                 if kind == "status":
-                    self._send(action[1], b'{"error": {"message": "injected"}}')
+                    extra = action[2] if len(action) > 2 else {}
+                    self._send(action[1], b'{"error": {"message": "injected"}}', extra)
                 elif kind == "malformed":
                     self._send(200, action[1].encode())
                 elif kind == "drip":
@@ -137,8 +139,10 @@ class ChatServer:
                 except OSError:  # the client gave up and closed the connection
                     self.close_connection = True
 
-            def _send(self, status: int, payload: bytes) -> None:
+            def _send(self, status: int, payload: bytes, extra: dict | None = None) -> None:
                 self.send_response(status)
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

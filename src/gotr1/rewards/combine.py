@@ -24,8 +24,10 @@ variant).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,6 +308,26 @@ def extra_scores(
     return extra, ["extra reward is not a finite number" if b else None for b in bad]
 
 
+def ask_questions(judge: Any, asks: Sequence[Callable[[], None]]) -> None:
+    """Run the judge questions of one batch (each a callable that stores its answers).
+
+    A judge that sets ``concurrent_questions`` (the HTTP judge: its requests share one pool of
+    ``max_concurrency`` workers) is asked all of them at once, so a server that hangs costs one
+    wait per batch rather than one per question; others (the world judge, a local model) are
+    asked one after another. A judge with ``batch_deadline()`` (a context manager) gives the whole
+    batch one deadline. The answers are the same either way; the first exception is raised.
+    """
+    scope = getattr(judge, "batch_deadline", None)
+    with scope() if callable(scope) else contextlib.nullcontext():
+        if len(asks) < 2 or not getattr(judge, "concurrent_questions", False):
+            for ask in asks:
+                ask()
+            return
+        with ThreadPoolExecutor(len(asks), thread_name_prefix="gotr1-reward") as pool:
+            for future in [pool.submit(ask) for ask in asks]:
+                future.result()
+
+
 def _number(value: Any) -> float:
     """A float, or NaN for anything that is not a number."""
     try:
@@ -359,13 +381,13 @@ class DualStageReward:
             raise ValueError(f"{size} prompts, {len(chains)} chains and {len(images)} images")
         config = self.config
         values = {c: np.full(size, np.nan) for c in COMPONENTS}
-        object_ious: list[list[float]] = []
-        candidates: list[list[list[Box]]] = []
         failed = {c: np.zeros(size, dtype=bool) for c in config.components}
         reasons: dict[str, list[str | None]] = {}
         timings: dict[str, float] = {}
 
-        if "sem" in config.components:
+        grounding: dict[str, Any] = {"object_ious": [], "candidates": []}
+
+        def ask_sem() -> None:
             start = time.perf_counter()
             result = self.judge.semantic(prompts, chains)
             timings["sem"] = time.perf_counter() - start
@@ -375,7 +397,7 @@ class DualStageReward:
                 result.reasons,
             )
 
-        if "spa" in config.components:
+        def ask_spa() -> None:
             layout_images = None
             if config.spatial_input == "canvas" and getattr(
                 self.judge, "reads_layout_images", True
@@ -394,7 +416,7 @@ class DualStageReward:
                 result.reasons,
             )
 
-        if "ri" in config.components:
+        def ask_ri() -> None:
             names = [[o.name for o in c.objects] for c in chains]
             start = time.perf_counter()
             grounded = self.judge.ground(images, names)
@@ -405,14 +427,23 @@ class DualStageReward:
             ]
             ri = np.array([float(np.mean(ious)) if ious else 0.0 for ious in object_ious])
             ri[grounded.failed] = np.nan
-            candidates = grounded.candidates
+            grounding["object_ious"], grounding["candidates"] = object_ious, grounded.candidates
             values["ri"], failed["ri"], reasons["ri"] = ri, grounded.failed, grounded.reasons
 
-        if "pi" in config.components:
+        def ask_pi() -> None:
             start = time.perf_counter()
             result = self.judge.image(prompts, images)
             timings["pi"] = time.perf_counter() - start
             values["pi"], failed["pi"], reasons["pi"] = result.scores, result.failed, result.reasons
+
+        asks = {"sem": ask_sem, "spa": ask_spa, "ri": ask_ri, "pi": ask_pi}
+        ask_questions(self.judge, [asks[c] for c in COMPONENTS if c in config.components])
+        for mapping in (reasons, timings):  # the key order of questions asked one by one
+            for key in ("sem", "layout_render", "spa", "ri", "pi"):
+                if key in mapping:
+                    mapping[key] = mapping.pop(key)
+        object_ious: list[list[float]] = grounding["object_ious"]
+        candidates: list[list[list[Box]]] = grounding["candidates"]
 
         extra = None
         if self.extra_reward is not None:

@@ -12,9 +12,14 @@ The production case is ``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``; anything that
   status line, headers and body), so a server that drip-feeds its answer a byte at a time times
   out like one that never answers; refused connections, timeouts, HTTP 429/5xx, malformed or
   truncated bodies are retried up to ``max_retries`` times with exponential backoff and full
-  jitter (:func:`backoff_ceiling`); other HTTP errors (400, 401, ...) are not retried. What still
-  fails becomes a Reply without text, which the shared judge logic counts as a failure — nothing
-  raises;
+  jitter (:func:`backoff_ceiling`), or after the wait a 429/503 asks for in its ``Retry-After``
+  header (seconds or an HTTP date, :func:`parse_retry_after`); other HTTP errors (400, 401, ...)
+  are not retried. What still fails becomes a Reply without text, which the shared judge logic
+  counts as a failure — nothing raises;
+- a batch has one deadline (:class:`BatchDeadline`): every request of one :meth:`generate` call,
+  or of every call inside :meth:`OpenAIJudge.batch_deadline` (the reward asks its four questions
+  at once in one such scope), stops being tried when it passes, so a server that hangs costs one
+  deadline per batch, not one per question; a retry whose wait would end past it is not made;
 - the API key is read from the environment variable named by ``api_key_env`` at request time,
   surrounding whitespace stripped (a key with a control character inside is refused); it is never
   stored on the judge, logged, or written into an error message or a repr, escaped or not
@@ -24,6 +29,8 @@ The production case is ``vllm serve Qwen/Qwen2.5-VL-7B-Instruct``; anything that
 from __future__ import annotations
 
 import base64
+import contextlib
+import email.utils
 import functools
 import http.client
 import io
@@ -34,7 +41,7 @@ import random
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +87,15 @@ class OpenAIJudgeConfig(VLMJudgeConfig):
         default=0.5, metadata={"help": "first backoff ceiling, seconds; doubles on each retry"}
     )
     backoff_max: float = field(default=8.0, metadata={"help": "largest backoff ceiling, seconds"})
+    batch_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds a whole batch of judge questions (all four reward components) may "
+            "take; past it nothing more is sent or retried and what is unanswered fails. None: "
+            "what one request may take with all its retries ((max_retries + 1) * timeout plus "
+            "the backoff ceilings), plus timeout for each further max_concurrency requests"
+        },
+    )
     min_pixels: int = field(
         default=qp.QWEN_MIN_PIXELS, metadata={"help": "the server processor's min_pixels"}
     )
@@ -99,12 +115,75 @@ class OpenAIJudgeConfig(VLMJudgeConfig):
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {self.max_retries}")
+        if self.batch_timeout is not None and self.batch_timeout <= 0:
+            raise ValueError(f"batch_timeout must be positive or None, got {self.batch_timeout}")
 
 
 def backoff_ceiling(attempt: int, base: float, maximum: float) -> float:
     """The longest wait before retry ``attempt + 1`` (attempt 0 is the first retry's wait):
     ``base * 2**attempt``, capped at ``maximum``. The wait itself is drawn uniformly below it."""
     return min(maximum, base * 2.0 ** min(attempt, 64))
+
+
+def request_budget(config: OpenAIJudgeConfig) -> float:
+    """The most one request may take with all its retries: ``max_retries + 1`` attempts of
+    ``timeout`` seconds and the backoff ceilings between them."""
+    waits = sum(
+        backoff_ceiling(a, config.backoff_base, config.backoff_max)
+        for a in range(config.max_retries)
+    )
+    return (config.max_retries + 1) * config.timeout + waits
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date (RFC 9110);
+    None when absent or unreadable (the normal backoff applies then). A date in the past is 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class BatchDeadline:
+    """One deadline for every request of a batch (``time.monotonic``).
+
+    ``config.batch_timeout`` seconds from the start; by default :func:`request_budget` plus
+    ``timeout`` for each further round of ``max_concurrency`` requests registered with
+    :meth:`add`, so a well-behaved server (every answer inside ``timeout``) never meets it while
+    one that hangs costs about one request's budget per batch.
+    """
+
+    def __init__(self, config: OpenAIJudgeConfig) -> None:
+        self.config = config
+        self.start = time.monotonic()
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        """Register `count` more requests of the batch."""
+        with self._lock:
+            self.requests += count
+
+    @property
+    def deadline(self) -> float:
+        """When the batch's time is up (``time.monotonic``)."""
+        config = self.config
+        if config.batch_timeout is not None:
+            return self.start + config.batch_timeout
+        rounds = max(1, -(-self.requests // config.max_concurrency))
+        return self.start + request_budget(config) + (rounds - 1) * config.timeout
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative once it has passed)."""
+        return self.deadline - time.monotonic()
 
 
 # Looked up at call time, so a test can pin the jitter and record the waits.
@@ -159,11 +238,13 @@ class _DeadlineResponse(http.client.HTTPResponse):
 
 
 class _TransportError(Exception):
-    """A failed exchange with the server; ``retryable`` says whether trying again may help."""
+    """A failed exchange with the server; ``retryable`` says whether trying again may help and
+    ``retry_after`` how long the server asked to wait first (seconds), if it said."""
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 def encode_png_data_url(image: Image.Image) -> str:
@@ -177,6 +258,9 @@ class OpenAIJudge(VLMJudge):
     """The four judge questions answered by an OpenAI-compatible chat-completions server."""
 
     config: OpenAIJudgeConfig
+    concurrent_questions = True
+    """The four questions may be asked at once (from several threads): requests share one pool
+    of ``max_concurrency`` workers."""
 
     def __init__(self, config: OpenAIJudgeConfig | None = None) -> None:
         """Prepare the connection pool; nothing is sent until a question is asked."""
@@ -188,6 +272,7 @@ class OpenAIJudge(VLMJudge):
         self._path = parsed.path.rstrip("/") + "/chat/completions"
         self._local = threading.local()
         self._executor: ThreadPoolExecutor | None = None
+        self._batch: BatchDeadline | None = None
         for key in ("http_requests", "http_retries", "http_failures"):
             self.stats[key] = 0
         self.error_counts: dict[str, int] = {}
@@ -203,6 +288,22 @@ class OpenAIJudge(VLMJudge):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    @contextlib.contextmanager
+    def batch_deadline(self) -> Iterator[BatchDeadline]:
+        """Give every request sent inside (from any thread) one `BatchDeadline`: the reward
+        asks its four questions in one such scope. A scope inside another shares the outer one."""
+        with self._lock:
+            outer = self._batch
+            if outer is None:
+                self._batch = BatchDeadline(self.config)
+            batch = self._batch
+        try:
+            yield batch
+        finally:
+            if outer is None:
+                with self._lock:
+                    self._batch = None
 
     def __enter__(self) -> OpenAIJudge:
         return self
@@ -281,18 +382,21 @@ class OpenAIJudge(VLMJudge):
             body["seed"] = self.config.seed
         return json.dumps(body).encode("utf-8")
 
-    def _exchange(self, payload: bytes) -> str:
+    def _exchange(self, payload: bytes, batch_deadline: float | None = None) -> str:
         """One POST; the answer text, or a _TransportError."""
-        return choice_text(self._post(payload))
+        return choice_text(self._post(payload, batch_deadline))
 
-    def _post(self, payload: bytes) -> dict[str, Any]:
-        """One POST; the first choice of the decoded reply, or a _TransportError."""
+    def _post(self, payload: bytes, batch_deadline: float | None = None) -> dict[str, Any]:
+        """One POST that ends ``timeout`` seconds from now or at `batch_deadline`, whichever
+        comes first; the first choice of the decoded reply, or a _TransportError."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         connection = self._connection()
         deadline = time.monotonic() + self.config.timeout
+        if batch_deadline is not None:
+            deadline = min(deadline, batch_deadline)
         try:
             # One deadline for the whole attempt: connect, send (sendall's timeout is its total),
             # then every read of the answer (_DeadlineResponse).
@@ -305,6 +409,7 @@ class OpenAIJudge(VLMJudge):
             connection.request("POST", self._path, body=payload, headers=headers)
             response = connection.getresponse()
             status = response.status
+            retry_after = response.getheader("Retry-After")
             raw = response.read()
             if response.will_close:
                 self._drop_connection()
@@ -315,7 +420,9 @@ class OpenAIJudge(VLMJudge):
             self._drop_connection()
             raise _TransportError(f"{type(error).__name__}: {error}", True) from error
         if status != 200:
-            raise _TransportError(f"HTTP {status}", status in RETRYABLE_STATUS)
+            retryable = status in RETRYABLE_STATUS
+            wait = parse_retry_after(retry_after) if retryable else None
+            raise _TransportError(f"HTTP {status}", retryable, wait)
         try:
             choice = json.loads(raw.decode("utf-8"))["choices"][0]
         except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
@@ -327,22 +434,34 @@ class OpenAIJudge(VLMJudge):
             raise _TransportError("malformed response body (no message content)", True)
         return choice
 
-    def _send(self, request: ChatRequest) -> Reply:
-        """POST with retries; never raises."""
+    def _fail(self, size: tuple[int, int] | None, tries: int, message: str) -> Reply:
+        """Count a request that gets no answer and say why."""
+        self._count("http_failures")
+        logger.warning("judge request failed after %d tries: %s", tries, message)
+        return Reply(None, size, message)
+
+    def _send(self, request: ChatRequest, batch: BatchDeadline | None = None) -> Reply:
+        """POST with retries, all inside `batch`'s deadline (a batch of its own when None);
+        never raises."""
+        batch = batch or BatchDeadline(self.config)
         payload = self._payload(request)
         size = request.image.size if request.image is not None else None
         attempt = 0
         while True:
+            if batch.left() <= 0:
+                self._count_error("batch deadline")
+                return self._fail(
+                    size, attempt, "batch deadline passed before the request could be sent"
+                )
             self._count("http_requests")
             try:
-                return Reply(self._exchange(payload), size)
+                return Reply(self._exchange(payload, batch.deadline), size)
             except _TransportError as error:
                 message = self._scrub(str(error))
                 self._count_error(message.split(":")[0].split(" after")[0])
                 if not error.retryable or attempt >= self.config.max_retries:
-                    self._count("http_failures")
-                    logger.warning("judge request failed after %d tries: %s", attempt + 1, message)
-                    return Reply(None, size, message)
+                    return self._fail(size, attempt + 1, message)
+                retry_after = error.retry_after
             except Exception as error:  # noqa: BLE001 - a judge must never crash the trainer
                 self._drop_connection()
                 message = self._scrub(f"{type(error).__name__}: {error}")
@@ -350,20 +469,36 @@ class OpenAIJudge(VLMJudge):
                 self._count("http_failures")
                 logger.warning("judge request failed: %s", message)
                 return Reply(None, size, message)
-            ceiling = backoff_ceiling(attempt, self.config.backoff_base, self.config.backoff_max)
-            _sleep(_jitter(0.0, ceiling))
+            if retry_after is not None:  # the server said when: honour it
+                wait, why = retry_after, f"Retry-After {retry_after:g}s"
+            else:
+                ceiling = backoff_ceiling(
+                    attempt, self.config.backoff_base, self.config.backoff_max
+                )
+                wait, why = _jitter(0.0, ceiling), f"backoff {ceiling:g}s"
+            if wait >= batch.left():
+                return self._fail(
+                    size, attempt + 1, f"{message}; its {why} wait ends past the batch deadline"
+                )
+            _sleep(wait)
             attempt += 1
             self._count("http_retries")
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        """Send every request, at most ``max_concurrency`` at a time; replies in request order."""
+        """Send every request, at most ``max_concurrency`` at a time (across threads calling
+        this at once, too); replies in request order. The requests join the batch of an open
+        :meth:`batch_deadline` scope, else form a batch of their own."""
         if not requests:
             return []
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self.config.max_concurrency, thread_name_prefix="gotr1-judge"
-            )
-        return list(self._executor.map(self._send, requests))
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.config.max_concurrency, thread_name_prefix="gotr1-judge"
+                )
+            executor = self._executor
+            batch = self._batch or BatchDeadline(self.config)
+        batch.add(len(requests))
+        return list(executor.map(functools.partial(self._send, batch=batch), requests))
 
 
 def secret_forms(secret: str) -> list[str]:
