@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gotr1.errors import UserError
-from gotr1.policy.generate import add_generate_parser
+from gotr1.eval.generate import add_generate_parser
 from gotr1.policy.io import save_pretrained
 from test_rollout import make_policy
 
@@ -113,12 +113,30 @@ def test_generate_writes_images_chains_and_layouts(tmp_path, model_dir, capsys):
     assert args.func(args) == 0
     assert json.loads((again / "samples.json").read_text())["samples"] == summary["samples"]
     assert (again / "sample_00.png").read_bytes() == (out / "sample_00.png").read_bytes()
+    assert summary["plans"] == {"candidates": 1, "repair": False}
+    assert all("plan" not in record for record in summary["samples"])
+    # The best of three plans by the world judge's chain stage, each sample recording its plan.
+    planned = tmp_path / "planned"
+    args = parse([*argv[:5], str(planned), *argv[6:], "--plan-candidates", "3", "--repair-plans"])
+    assert args.func(args) == 0
+    summary = json.loads((planned / "samples.json").read_text())
+    assert summary["plans"] == {"candidates": 3, "repair": True} and len(summary["samples"]) == 3
+    for record in summary["samples"]:
+        plan = record["plan"]
+        assert (
+            plan["plan_score"] == max(plan["candidate_scores"])
+            and len(plan["candidate_scores"]) == 3
+        )
+        assert record["truncated"] is True  # each candidate of a random model runs to the cap
 
 
-def test_policy_commands_register_generate_without_importing_torch_models():
-    from gotr1.policy.commands import register
+def test_eval_commands_register_generate_with_its_plan_flags():
+    from gotr1.eval.commands import register
 
     parser = argparse.ArgumentParser(prog="gotr1")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["generate", "p", "--model", "M", "--out", "O"])
     assert args.func.__name__ == "run_generate"
+    assert (args.plan_candidates, args.repair_plans) == (1, False)
+    args = parser.parse_args(["generate", "p", "--model", "M", "--out", "O", "--repair-plans"])
+    assert args.repair_plans

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gotr1.eval.generate import add_generate_parser, add_plan_args, plan_options
+
 if TYPE_CHECKING:
     from gotr1.eval.evidence import EvidenceScorer
     from gotr1.eval.layouts import CompbenchItem, GenevalItem
@@ -42,7 +44,9 @@ SCORERS: tuple[str, ...] = ("qwen", "openai", "world")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``gotr1 eval compbench``, ``gotr1 eval geneval`` and ``gotr1 eval world``."""
+    """Add ``gotr1 generate``, ``gotr1 eval compbench``, ``gotr1 eval geneval`` and ``gotr1 eval
+    world``."""
+    add_generate_parser(subparsers)
     parser = subparsers.add_parser(
         "eval",
         help="benchmarks: T2I-CompBench and GenEval protocols, the world benchmark",
@@ -180,31 +184,6 @@ def _add_model_args(
         default=None,
         help="policy dtype (default bfloat16 on CUDA, float32 on CPU)",
     )
-
-
-def add_plan_args(parser: argparse.ArgumentParser) -> None:
-    """The plan-aware generation flags (`gotr1.eval.plans`), scored by the world judge."""
-    parser.add_argument(
-        "--plan-candidates",
-        type=int,
-        default=1,
-        metavar="K",
-        help="sample K plans per image and draw the best by the chain stage of the reward "
-        "(R_sem + R_spa, world judge); 1: draw the plan sampled (default)",
-    )
-    parser.add_argument(
-        "--repair-plans",
-        action="store_true",
-        help="before drawing, clamp boxes, make the prompt's stated relation hold and separate "
-        "overlapping objects in the plan",
-    )
-
-
-def plan_options(args: argparse.Namespace) -> Any:
-    """The `PlanOptions` of the plan flags (a one-line error for a bad value)."""
-    from gotr1.eval.plans import PlanOptions
-
-    return PlanOptions(candidates=args.plan_candidates, repair=args.repair_plans)
 
 
 def _add_scorer_args(parser: argparse.ArgumentParser) -> None:

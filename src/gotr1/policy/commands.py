@@ -1,4 +1,4 @@
-"""`gotr1` subcommands of the policy: ``convert`` (and ``generate``, added by the rollout work).
+"""`gotr1` subcommands of the policy: ``convert`` and ``train-vq``.
 
 Registration imports nothing heavy; each handler imports torch/transformers when it runs.
 """
@@ -11,7 +11,6 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the policy subcommands to the `gotr1` parser."""
     register_convert(subparsers)
-    register_generate(subparsers)
     register_train_vq(subparsers)
 
 
@@ -61,16 +60,6 @@ def run_convert(args: argparse.Namespace) -> int:
     )
     print(f"converted {args.src} -> {dst}")
     return 0
-
-
-# --- generate (rollout work) ---------------------------------------------------------------------
-
-
-def register_generate(subparsers: argparse._SubParsersAction) -> None:
-    """``gotr1 generate --model DIR PROMPT --out OUT``: chains and images (gotr1.policy.generate)."""
-    from gotr1.policy.generate import add_generate_parser
-
-    add_generate_parser(subparsers)
 
 
 # --- train-vq ----------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gotr1.eval.plans import PlanOptions
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,8 +62,36 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument(
         "--layout-size", type=int, default=448, help="side of the drawn layout in pixels"
     )
+    add_plan_args(parser)
     parser.set_defaults(func=run_generate)
     return parser
+
+
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    """The plan-aware generation flags (`gotr1.eval.plans`); plans are scored by the world judge
+    (world prompts; a prompt outside the world grammar scores 0 for every plan, so the first
+    sampled is drawn)."""
+    parser.add_argument(
+        "--plan-candidates",
+        type=int,
+        default=1,
+        metavar="K",
+        help="sample K plans per image and draw the best by the chain stage of the reward "
+        "(R_sem + R_spa, world judge); 1: draw the plan sampled (default)",
+    )
+    parser.add_argument(
+        "--repair-plans",
+        action="store_true",
+        help="before drawing, clamp boxes, make the prompt's stated relation hold and separate "
+        "overlapping objects in the plan",
+    )
+
+
+def plan_options(args: argparse.Namespace) -> PlanOptions:
+    """The `PlanOptions` of the plan flags (a one-line error for a bad value)."""
+    from gotr1.eval.plans import PlanOptions
+
+    return PlanOptions(candidates=args.plan_candidates, repair=args.repair_plans)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -106,10 +138,20 @@ def run_generate(args: argparse.Namespace) -> int:
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
-    rollouts = policy.rollout([args.prompt], args.num, sampling, generator)
+    plans = plan_options(args)
+    records = None
+    if plans.active:
+        from gotr1.eval.plans import plan_aware_rollout
+        from gotr1.rewards import WorldJudge
+
+        rollouts, records = plan_aware_rollout(
+            policy, [args.prompt], args.num, sampling, generator, plans, WorldJudge()
+        )
+    else:
+        rollouts = policy.rollout([args.prompt], args.num, sampling, generator)
 
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    samples = []
     for index in range(len(rollouts)):
         stem = out / f"sample_{index:02d}"
         chain, text = rollouts.chains[index], rollouts.chain_texts[index]
@@ -117,7 +159,7 @@ def run_generate(args: argparse.Namespace) -> int:
         Path(f"{stem}_chain.txt").write_text(text + "\n", encoding="utf-8")
         render_layout(chain, size=args.layout_size).save(f"{stem}_layout.png")
         truncated = bool(rollouts.truncated[index])
-        records.append(
+        samples.append(
             {
                 "image": f"{stem.name}.png",
                 "layout": f"{stem.name}_layout.png",
@@ -125,6 +167,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 "truncated": truncated,
                 "objects": [{"name": o.name, "box": list(o.box)} for o in chain.objects],
                 "errors": list(chain.errors),
+                **({"plan": records[index].to_dict()} if records else {}),
             }
         )
         flag = " (truncated at --max-chain-tokens)" if truncated else ""
@@ -140,8 +183,9 @@ def run_generate(args: argparse.Namespace) -> int:
             "cfg_weight": sampling.cfg_weight,
             "max_chain_tokens": sampling.max_chain_tokens,
         },
-        "samples": records,
+        "plans": plans.to_dict(),
+        "samples": samples,
     }
     (out / "samples.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {len(records)} samples to {out}")
+    print(f"wrote {len(samples)} samples to {out}")
     return 0
