@@ -870,3 +870,69 @@ def test_questions_asked_at_once_give_the_same_rewards(monkeypatch):
         np.testing.assert_array_equal(together.component(name), apart.component(name))
     assert [together.sample(i) for i in range(3)] == [apart.sample(i) for i in range(3)]
     assert list(together.timings) == list(apart.timings)
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. Config errors in one line, blamed on what the user typed
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 3\nreward_components: [sem, spa\nbeta: 0.1\n")
+    assert main(["grpo", "--config", str(bad), "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert f"{bad}:3:5: not valid YAML" in err and "expected ',' or ']'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_on_the_command_line_is_blamed_on_its_flag(tmp_path, capsys):
+    from pathlib import Path
+
+    yaml_file = str(Path(__file__).resolve().parents[1] / "configs" / "grpo-world-tiny.yaml")
+    args = ["grpo", "--config", yaml_file, "--num_generations", "1"]
+    assert main([*args, "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "command line (--num_generations): num_generations" in err, err
+    assert yaml_file not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_errors_are_blamed_on_the_file_or_the_flag_that_set_the_field(tmp_path):
+    from gotr1.train.config import ConfigError, GRPOConfig, build_config, load_config
+
+    config = tmp_path / "grpo.yaml"
+    config.write_text("num_generations: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: num_generations must be >= 2"):
+        load_config(GRPOConfig, config, {"beta": "0.1"})
+    assert load_config(GRPOConfig, config, {"num_generations": "4"}).num_generations == 4
+    config.write_text("beta: 0.1\n")
+    with pytest.raises(ConfigError, match=r"^command line \(--beta\): beta must be >= 0"):
+        load_config(GRPOConfig, config, {"beta": "-1"})
+    with pytest.raises(ConfigError, match=r"^command line \(--max_grad_norm\): max_grad_norm"):
+        load_config(GRPOConfig, config, {"max-grad-norm": "-1"})
+    with pytest.raises(ConfigError, match=r"^config: beta must be >= 0"):  # no file, no flag
+        build_config(GRPOConfig, {"beta": -1})
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("grpo_learning_rate=-1", "demo setting grpo_learning_rate must be > 0"),
+        ("grpo_beta=-1", "demo setting grpo_beta must be >= 0"),
+        ("grpo_num_iterations=0", "demo setting grpo_num_iterations must be > 0"),
+        ("sft_learning_rate=-1", "demo setting sft_learning_rate must be > 0"),
+    ],
+)
+def test_a_demo_setting_is_named_as_the_user_typed_it(
+    tmp_path, monkeypatch, capsys, setting, named
+):
+    def stop(*args):
+        raise _Stop
+
+    monkeypatch.setattr(P, "train_tokenizer", stop)  # a setting let through trains nothing
+    assert main(["demo", "--set", setting, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and named in err, err
+    assert not (tmp_path / "run").exists()  # refused before any stage ran

@@ -294,8 +294,66 @@ def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict
     return {"model": str(model_dir), "vq_train": stats, "vq_eval": quality}
 
 
+SFT_SETTINGS = {
+    "seed": "seed",
+    "max_steps": "sft_steps",
+    "batch_size": "sft_batch_size",
+    "learning_rate": "sft_learning_rate",
+    "warmup_steps": "sft_warmup_steps",
+    "save_steps": "sft_save_steps",
+    "world_split": "sft_world_split",
+    "world_chain_colors": "sft_chain_colors",
+    "mixed_precision": "mixed_precision",
+    "threads": "threads",
+}
+"""SFTConfig field -> the demo setting it is taken from (for errors that name the setting)."""
+
+GRPO_SETTINGS = {
+    "seed": "seed",
+    "max_steps": "grpo_steps",
+    "num_prompts": "grpo_num_prompts",
+    "num_generations": "grpo_num_generations",
+    "learning_rate": "grpo_learning_rate",
+    "min_lr_ratio": "grpo_min_lr_ratio",
+    "beta": "grpo_beta",
+    "num_iterations": "grpo_num_iterations",
+    "chain_advantage": "grpo_chain_advantage",
+    "cfg_weight": "cfg_weight",
+    "max_chain_tokens": "max_chain_tokens",
+    "reward_combination": "reward_combination",
+    "reward_components": "reward_components",
+    "mixed_precision": "mixed_precision",
+    "save_steps": "grpo_save_steps",
+    "threads": "threads",
+}
+"""GRPOConfig field -> the demo setting it is taken from (for errors that name the setting)."""
+
+
+def as_demo_setting(error: Exception, settings: dict[str, str]) -> Exception:
+    """A stage config's error about a field taken from a demo setting, reworded to name the
+    setting the user typed (``learning_rate must be > 0`` -> ``demo setting grpo_learning_rate
+    must be > 0``); other errors are returned as they are."""
+    from gotr1.errors import ConfigError
+
+    message = str(error)
+    field = getattr(error, "field", None) or message.split(" ", 1)[0].rstrip(":")
+    if field not in settings or not message.startswith(field):
+        return error
+    name = settings[field]
+    return ConfigError(f"demo setting {name}{message[len(field) :]}", name)
+
+
 def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folder: Path) -> Any:
-    """The `SFTConfig` of the demo's SFT stage."""
+    """The `SFTConfig` of the demo's SFT stage; its errors name the demo settings."""
+    from gotr1.errors import ConfigError
+
+    try:
+        return _sft_config(config, preset_path, tokenizer_dir, folder)
+    except ConfigError as error:
+        raise as_demo_setting(error, SFT_SETTINGS) from None
+
+
+def _sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folder: Path) -> Any:
     from gotr1.train.config import SFTConfig
 
     return SFTConfig(
@@ -334,7 +392,9 @@ def grpo_micro_batches(config: DemoConfig) -> int:
 
 
 def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: Any) -> Any:
-    """The `GRPOConfig` of the demo's GRPO stage (full fine-tuning: the model is tiny)."""
+    """The `GRPOConfig` of the demo's GRPO stage (full fine-tuning: the model is tiny); its
+    errors about fields taken from demo settings name those settings."""
+    from gotr1.errors import ConfigError
     from gotr1.train.config import GRPOConfig
 
     values: dict[str, Any] = dict(
@@ -378,7 +438,11 @@ def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: 
         "world_clean_image",
         uses_clean_factor(values["reward_components"], config.clean_image_factor),
     )
-    return GRPOConfig(**values)
+    try:
+        return GRPOConfig(**values)
+    except ConfigError as error:
+        settings = {k: v for k, v in GRPO_SETTINGS.items() if k not in overrides}
+        raise as_demo_setting(error, settings) from None
 
 
 def run_child(command: list[str], env: dict[str, str]) -> int:
@@ -566,6 +630,7 @@ def check_settings(config: DemoConfig) -> None:
     """Check a demo's settings before anything trains: its own fields, then the stages' configs
     they make (the GRPO stage's reward components, combination, ...); raises `UserError`."""
     config.validate()
+    sft_config(config, Path("preset.yaml"), Path("tokenizer"), Path("sft"))
     grpo_config(config, Path("sft"), Path("grpo"))
 
 

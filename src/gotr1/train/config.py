@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -595,6 +596,8 @@ def build_config(
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
+    from_flags: set[str] = set()
     for where, mapping in ((source, values or {}), ("command line", overrides or {})):
         for key, value in mapping.items():
             name = str(key).replace("-", "_")
@@ -606,10 +609,41 @@ def build_config(
                 merged[name] = coerce(value, hints[name])
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"{where}: field {name}: {error}") from None
+            if where == source:
+                from_file[name] = merged[name]
+            else:
+                from_flags.add(name)
     try:
         return cls(**merged)
     except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        where = _blame(cls, error, from_file, from_flags, source)
+        raise ConfigError(f"{where}: {error}", error.field) from None
+
+
+def _blame(
+    cls: type[TrainConfig],
+    error: ConfigError,
+    from_file: dict[str, Any],
+    from_flags: set[str],
+    source: str,
+) -> str:
+    """Where a refused config came from: the command-line flag of the field the error names when
+    the flag set it, else `source` (the YAML file). An error about a field neither set (a check
+    across fields) is the command line's when the file's values alone pass."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    field = error.field
+    if field not in names:
+        match = re.match(r"[A-Za-z_]\w*", str(error))
+        field = match.group(0) if match else None
+    if field in from_flags:
+        return f"command line (--{field})"
+    if field in from_file or not from_flags:
+        return source
+    try:
+        cls(**from_file)
+    except ConfigError:
+        return source
+    return f"command line ({', '.join(f'--{name}' for name in sorted(from_flags))})"
 
 
 def load_config(
@@ -628,13 +662,25 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+            raise ConfigError(yaml_error_line(path, error)) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
         values = loaded
     return build_config(cls, values, overrides, source)
+
+
+def yaml_error_line(path: str | Path, error: Exception) -> str:
+    """A YAML file's syntax error in one line: ``FILE:LINE:COLUMN: not valid YAML: what``
+    (PyYAML's own message spans several lines, with the offending text and a caret)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    parts = (getattr(error, "problem", None), getattr(error, "context", None))
+    what = " ".join(part for part in parts if part)
+    if not what:
+        what = " ".join(str(error).split())
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: not valid YAML: {what}"
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
