@@ -399,10 +399,10 @@ class LogprobOpenAIJudge(OpenAIJudge):
         body["top_logprobs"] = int(request.top_logprobs)
         return json.dumps(body).encode("utf-8")
 
-    def _exchange(self, payload: bytes) -> str:
+    def _exchange(self, payload: bytes, batch_deadline: float | None = None) -> str:
         if b'"top_logprobs"' not in payload:
-            return super()._exchange(payload)
-        choice = self._post(payload)
+            return super()._exchange(payload, batch_deadline)
+        choice = self._post(payload, batch_deadline)
         content = choice_text(choice)
         top = None
         try:
