@@ -304,10 +304,12 @@ def draw_from_chains(
     chains: Sequence[str],
     sampling: SamplingConfig,
     generator: torch.Generator | None = None,
+    truncated: Sequence[bool] | None = None,
 ) -> Rollouts:
     """Images for given (prompt, chain text) rows, sampled as the rollout's stage 2 (CFG over the
-    same unconditional row), as a `Rollouts` batch with one group per row. Its chain log-probs
-    are zero: the chains were given, not sampled."""
+    same unconditional row), as a `Rollouts` batch with one group per row; `truncated` flags the
+    chains that were cut at the cap when sampled (default: none). Its chain log-probs are zero:
+    the chains were given, not sampled."""
     from gotr1.chain import BEGIN_OF_IMAGE
     from gotr1.policy.rollout import (
         Rollouts,
@@ -359,7 +361,9 @@ def draw_from_chains(
         chain_logprobs=torch.zeros(chain_ids.shape, device=device),
         image_ids=image_ids,
         image_logprobs=torch.cat(logprobs),
-        truncated=torch.zeros(len(prompts), dtype=torch.bool, device=device),
+        truncated=torch.tensor(
+            list(truncated or [False] * len(prompts)), dtype=torch.bool, device=device
+        ),
         chain_texts=clean,
         chains=[parse_chain(t) for t in clean],
         images=images,
@@ -384,27 +388,26 @@ def plan_aware_rollout(
         raise UserError("plan candidates need a judge to score the plans")
     k = options.candidates
     texts, truncated = sample_plans(policy, prompts, num_generations * k, sampling, generator)
+    rows = [p for p in prompts for _ in range(num_generations)]
+    scores: list[float] = []
+    if k > 1:  # every candidate of the batch in one call to the judge
+        candidates = [p for p in rows for _ in range(k)]
+        scores = plan_scores(judge, candidates, [parse_chain(t) for t in texts])
     chosen: list[str] = []
     records: list[PlanRecord] = []
-    for index, prompt in enumerate(prompts):
-        for sample in range(num_generations):
-            first = (index * num_generations + sample) * k
-            candidates = texts[first : first + k]
-            record = PlanRecord(sampled_chain=candidates[0])
-            if k > 1:
-                scores = plan_scores(judge, [prompt] * k, [parse_chain(t) for t in candidates])
-                best = max(range(k), key=lambda i: (scores[i], -i))
-                record.sampled_chain, record.plan_score = candidates[best], scores[best]
-                record.candidate_scores, record.candidate_index = scores, best
-            text = record.sampled_chain
-            if options.repair:
-                text, record.repairs = repair_chain(parse_chain(text), prompt)
-            chosen.append(text)
-            records.append(record)
-    rows = [p for p in prompts for _ in range(num_generations)]
-    rollouts = draw_from_chains(policy, rows, chosen, sampling, generator)
-    rollouts.group_ids = torch.arange(len(prompts), device=rollouts.group_ids.device)
-    rollouts.group_ids = rollouts.group_ids.repeat_interleave(num_generations)
+    for row, prompt in enumerate(rows):
+        record = PlanRecord(sampled_chain=texts[row * k])
+        if k > 1:
+            own = scores[row * k : (row + 1) * k]
+            best = max(range(k), key=lambda i: (own[i], -i))
+            record.sampled_chain, record.plan_score = texts[row * k + best], own[best]
+            record.candidate_scores, record.candidate_index = own, best
+        text = record.sampled_chain
+        if options.repair:
+            text, record.repairs = repair_chain(parse_chain(text), prompt)
+        chosen.append(text)
+        records.append(record)
     picked = [truncated[row * k + record.candidate_index] for row, record in enumerate(records)]
-    rollouts.truncated = torch.tensor(picked, dtype=torch.bool, device=rollouts.truncated.device)
+    rollouts = draw_from_chains(policy, rows, chosen, sampling, generator, picked)
+    rollouts.group_ids = rollouts.group_ids.div(num_generations, rounding_mode="floor")
     return rollouts, records
