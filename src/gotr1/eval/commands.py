@@ -1,7 +1,8 @@
 """``gotr1 eval compbench|geneval|world``: generate benchmark images with a policy and score them.
 
     gotr1 eval compbench --model DIR --out OUT [--categories color spatial] [--images-per-prompt 10]
-                         [--scorer qwen|openai|world ...] [--limit N]
+                         [--scorer official|clip|blip-vqa|owlv2|qwen|openai|world ...]
+                         [--limit N]
     gotr1 eval geneval   --model DIR --out OUT [--scorer ...] [--limit N]
     gotr1 eval world     --model DIR [--out OUT]
 
@@ -13,10 +14,13 @@ Several processes (one per GPU) split the generation:
 Generation writes the official folder layouts (:mod:`gotr1.eval.layouts`), sharded over the
 processes of ``accelerate launch`` and resumable (:mod:`gotr1.eval.generation`); scoring runs on the
 main process after all images exist, applying the official rules (:mod:`gotr1.eval.compbench`,
-:mod:`gotr1.eval.geneval`) to evidence from the chosen scorers (:mod:`gotr1.eval.scorers`). Every
-result file and summary names the scorer that judged it ("judged-by-<scorer>"): these are not the
-official BLIP/UniDet/CLIP/Mask2Former numbers; for those, run the official evaluators on the same
-folders, which they read unchanged.
+:mod:`gotr1.eval.geneval`) to evidence from the chosen scorers: the benchmarks' own models through
+transformers (:mod:`gotr1.eval.hf_scorers`: CLIP, BLIP-VQA, OWLv2 standing in for UniDet and
+Mask2Former, and ``official``, the closest of them per category), or a judge
+(:mod:`gotr1.eval.scorers`: Qwen2.5-VL, the world detector). Every result file and summary names the
+scorer that judged it ("judged-by-<scorer>"), says per category how close it is to the official
+metric ("exact", "near: ...", "not comparable"), records which judge trained the model and flags a
+scorer that is that judge (:mod:`gotr1.eval.provenance`).
 
 Registration imports nothing heavy; handlers import torch/transformers when they run.
 """
@@ -34,13 +38,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gotr1.eval.generate import add_generate_parser, add_plan_args, plan_options
+from gotr1.eval.hf_scorers import HF_SCORERS, OFFICIAL_MODELS
 
 if TYPE_CHECKING:
     from gotr1.eval.evidence import EvidenceScorer
     from gotr1.eval.layouts import CompbenchItem, GenevalItem
 
-SCORERS: tuple[str, ...] = ("qwen", "openai", "world")
-"""Evidence scorers: the local Qwen2.5-VL judge, an OpenAI-compatible server, the world detector."""
+SCORERS: tuple[str, ...] = ("official", "clip", "blip-vqa", "owlv2", "qwen", "openai", "world")
+"""Evidence scorers: the benchmarks' models through transformers (official = the closest per
+category; clip, blip-vqa, owlv2), the local Qwen2.5-VL judge, an OpenAI-compatible server, the world
+detector."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -192,8 +199,50 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["qwen"],
         metavar="SCORER",
-        help="evidence scorers, each scored and summarised on its own: qwen (local Qwen2.5-VL, "
-        "default), openai (an OpenAI-compatible server such as vLLM), world (world detector)",
+        help="evidence scorers, each scored and summarised on its own: official (per category "
+        "the closest of clip, blip-vqa and owlv2), clip (CLIPScore, non-spatial), blip-vqa "
+        "(colour, shape, texture), owlv2 (boxes: spatial, numeracy, GenEval; colours by CLIP "
+        "ViT-L/14), qwen (local Qwen2.5-VL, default), openai (an OpenAI-compatible server such as "
+        "vLLM), world (world detector). A scorer scores the categories it has evidence for",
+    )
+    parser.add_argument(
+        "--clip-model",
+        default=OFFICIAL_MODELS["clip"],
+        help="CLIP for CLIPScore: hub id or folder (clip, official)",
+    )
+    parser.add_argument(
+        "--blip-model",
+        default=OFFICIAL_MODELS["blip-vqa"],
+        help="BlipForQuestionAnswering: hub id or folder (blip-vqa, official)",
+    )
+    parser.add_argument(
+        "--owlv2-model",
+        default=OFFICIAL_MODELS["owlv2"],
+        help="Owlv2ForObjectDetection: hub id or folder (owlv2, official)",
+    )
+    parser.add_argument(
+        "--colour-clip-model",
+        default=OFFICIAL_MODELS["colour-clip"],
+        help="CLIP for GenEval's colour classifier: hub id or folder (owlv2, official)",
+    )
+    parser.add_argument(
+        "--owlv2-threshold",
+        type=float,
+        default=0.1,
+        help="OWLv2 score above which an object is found; mapped to UniDet's 0.5 and GenEval's "
+        "0.3 (default 0.1)",
+    )
+    parser.add_argument(
+        "--owlv2-count-threshold",
+        type=float,
+        default=0.3,
+        help="OWLv2 score above which GenEval counts an object; mapped to its 0.9 (default 0.3)",
+    )
+    parser.add_argument(
+        "--owlv2-nms",
+        type=float,
+        default=0.5,
+        help="IoU above which two same-name OWLv2 boxes are one object (default 0.5)",
     )
     parser.add_argument(
         "--judge-model",
@@ -203,21 +252,28 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--judge-url", default="http://127.0.0.1:8000/v1", help="server root (openai scorer)"
     )
-    parser.add_argument("--judge-device", default=None, help="device of the local judge")
+    parser.add_argument(
+        "--judge-device", default=None, help="device of the local judge and scorer models"
+    )
     parser.add_argument(
         "--judge-dtype",
         default="auto",
         choices=("auto", "bfloat16", "float16", "float32"),
-        help="dtype of the local judge",
+        help="dtype of the local judge (auto: its own) and scorer models (auto: float32)",
     )
     parser.add_argument(
-        "--judge-batch-size", type=int, default=16, help="requests per local judge batch"
+        "--judge-batch-size",
+        type=int,
+        default=16,
+        help="requests per local judge or scorer-model batch",
     )
     parser.add_argument(
         "--judge-concurrency", type=int, default=8, help="requests in flight (openai scorer)"
     )
     parser.add_argument(
-        "--judge-local-files-only", action="store_true", help="never download the local judge"
+        "--judge-local-files-only",
+        action="store_true",
+        help="never download the local judge or scorer models",
     )
     parser.add_argument(
         "--score-chunk", type=int, default=64, help="images scored per batched round"
@@ -265,6 +321,8 @@ def _check_common(args: argparse.Namespace) -> None:
             )
         if getattr(args, "score_chunk", 1) < 1:
             raise UserError(f"--score-chunk must be at least 1, got {args.score_chunk}")
+        if set(scorers) & set(HF_SCORERS):
+            hf_options(args)  # checks the OWLv2 thresholds before anything is generated
 
 
 def _sampling(args: argparse.Namespace) -> Any:
@@ -352,11 +410,59 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
+def hf_options(args: argparse.Namespace) -> Any:
+    """The :class:`gotr1.eval.hf_scorers.HFScorerOptions` the scorer flags describe."""
+    from gotr1.eval.hf_scorers import HFScorerOptions
+
+    return HFScorerOptions(
+        clip_model=args.clip_model,
+        blip_model=args.blip_model,
+        owlv2_model=args.owlv2_model,
+        colour_clip_model=args.colour_clip_model,
+        owlv2_found=args.owlv2_threshold,
+        owlv2_count=args.owlv2_count_threshold,
+        owlv2_nms=args.owlv2_nms,
+        device=args.judge_device,
+        dtype=args.judge_dtype,
+        local_files_only=args.judge_local_files_only,
+        batch_size=args.judge_batch_size,
+    )
+
+
+def scorer_provides(name: str) -> frozenset[str]:
+    """What the scorer a ``--scorer`` name builds answers, known before it loads anything."""
+    from gotr1.eval import hf_scorers
+    from gotr1.eval.evidence import CLASSIC_CAPABILITIES
+
+    classes = {
+        "clip": hf_scorers.ClipScoreScorer,
+        "blip-vqa": hf_scorers.BlipVqaScorer,
+        "owlv2": hf_scorers.Owlv2Scorer,
+        "official": hf_scorers.OfficialScorer,
+    }
+    if name in classes:
+        return frozenset(classes[name].provides)
+    return CLASSIC_CAPABILITIES
+
+
 def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
-    """The evidence scorer ``name`` (qwen, openai, world) configured from the judge flags."""
+    """The evidence scorer ``name`` (official, clip, blip-vqa, owlv2, qwen, openai, world)
+    configured from the scorer and judge flags."""
     UserError = _user_error()
     from gotr1.eval.scorers import LogprobOpenAIJudge, QwenEvidenceScorer, WorldEvidenceScorer
 
+    if name in HF_SCORERS:
+        from gotr1.eval import hf_scorers
+
+        options = hf_options(args)
+        benchmark = "geneval" if getattr(args, "eval_command", "") == "geneval" else "compbench"
+        if name == "clip":
+            return hf_scorers.ClipScoreScorer(options)
+        if name == "blip-vqa":
+            return hf_scorers.BlipVqaScorer(options)
+        if name == "owlv2":
+            return hf_scorers.Owlv2Scorer(options, benchmark)
+        return hf_scorers.OfficialScorer(options, benchmark)
     if name == "world":
         return WorldEvidenceScorer()
     if name == "openai":
@@ -393,6 +499,38 @@ def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
         return QwenEvidenceScorer(judge)
     except ValueError as error:
         raise UserError(f"--judge-model {args.judge_model}: {error}") from None
+
+
+def provenance_markdown(record: dict[str, Any]) -> str:
+    """The summary's closing lines: scorer models, skipped categories, which judge trained the
+    model and whether this scorer is held out from it."""
+    lines = [""]
+    models = record.get("scorer_models") or {}
+    if models:
+        lines.append("Scorer models: " + ", ".join(f"{k} `{v}`" for k, v in models.items()) + ".")
+    for category, why in (record.get("skipped_categories") or {}).items():
+        lines.append(f"Not scored: {category} ({why}).")
+    training = record.get("training_judge") or {}
+    if training.get("judge"):
+        trained = training["judge"] + (
+            f" ({training['judge_model']})" if training.get("judge_model") else ""
+        )
+        lines.append(f"Trained with the {trained} judge (from `{training['source']}`).")
+    elif training.get("source"):
+        lines.append(f"Trained without a judge (from `{training['source']}`).")
+    else:
+        lines.append("The judge that trained this model is unknown (no run config.yaml found).")
+    held = record.get("held_out")
+    if held is False:
+        lines.append(f"**Warning: {record['warning']}**")
+    elif held:
+        lines.append("This scorer is held out from training.")
+    return "\n".join(lines) + "\n"
+
+
+def _warn_judge(record: dict[str, Any]) -> None:
+    if record.get("held_out") is False:
+        print(f"warning: {record['warning']}", file=sys.stderr)
 
 
 def _close(scorer: Any) -> None:
@@ -527,8 +665,16 @@ def score_compbench_category(
 
 def run_compbench(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval compbench``."""
-    from gotr1.eval.compbench import CATEGORIES, summary_markdown, summary_record
+    from gotr1.eval.compbench import (
+        CATEGORIES,
+        missing_capabilities,
+        summary_markdown,
+        summary_record,
+    )
+    from gotr1.eval.evidence import capabilities
+    from gotr1.eval.hf_scorers import closeness
     from gotr1.eval.layouts import compbench_items, compbench_result_dir, write_summary
+    from gotr1.eval.provenance import provenance_record
 
     UserError = _user_error()
     _check_common(args)
@@ -540,6 +686,14 @@ def run_compbench(args: argparse.Namespace) -> int:
         }
     except ValueError as error:
         raise UserError(str(error)) from None
+    for name in args.scorer:
+        lacking = [(c, missing_capabilities(c, scorer_provides(name))) for c in items]
+        if all(m for _, m in lacking):
+            what = "; ".join(f"{c} needs {' and '.join(m)}" for c, m in lacking)
+            raise UserError(
+                f"--scorer {name} has no evidence for the chosen categories ({what}); choose "
+                "other categories or another scorer (official scores every category)"
+            )
     rank, world, device, barrier = _processes(args)
     if not args.skip_generation:
         _generate(
@@ -558,6 +712,9 @@ def run_compbench(args: argparse.Namespace) -> int:
     for name in args.scorer:
         start = time.perf_counter()
         scorer = build_scorer(name, args)
+        provides = capabilities(scorer)
+        skipped = {c: missing_capabilities(c, provides) for c in items}
+        skipped = {c: m for c, m in skipped.items() if m}
         try:
             per_category = {
                 category: score_compbench_category(
@@ -568,15 +725,30 @@ def run_compbench(args: argparse.Namespace) -> int:
                     args.score_chunk,
                 )
                 for category, category_items in items.items()
+                if category not in skipped
             }
         finally:
             _close(scorer)
         scores = {c: r["score"] for c, r in per_category.items()}
         record = summary_record(
-            scores, scorer.name, {c: r["images"] for c, r in per_category.items()}
+            scores,
+            scorer.name,
+            {c: r["images"] for c, r in per_category.items()},
+            clip="clip_score" in provides,
+            closeness=(
+                {c: closeness(scorer, "compbench", c) for c in scores}
+                if getattr(scorer, "models", None)
+                else None
+            ),
         )
         record.update(
             {
+                "scorer": name,
+                "scorer_models": dict(getattr(scorer, "models", {}) or {}),
+                "skipped_categories": {
+                    c: f"scorer {name} has no {', '.join(m)} evidence" for c, m in skipped.items()
+                },
+                **provenance_record(args.model, name, args.judge_model),
                 "missing_images": {c: r["missing"] for c, r in per_category.items()},
                 "model": args.model,
                 "images_per_prompt": args.images_per_prompt,
@@ -586,8 +758,9 @@ def run_compbench(args: argparse.Namespace) -> int:
                 "scoring_seconds": time.perf_counter() - start,
             }
         )
-        markdown = summary_markdown(record)
+        markdown = summary_markdown(record) + provenance_markdown(record)
         paths = write_summary(args.out, record, markdown, f"summary.judged-by-{_slug(scorer.name)}")
+        _warn_judge(record)
         print(markdown)
         print(f"wrote {paths[0]} and {paths[1]}")
         if sum(record["missing_images"].values()):
@@ -662,7 +835,9 @@ def score_geneval_items(
 def run_geneval(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval geneval``."""
     from gotr1.eval.geneval import summarize, summary_markdown, summary_record
+    from gotr1.eval.hf_scorers import closeness
     from gotr1.eval.layouts import geneval_items, load_geneval_metadata, write_jsonl, write_summary
+    from gotr1.eval.provenance import provenance_record
 
     UserError = _user_error()
     _check_common(args)
@@ -675,6 +850,12 @@ def run_geneval(args: argparse.Namespace) -> int:
     if not metadata:
         raise UserError(f"--metadata {args.metadata}: no prompts")
     metadata = metadata[: args.limit] if args.limit else metadata
+    for name in args.scorer:
+        if not {"detect", "colour"} <= scorer_provides(name):
+            raise UserError(
+                f"--scorer {name} cannot score GenEval (it needs boxes and colours): use owlv2 "
+                "or official"
+            )
     items = geneval_items(args.out, metadata, args.images_per_prompt, args.seed)
     rank, world, device, barrier = _processes(args)
     if not args.skip_generation:
@@ -692,9 +873,15 @@ def run_geneval(args: argparse.Namespace) -> int:
             _close(scorer)
         slug = _slug(scorer.name)
         results_path = write_jsonl(args.out / f"judged-by-{slug}" / "results.jsonl", rows)
-        record = summary_record(summarize(rows), scorer.name)
+        models = dict(getattr(scorer, "models", {}) or {})
+        record = summary_record(
+            summarize(rows), scorer.name, closeness(scorer, "geneval") if models else None
+        )
         record.update(
             {
+                "scorer": name,
+                "scorer_models": models,
+                **provenance_record(args.model, name, args.judge_model),
                 "missing_images": missing,
                 "results": str(results_path),
                 "model": args.model,
@@ -705,8 +892,9 @@ def run_geneval(args: argparse.Namespace) -> int:
                 "scoring_seconds": time.perf_counter() - start,
             }
         )
-        markdown = summary_markdown(record)
+        markdown = summary_markdown(record) + provenance_markdown(record)
         paths = write_summary(args.out, record, markdown, f"summary.judged-by-{slug}")
+        _warn_judge(record)
         print(markdown)
         print(f"wrote {paths[0]}, {paths[1]} and {results_path}")
         if missing:

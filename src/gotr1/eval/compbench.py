@@ -9,10 +9,11 @@ summary this module writes says which scorer judged it.
 
 Category -> metric (:data:`CATEGORY_METRIC`): colour/shape/texture use the BLIP-VQA product rule,
 spatial the UniDet 2D rule, numeracy the UniDet counting rule, non-spatial the CLIP similarity
-(here: the scorer's yes-probability for the whole prompt, a stand-in that is *not* on CLIP's
-scale; the key stays "clip" to match the official result folders, and summaries label it
-"clip stand-in: yes-probability (scorer)", :data:`METRIC_LABELS`), complex the 3-in-1 average of
-the three. 3D-spatial (depth-based) is not implemented.
+(a scorer that provides ``clip_score``, :mod:`gotr1.eval.hf_scorers`, computes it as
+CLIP_similarity.py does; any other scorer's yes-probability for the whole prompt stands in, *not*
+on CLIP's scale, labelled "clip stand-in: yes-probability (scorer)" in summaries,
+:data:`METRIC_LABELS`), complex the 3-in-1 average of the three. 3D-spatial (depth-based) is not
+implemented.
 
 Where the rest lives:
 
@@ -53,9 +54,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gotr1.eval.evidence import Detection, EvidenceScorer, PixelBox
+from gotr1.eval.evidence import Detection, EvidenceScorer, PixelBox, capabilities
 from gotr1.eval.prompt_parsing import (
     blip_questions,
+    clip_text_without_adjectives,
     find_spatial_relation,
     parse_complex_spatial,
     parse_numeracy,
@@ -82,6 +84,7 @@ __all__ = [
     "blip_vqa_score",
     "category_mean",
     "complex_kind",
+    "missing_capabilities",
     "determine_position",
     "first_detection",
     "numeracy_duplicate",
@@ -137,6 +140,23 @@ METRIC_LABELS: dict[str, str] = {
     "clip": "clip stand-in: yes-probability (scorer)",
     "3_in_1": "3_in_1: blip + spatial + clip stand-in: yes-probability (scorer)",
 }
+CLIP_METRIC_LABELS: dict[str, str] = {
+    "clip": "clip: CLIP image-text cosine (CLIP_similarity.py)",
+    "3_in_1": "3_in_1: blip + spatial + clip: CLIP image-text cosine (3_in_1.py)",
+}
+"""The labels of the metrics that change when the scorer provides ``clip_score``."""
+
+CATEGORY_NEEDS: dict[str, frozenset[str]] = {
+    "color": frozenset({"yes_prob"}),
+    "shape": frozenset({"yes_prob"}),
+    "texture": frozenset({"yes_prob"}),
+    "spatial": frozenset({"detect"}),
+    "numeracy": frozenset({"detect"}),
+    "non_spatial": frozenset({"clip_score"}),
+    "complex": frozenset({"yes_prob", "detect", "clip_score"}),
+}
+"""The evidence each category's rule asks for; a scorer without ``clip_score`` but with
+``yes_prob`` answers the CLIP part with the stand-in."""
 """What each metric key means in gotr1's summaries. The non-spatial metric and the "action" part of
 the 3-in-1 are the scorer's yes-probability that the image shows the prompt, standing in for the
 official CLIP similarity and not on its scale."""
@@ -487,6 +507,15 @@ def three_in_one(attribute: float, spatial: float, action: float, kind: str) -> 
 # --------------------------------------------------------------------------- results
 
 
+def missing_capabilities(category: str, provides: frozenset[str]) -> list[str]:
+    """What a scorer that answers ``provides`` lacks for ``category``'s rule (empty: it can score
+    it). ``clip_score`` is not missing where ``yes_prob`` stands in for it."""
+    needs = set(CATEGORY_NEEDS[category])
+    if "clip_score" in needs and "clip_score" not in provides and "yes_prob" in provides:
+        needs.discard("clip_score")
+    return sorted(needs - provides)
+
+
 def category_mean(answers: Sequence[float | str]) -> float:
     """A category's score: the mean of its images' answers (string answers are read as floats,
     as the official scripts do); 0.0 for no images."""
@@ -507,21 +536,43 @@ def summary_record(
     category_scores: Mapping[str, float],
     scorer: str,
     image_counts: Mapping[str, int] | None = None,
+    clip: bool = False,
+    closeness: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
     """The summary JSON of a CompBench run, labelled with the scorer that judged it.
 
-    ``metrics`` says in words what scored each category (:data:`METRIC_LABELS`: the non-spatial
-    "clip" is a yes-probability stand-in, not a CLIP score); ``metric_keys`` holds the stable keys
-    of :data:`CATEGORY_METRIC` (the official metric and result-folder names)."""
+    ``metrics`` says in words what scored each category (:data:`METRIC_LABELS`; with ``clip``,
+    the scorer computed the CLIP cosine itself, :data:`CLIP_METRIC_LABELS`, else the non-spatial
+    "clip" is a yes-probability stand-in); ``metric_keys`` holds the stable keys of
+    :data:`CATEGORY_METRIC` (the official metric and result-folder names). ``closeness`` says
+    per category how close the evidence is to the official models ("exact", "near: ...");
+    without it every category is "not comparable"."""
+    labels = {**METRIC_LABELS, **(CLIP_METRIC_LABELS if clip else {})}
+    close = {
+        c: (closeness or {}).get(c, f"not comparable: evidence from {scorer!r}")
+        for c in category_scores
+    }
+    if closeness:
+        exact = [c for c in category_scores if close[c] == "exact"]
+        note = (
+            f"Evidence from the {scorer!r} scorer (transformers ports of the benchmark's models). "
+            f"Exact (same model, same rule): {', '.join(exact) or 'none'}; the others are near "
+            "(see closeness) and are not the published metric."
+        )
+    else:
+        note = (
+            f"Evidence from the {scorer!r} scorer, not the official BLIP/UniDet/CLIP models; "
+            "scores are not comparable with published T2I-CompBench numbers."
+        )
     return {
         "benchmark": "T2I-CompBench",
         "rules": "official T2I-CompBench scoring rules (BLIP-VQA product, UniDet 2D spatial, "
         "UniDet numeracy, 3-in-1)",
         "judged_by": scorer,
-        "note": f"Evidence from the {scorer!r} scorer, not the official BLIP/UniDet/CLIP models; "
-        "scores are not comparable with published T2I-CompBench numbers.",
-        "metrics": {c: METRIC_LABELS.get(CATEGORY_METRIC.get(c, ""), "?") for c in category_scores},
+        "note": note,
+        "metrics": {c: labels.get(CATEGORY_METRIC.get(c, ""), "?") for c in category_scores},
         "metric_keys": {c: CATEGORY_METRIC.get(c, "?") for c in category_scores},
+        "closeness": close,
         "scores": {c: float(s) for c, s in category_scores.items()},
         "images": dict(image_counts or {}),
     }
@@ -536,13 +587,17 @@ def summary_markdown(record: Mapping[str, object]) -> str:
         "",
         str(record["note"]),
         "",
-        "| category | metric | score | images |",
-        "| --- | --- | --- | --- |",
+        "| category | metric | score | images | closeness to the official metric |",
+        "| --- | --- | --- | --- | --- |",
     ]
     metrics = dict(record.get("metrics") or {})  # type: ignore[arg-type]
+    close = dict(record.get("closeness") or {})  # type: ignore[arg-type]
     for category, score in scores.items():
         count = images.get(category, "")
-        lines.append(f"| {category} | {metrics.get(category, '')} | {score:.4f} | {count} |")
+        lines.append(
+            f"| {category} | {metrics.get(category, '')} | {score:.4f} | {count} | "
+            f"{close.get(category, '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -598,9 +653,17 @@ def score_numeracy(scorer: EvidenceScorer, image: Image.Image, prompt: str) -> f
     return numeracy_score(objects, ordered)
 
 
-def score_nonspatial(scorer: EvidenceScorer, image: Image.Image, prompt: str) -> float:
-    """Stand-in for CLIP image-text similarity: the scorer's yes-probability that the image shows
-    the prompt. Not on CLIP's scale (CLIP cosines sit near 0.3)."""
+def score_nonspatial(
+    scorer: EvidenceScorer, image: Image.Image, prompt: str, complex_prompt: bool = False
+) -> float:
+    """CLIP image-text similarity (CLIP_similarity.py) when the scorer provides ``clip_score``:
+    the prompt as is, or for a complex prompt without its adjectives
+    (:func:`gotr1.eval.prompt_parsing.clip_text_without_adjectives`, the official ``--complex``).
+    Otherwise a stand-in: the scorer's yes-probability that the image shows the prompt, not on
+    CLIP's scale (CLIP cosines sit near 0.3)."""
+    if "clip_score" in capabilities(scorer):
+        text = clip_text_without_adjectives(prompt) if complex_prompt else prompt
+        return float(scorer.clip_score(image, text))  # type: ignore[attr-defined]
     question = prompt.rstrip(". ") + "?"
     return float(scorer.yes_prob(image, question))
 
@@ -611,7 +674,7 @@ def score_complex(scorer: EvidenceScorer, image: Image.Image, prompt: str, kind:
     attribute = float(score_attribute(scorer, image, prompt))
     # All three are computed for every image, as the official scripts write all three result files.
     spatial = score_spatial(scorer, image, prompt, complex_prompt=True)
-    action = score_nonspatial(scorer, image, prompt)
+    action = score_nonspatial(scorer, image, prompt, complex_prompt=True)
     total = three_in_one(attribute, spatial, action, kind)
     return ImageScore(
         score=total,

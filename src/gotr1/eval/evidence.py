@@ -18,7 +18,14 @@ Conventions:
   as asked; the rules sort by score themselves.
 - ``yes_prob`` answers a yes/no question with ``P(yes) / (P(yes) + P(no))`` (see
   :func:`gotr1.eval.compbench.yes_ratio`), in [0, 1].
-- ``colour`` picks one of the candidate colour names for the object inside ``box``.
+- ``colour`` picks one of the candidate colour names for the object inside ``box``. A scorer that
+  sets ``colour_reads_object_name = True`` is also given the object's class as ``object_name=``
+  (GenEval's CLIP colour prompts name it: "a photo of a red car").
+- Optional capability ``clip_score(image, prompt)``: the CLIP image-text cosine that
+  T2I-CompBench's non-spatial metric uses. A scorer states what it answers in ``provides``
+  (:func:`capabilities`); scorers without the attribute answer detect, yes_prob and colour. A rule
+  that needs a capability the scorer lacks is not run with it (see
+  :func:`gotr1.eval.compbench.missing_capabilities`).
 """
 
 from __future__ import annotations
@@ -72,8 +79,20 @@ class EvidenceScorer(Protocol):
         ...
 
     def colour(self, image: Image.Image, box: PixelBox, candidates: Sequence[str]) -> str:
-        """The colour (one of ``candidates``) of the object inside ``box``."""
+        """The colour (one of ``candidates``) of the object inside ``box``. A scorer whose
+        ``colour_reads_object_name`` is True also takes ``object_name=`` (the object's class)."""
         ...
+
+
+CLASSIC_CAPABILITIES: frozenset[str] = frozenset({"detect", "yes_prob", "colour"})
+"""What a scorer without a ``provides`` attribute answers (the Qwen and world scorers)."""
+CAPABILITIES: frozenset[str] = CLASSIC_CAPABILITIES | {"clip_score"}
+"""Every kind of evidence a rule can ask for."""
+
+
+def capabilities(scorer: object) -> frozenset[str]:
+    """The kinds of evidence ``scorer`` answers (its ``provides``, else detect/yes_prob/colour)."""
+    return frozenset(getattr(scorer, "provides", CLASSIC_CAPABILITIES))
 
 
 def grid_to_pixels(box: Sequence[float], width: int, height: int) -> PixelBox:

@@ -276,6 +276,11 @@ def evaluate_image(
     objects = filter_detections(detections, metadata["tag"])
 
     def classify(found: Sequence[Detection], classname: str) -> list[str]:
+        if getattr(scorer, "colour_reads_object_name", False):
+            return [
+                scorer.colour(image, d.box, COLORS, object_name=classname)  # type: ignore[call-arg]
+                for d in found
+            ]
         return [scorer.colour(image, d.box, COLORS) for d in found]
 
     correct, reason = evaluate(objects, metadata, classify)
@@ -317,15 +322,29 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summary_record(summary: Mapping[str, Any], scorer: str) -> dict[str, Any]:
-    """The summary JSON of a GenEval run, labelled with the scorer that judged it."""
+def summary_record(
+    summary: Mapping[str, Any], scorer: str, closeness: str | None = None
+) -> dict[str, Any]:
+    """The summary JSON of a GenEval run, labelled with the scorer that judged it; ``closeness``
+    says how close its evidence is to Mask2Former + CLIP (None: not comparable)."""
+    if closeness:
+        note = (
+            f"Detections and colours from the {scorer!r} scorer ({closeness}). Close to, not "
+            "equal to, published GenEval numbers; run the official evaluator on the image "
+            "folder for those."
+        )
+    else:
+        note = (
+            f"Detections and colours from the {scorer!r} scorer, not Mask2Former/CLIP; scores "
+            "are not comparable with published GenEval numbers. Run the official evaluator on "
+            "the image folder for those."
+        )
     return {
         "benchmark": "GenEval",
         "rules": "official GenEval rules (include/exclude counts, relative position, colour)",
         "judged_by": scorer,
-        "note": f"Detections and colours from the {scorer!r} scorer, not Mask2Former/CLIP; "
-        "scores are not comparable with published GenEval numbers. Run the official "
-        "evaluator on the image folder for those.",
+        "closeness": closeness or f"not comparable: evidence from {scorer!r}",
+        "note": note,
         **dict(summary),
     }
 

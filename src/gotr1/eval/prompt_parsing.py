@@ -48,6 +48,7 @@ __all__ = [
     "SpatialParse",
     "Token",
     "blip_questions",
+    "clip_text_without_adjectives",
     "find_spatial_relation",
     "is_adjective",
     "noun_chunks",
@@ -598,6 +599,28 @@ def blip_questions(prompt: str, max_phrases: int = 8) -> list[str]:
     Mirrors BLIPvqa_eval/BLIP_vqa.py (``f"{noun_chunk}?"`` for the first ``np_num`` = 8 chunks).
     """
     return [f"{chunk.text}?" for chunk in noun_chunks(prompt)[:max_phrases]]
+
+
+def clip_text_without_adjectives(prompt: str) -> str:
+    """The text CLIP_similarity.py scores for a complex prompt: its tokens joined by spaces, with
+    the adjectives left out (``' '.join(t.text for t in doc if t.pos_ != 'ADJ')``).
+
+    The adjectives are the attribute words that lead a noun phrase (:func:`noun_chunks`) and
+    the lexicon's colour and attribute words anywhere ("the sky is blue"); spaCy's tagger is
+    not used, so a word it would tag differently is kept or dropped differently.
+    """
+    tokens = tokenize(prompt)
+    spans = []
+    for chunk in noun_chunks(prompt):
+        spans.append((chunk.start, chunk.start + len(chunk.text), set(chunk.adjectives)))
+    kept = []
+    for token in tokens:
+        lw = token.lower
+        inside = any(a <= token.start < b and lw in adjectives for a, b, adjectives in spans)
+        if inside or lw in _COLOURS or lw in _ATTRIBUTES:
+            continue
+        kept.append(token.text)
+    return " ".join(kept)
 
 
 def find_spatial_relation(prompt: str) -> str | None:

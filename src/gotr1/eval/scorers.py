@@ -48,7 +48,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from gotr1.eval.evidence import Detection, EvidenceScorer, PixelBox, grid_to_pixels, pixels_to_grid
+from gotr1.eval.evidence import (
+    CLASSIC_CAPABILITIES,
+    Detection,
+    EvidenceScorer,
+    PixelBox,
+    capabilities,
+    grid_to_pixels,
+    pixels_to_grid,
+)
 from gotr1.rewards.openai_http import OpenAIJudge, choice_text
 from gotr1.rewards.vlm import ChatRequest, Reply, VLMJudge
 
@@ -101,8 +109,12 @@ class _Recorder:
 
     name = "batch-recorder"
 
-    def __init__(self, cache: dict[tuple[Any, ...], Any]) -> None:
+    def __init__(self, cache: dict[tuple[Any, ...], Any], like: Any = None) -> None:
+        """``like``: the scorer being asked, whose ``provides`` and ``colour_reads_object_name``
+        the rules read through the recorder."""
         self.cache = cache
+        self.provides = capabilities(like) if like is not None else CLASSIC_CAPABILITIES
+        self.colour_reads_object_name = bool(getattr(like, "colour_reads_object_name", False))
         self.misses: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.missed = False
 
@@ -120,9 +132,19 @@ class _Recorder:
     def yes_prob(self, image: Image.Image, question: str) -> float:
         return float(self._get(("yes", id(image), question), (image, question), 0.5))
 
-    def colour(self, image: Image.Image, box: PixelBox, candidates: Sequence[str]) -> str:
-        key = ("colour", id(image), tuple(float(v) for v in box), tuple(candidates))
-        return str(self._get(key, (image, tuple(box), tuple(candidates)), (candidates or [""])[0]))
+    def colour(
+        self,
+        image: Image.Image,
+        box: PixelBox,
+        candidates: Sequence[str],
+        object_name: str | None = None,
+    ) -> str:
+        key = ("colour", id(image), tuple(float(v) for v in box), tuple(candidates), object_name)
+        args = (image, tuple(box), tuple(candidates), object_name)
+        return str(self._get(key, args, (candidates or [""])[0]))
+
+    def clip_score(self, image: Image.Image, prompt: str) -> float:
+        return float(self._get(("clip", id(image), prompt), (image, prompt), 0.0))
 
 
 def _answer(scorer: EvidenceScorer, kind: str, args: list[tuple[Any, ...]]) -> list[Any]:
@@ -139,8 +161,23 @@ def _answer(scorer: EvidenceScorer, kind: str, args: list[tuple[Any, ...]]) -> l
         if batch is not None:
             return list(batch(images, questions))
         return [scorer.yes_prob(i, q) for i, q in zip(images, questions, strict=True)]
+    if kind == "clip":
+        images, prompts = [a[0] for a in args], [a[1] for a in args]
+        batch = getattr(scorer, "clip_score_batch", None)
+        if batch is not None:
+            return list(batch(images, prompts))
+        clip_score = scorer.clip_score  # type: ignore[attr-defined]
+        return [clip_score(i, p) for i, p in zip(images, prompts, strict=True)]
     images, boxes, candidates = [a[0] for a in args], [a[1] for a in args], [a[2] for a in args]
     batch = getattr(scorer, "colour_batch", None)
+    if getattr(scorer, "colour_reads_object_name", False):
+        names = [a[3] for a in args]
+        if batch is not None:
+            return list(batch(images, boxes, candidates, names))
+        return [
+            scorer.colour(i, b, list(c), object_name=n)  # type: ignore[call-arg]
+            for i, b, c, n in zip(images, boxes, candidates, names, strict=True)
+        ]
     if batch is not None:
         return list(batch(images, boxes, candidates))
     return [scorer.colour(i, b, list(c)) for i, b, c in zip(images, boxes, candidates, strict=True)]
@@ -164,7 +201,7 @@ def run_batched(
     results: list[Any] = [None] * len(jobs)
     unfinished = list(range(len(jobs)))
     for _ in range(max_rounds):
-        recorder = _Recorder(cache)
+        recorder = _Recorder(cache, scorer)
         still: list[int] = []
         for index in unfinished:
             recorder.missed = False
