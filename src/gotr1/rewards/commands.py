@@ -13,7 +13,7 @@ COMPONENT_NAMES = ("sem", "spa", "ri", "pi")
 
 
 def register(subparsers: Any) -> None:
-    """Add the `score` subcommand (cheap: nothing heavy is imported here)."""
+    """Add the `score` and `convert-hps` subcommands (cheap: nothing heavy is imported here)."""
     parser = subparsers.add_parser(
         "score",
         help="score one prompt, chain and image with a judge; print the reward components as JSON",
@@ -79,6 +79,31 @@ def register(subparsers: Any) -> None:
     qwen.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
     qwen.add_argument("--max-retries", type=int, default=4, help="openai: retries per request")
     parser.set_defaults(func=run_score)
+
+    convert = subparsers.add_parser(
+        "convert-hps",
+        help="convert the HPS v2.1 open_clip checkpoint into a transformers CLIPModel folder",
+        description="Read HPS_v2.1_compressed.pt (tensors only) and write it over the config and "
+        "tokenizer of --base as a CLIPModel folder (safetensors), for GRPO's hps_model.",
+    )
+    convert.add_argument("--checkpoint", required=True, help="HPS_v2.1_compressed.pt")
+    convert.add_argument(
+        "--base",
+        default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        help="transformers port of the checkpoint's architecture (default: open_clip ViT-H-14)",
+    )
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--local-files-only", action="store_true", help="never download --base")
+    convert.set_defaults(func=run_convert_hps)
+
+
+def run_convert_hps(args: argparse.Namespace) -> int:
+    """Handler of ``gotr1 convert-hps``."""
+    from gotr1.rewards.hps import convert_open_clip_checkpoint
+
+    out = convert_open_clip_checkpoint(args.checkpoint, args.base, args.out, args.local_files_only)
+    print(f"wrote {out} (a transformers CLIPModel; pass it as hps_model)")
+    return 0
 
 
 def _read_inputs(args: argparse.Namespace) -> tuple[str, Any]:

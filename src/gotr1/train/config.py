@@ -48,11 +48,14 @@ LORA_FIELDS = (
 )
 BAD_ROW_POLICIES = ("skip", "error")
 REWARD_COMPONENTS = ("sem", "spa", "ri", "pi")
+EXTRA_COMPONENTS = ("hps",)  # reward factors beside the judge's: HPS v2.1 (gotr1.rewards.hps)
+HPS_FIELDS = ("hps_model", "hps_device", "hps_weight")
 REWARD_FIELDS = {
     "components": "reward_components",
     "combination": "reward_combination",
     "weights": "reward_weights",
     "on_failure": "reward_on_failure",
+    "extra_weight": "hps_weight",
 }  # RewardConfig's field -> GRPOConfig's
 
 
@@ -357,7 +360,9 @@ class GRPOConfig(TrainConfig):
         "tokens keep the total's).",
     )
     reward_components: list[str] = _field(
-        list(REWARD_COMPONENTS), "Which of sem, spa, ri, pi to compute and combine."
+        list(REWARD_COMPONENTS),
+        "Which of sem, spa, ri, pi to compute and combine, and optionally hps (HPS v2.1, the "
+        "camera-ready paper's aesthetic factor: one more factor of the product, term of the sum).",
     )
     reward_combination: str = _field(
         "product", "product: R_PI*(R_sem+R_spa)*R_RI (the paper); sum; weighted_sum."
@@ -382,6 +387,13 @@ class GRPOConfig(TrainConfig):
     judge_base_url: str = _field("http://127.0.0.1:8000/v1", "openai: server root.")
     judge_device: str | None = _field(None, "qwen: torch device of the judge (e.g. cuda:7).")
     judge_api_key_env: str = _field("OPENAI_API_KEY", "openai: environment variable of the key.")
+    hps_model: str | None = _field(
+        None,
+        "hps: the HPS v2.1 model as a transformers CLIPModel folder or hub id (convert the "
+        "released open_clip checkpoint with gotr1 convert-hps).",
+    )
+    hps_device: str | None = _field(None, "hps: torch device of the HPS model (default: auto).")
+    hps_weight: float = _field(1.0, "hps: weight of R_HPS in sum and weighted_sum.")
     use_lora: bool = _field(
         True,
         "Train LoRA adapters (reference = adapters disabled); false: full fine-tuning with a "
@@ -410,6 +422,7 @@ class GRPOConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         self.sampling()  # SamplingConfig owns the checks of the sampling fields
+        self._check_hps()
         self.reward_config()  # RewardConfig owns the checks of the reward fields
         _positive(self, "num_prompts", "num_iterations", "lora_r", "lora_alpha")
         _non_negative(self, "beta", "epsilon", "chain_token_weight", "image_token_weight")
@@ -459,6 +472,28 @@ class GRPOConfig(TrainConfig):
                 f"got {self.lora_target_modules}"
             )
 
+    def _check_hps(self) -> None:
+        """hps needs its model and a judge component beside it, and is the only extra factor."""
+        if "hps" not in self.reward_components:
+            refuse_set(self, HPS_FIELDS, "'hps' is not among reward_components")
+            return
+        if not self.hps_model:
+            raise ConfigError(
+                "hps_model is required with 'hps' in reward_components (a CLIPModel folder or hub "
+                "id of HPS v2.1; see gotr1 convert-hps)",
+                "hps_model",
+            )
+        if self.world_clean_image:
+            raise ConfigError(
+                "world_clean_image and 'hps' are both extra reward factors; use one of them",
+                "world_clean_image",
+            )
+        if not [c for c in self.reward_components if c not in EXTRA_COMPONENTS]:
+            raise ConfigError(
+                "reward_components needs at least one of sem, spa, ri, pi beside hps",
+                "reward_components",
+            )
+
     def _refuse_ignored(self) -> None:
         """Refuse a setting the chosen judge or training mode would not read (a default passes)."""
         every = ("judge_model", "judge_device", "judge_base_url", "judge_api_key_env")
@@ -502,11 +537,12 @@ class GRPOConfig(TrainConfig):
 
         try:
             return RewardConfig(
-                components=tuple(self.reward_components),
+                components=tuple(c for c in self.reward_components if c not in EXTRA_COMPONENTS),
                 combination=self.reward_combination,
                 weights=dict.fromkeys(REWARD_COMPONENTS, 1.0) | dict(self.reward_weights),
                 spatial_input=self.spatial_input,
                 on_failure=self.reward_on_failure,
+                extra_weight=self.hps_weight,
             )
         except ConfigError as error:
             raise error.renamed(REWARD_FIELDS) from None

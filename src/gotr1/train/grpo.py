@@ -211,6 +211,10 @@ def make_reward(config: GRPOConfig) -> DualStageReward:
     extra = None
     if config.world_clean_image:
         extra = CleanImageReward(judge)
+    if "hps" in config.reward_components:
+        from gotr1.rewards.hps import HPSReward
+
+        extra = HPSReward(str(config.hps_model), device=config.hps_device)
     return DualStageReward(judge, config.reward_config(), extra_reward=extra)
 
 
@@ -723,10 +727,12 @@ def step_metrics(
         "time/logprobs": times.logprobs,
         "time/update": times.update,
     }
-    for name in ("sem", "spa", "ri", "pi"):
+    extra = "hps" if "hps" in config.reward_components else "extra"  # the extra factor's name
+    for name in ("sem", "spa", "ri", "pi", "extra"):
         values = gather(torch.as_tensor(rewards.component(name), dtype=torch.float32))
         if torch.isfinite(values).any():
-            metrics[f"rewards/{name}/mean"] = float(values[torch.isfinite(values)].mean())
+            label = extra if name == "extra" else name
+            metrics[f"rewards/{label}/mean"] = float(values[torch.isfinite(values)].mean())
     if config.beta > 0:
         metrics["kl"] = totals["kl"] / tokens
     chain_n, image_n = totals["entropy_chain_tokens"], totals["entropy_image_tokens"]
