@@ -173,3 +173,11 @@ def test_hps_enters_the_grpo_reward_and_a_short_run(hps_folder, tmp_path, combin
         rows = read_log(out)
         assert len(rows) == 1 and 0 <= rows[0]["rewards/hps/mean"] <= 1
         assert "hps" in (out / "config.yaml").read_text()
+
+
+def test_convert_hps_command_reports_bad_input_in_one_line(tmp_path, capsys):
+    from gotr1.cli import main
+
+    code = main(["convert-hps", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "none.pt: no such file" in err and "Traceback" not in err
