@@ -22,10 +22,11 @@ can answer (its ``provides``); the rules of :mod:`gotr1.eval.compbench` and
   metric: BLIP-VQA for yes/no, CLIP for CLIPScore, OWLv2 for boxes, CLIP ViT-L/14 for colours.
   Each model loads the first time it is asked.
 
-Confidence mapping (OWLv2 -> the official detector's scale). OWLv2 puts true objects at sigmoid
-scores of roughly 0.1-0.6. Two operating points on OWLv2's scale, ``found`` (default 0.1: the object
-is there) and ``count`` (default 0.3: sure enough to be counted), are mapped piecewise-linearly onto
-the thresholds the official rules apply:
+Confidence mapping (OWLv2 -> the official detector's scale). OWLv2's sigmoid scores are on a scale
+of their own (transformers' OWLv2 examples keep boxes above 0.1 and find clear objects near 0.6).
+Two operating points on OWLv2's scale, ``found`` (default 0.1: the object is there) and ``count``
+(default 0.3: sure enough to be counted), are mapped piecewise-linearly onto the thresholds the
+official rules apply:
 
 - T2I-CompBench (UniDet keeps scores > 0.5): ``found`` -> 0.5 and 1 -> 1, linear between; so a box
   counts for the 2D and numeracy rules exactly when OWLv2's score exceeds ``found``, and the 2D
