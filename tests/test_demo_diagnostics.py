@@ -1,12 +1,20 @@
-"""The condition-reliance probe: the same chains redrawn with the prompt or the chain blanked."""
+"""The condition-reliance probe (benchmarks/condition_reliance.py): the same chains redrawn with
+the prompt or the chain blanked."""
 
 from __future__ import annotations
 
-from gotr1.demo import diagnostics
-from gotr1.policy import rollout as rollout_module
+import importlib.util
+from pathlib import Path
+
 from gotr1.policy.io import load_pretrained
 from gotr1.policy.rollout import special_ids
 from test_train_helpers import make_tiny_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "condition_reliance.py"
+_spec = importlib.util.spec_from_file_location("condition_reliance", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow circle"]
 
@@ -16,19 +24,19 @@ def test_condition_reliance_redraws_the_same_chains_with_a_part_blanked(tmp_path
     _, processor = load_pretrained(folder)
     special = special_ids(processor.tokenizer)
     seen: list[tuple[list[list[int]], int]] = []
-    real_generate = rollout_module.generate_image_tokens
+    real_generate = probe.generate_image_tokens
 
     def recording(parts, ids, mask, sampling, special_, generator):
         rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         seen.append((rows, int(generator.initial_seed())))
         return real_generate(parts, ids, mask, sampling, special_, generator)
 
-    monkeypatch.setattr(rollout_module, "generate_image_tokens", recording)
-    result = diagnostics.condition_reliance(
+    monkeypatch.setattr(probe, "generate_image_tokens", recording)
+    result = probe.condition_reliance(
         folder, PROMPTS, images_per_prompt=2, seed=3, max_chain_tokens=24
     )
 
-    assert list(result) == list(diagnostics.CONDITIONS)
+    assert list(result) == list(probe.CONDITIONS)
     for summary in result.values():
         assert set(summary) == {"single_object", "counting", "spatial", "overall"}
         assert all(0.0 <= value <= 1.0 for value in summary.values())
