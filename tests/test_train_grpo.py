@@ -95,6 +95,8 @@ def test_grpo_run_logs_metrics_samples_and_checkpoints(tiny_folder, tmp_path):
         assert row["completions/mean_length"] <= 8 and row["judge/failures"] == 0
         assert row["debug/logprob_gap"] < 1e-3  # teacher forcing scores what was sampled
         assert row["kl"] >= 0 and row["entropy"] > 0 and row["grad_norm"] > 0
+        # Each phase's peak holds at least the model's weights (the process's RSS on CPU).
+        assert row["memory/rollout_peak_gib"] > 0.05 and row["memory/update_peak_gib"] > 0.05
     assert rows[0]["kl"] == pytest.approx(0, abs=1e-6)  # LoRA starts at the reference
     assert rows[1]["kl"] > 0 and rows[1]["learning_rate"] < rows[0]["learning_rate"]  # cosine
     # Checkpoint (the last one kept), final adapter folder loadable as a policy, samples.

@@ -44,6 +44,7 @@ from gotr1.rewards.clean_image import CleanImageReward
 from gotr1.train import checkpoint as ckpt
 from gotr1.train.config import ConfigError, GRPOConfig, save_config
 from gotr1.train.data import PromptSource
+from gotr1.train.memory import PeakMemory
 from gotr1.train.runlog import RunLog, dump_samples, progress_bar
 from gotr1.train.runtime import (
     TrainingModule,
@@ -521,6 +522,8 @@ def grpo_step(
 
     started = time.perf_counter()
     times = StepTimes()
+    memory = PeakMemory(accelerator.device)
+    memory.reset()
     rank, processes = accelerator.process_index, accelerator.num_processes
     per_process = config.num_prompts // processes
     gather = process_gather(accelerator)
@@ -534,6 +537,8 @@ def grpo_step(
     with gathered_parameters(accelerator, wrapped):
         rollouts = policy.rollout(local_prompts, config.num_generations, sampling, generator)
     times.rollout = time.perf_counter() - started
+    rollout_peak = memory.peak_gib()
+    memory.reset()
 
     # 2. Rewards. A judge failure under on_failure="drop" takes that sample (keep False) out.
     mark = time.perf_counter()
@@ -557,6 +562,8 @@ def grpo_step(
 
     # 7. Metrics over all processes.
     metrics = step_metrics(config, rollouts, rewards, scored, update, times, gather)
+    peaks = gather(torch.tensor([[rollout_peak, memory.peak_gib()]], dtype=torch.float64))
+    metrics["memory/rollout_peak_gib"], metrics["memory/update_peak_gib"] = peaks.amax(0).tolist()
     metrics["step_time"] = time.perf_counter() - started
     return metrics, rollouts, rewards, scored
 
