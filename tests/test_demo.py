@@ -701,7 +701,7 @@ def test_demo_reward_multiplies_the_clean_factor_into_the_product():
 
 
 def test_reward_trend_compares_the_first_and_last_tenth_of_steps():
-    from gotr1.demo.pipeline import reward_trend
+    from gotr1.demo.diagnostics import reward_trend
 
     rows = [{"reward": float(step)} for step in range(20)] + [{"loss": 1.0}]
     assert reward_trend(rows) == {"first": 0.5, "last": 18.5, "steps": 20}
@@ -710,7 +710,7 @@ def test_reward_trend_compares_the_first_and_last_tenth_of_steps():
 
 
 def test_diagnosis_flags_a_flat_reward_and_clutter():
-    from gotr1.demo.pipeline import diagnose
+    from gotr1.demo.diagnostics import diagnose
 
     rising = {"first": 0.1, "last": 0.2, "steps": 40}
     clean = {"sft": {"mean_extra_objects": 1.0}, "grpo": {"mean_extra_objects": 1.2}}

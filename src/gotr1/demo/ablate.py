@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gotr1.demo import pipeline as P
 from gotr1.demo.config import DemoConfig
+from gotr1.demo.report import read_eval_samples
+from gotr1.errors import UserError
 from gotr1.eval.world_bench import paired_delta_standard_error
 
 
@@ -86,8 +89,6 @@ PAPER_CLAIMS: tuple[tuple[str, str, str], ...] = (
 
 def resolve_arms(names: Sequence[str] | None) -> list[Arm]:
     """The arms to run, in the table's order; unknown names raise `UserError`."""
-    from gotr1.errors import UserError
-
     if not names:
         return list(ARMS)
     unknown = [n for n in names if n not in ARM_NAMES]
@@ -126,10 +127,6 @@ def run_ablation(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the ablation arms from one SFT checkpoint; writes ablation.json / ablation.md."""
-    from gotr1.demo import pipeline as P
-    from gotr1.demo.report import read_eval_samples
-    from gotr1.errors import UserError
-
     P.check_settings(config)
     started, started_cpu = time.perf_counter(), P.cpu_seconds()
     chosen = resolve_arms(arms)

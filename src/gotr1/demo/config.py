@@ -1,14 +1,8 @@
 """Settings of `gotr1 demo`: the small ``world-demo`` preset and the full / quick run settings.
 
-Compute is the constraint of a demo that trains an image tokenizer, an SFT model and a GRPO
-model from scratch on a 2-core CPU. Where the time goes (measured, see the module notes in
-`gotr1.demo.pipeline`): VQ convolutions, then the SFT/GRPO forward and backward passes over
-~180-token sequences. The preset therefore shrinks what costs: 32x32 images (world renders are
-exact at any size; at 32 px the pixel detector finds 99.9% of objects at box IoU >= 0.7, 16.6%
-at >= 0.9: `gotr1 world detector-check --size 32`) as 8x8 = 64 image tokens,
-a small VQ and a narrow 3-layer Llama; box coordinates are single tokens (see DEMO_PRESET).
-
-This module imports nothing heavy.
+The preset shrinks what costs on a CPU (docs/world.md): 32x32 images as 8x8 = 64 image tokens, a
+small VQ, a narrow 3-layer Llama, box coordinates as single tokens. This module imports nothing
+heavy.
 """
 
 from __future__ import annotations
@@ -49,19 +43,13 @@ DEMO_PRESET: dict[str, Any] = {
         "num_embeddings": 512,
         "embed_dim": 8,
         "latent_channels": 32,
-        # 64, not 32: GroupNorm(32 groups) over 32 channels normalises each channel on its own.
-        # Measured (1000 steps unless said, 200 held-out scenes, detector agreement): 32 channels
-        # 0.48, 3000 steps 0.85; 64 channels 0.61, 2000 steps 0.93.
-        "base_channels": 64,
+        "base_channels": 64,  # not 32: GroupNorm's 32 groups would normalise each channel alone
         "channel_multiplier": [1, 1, 1],
         "num_res_blocks": 0,
         "num_hidden_layers": 2,
     },
     "image_token_id": 5,
     "tie_word_embeddings": False,
-    # Box coordinates as single tokens (one digit per token is DeepSeek's way). Seed 0's SFT model:
-    # teacher-forced image loss with true vs swapped boxes 1.019 vs 1.023 with digits, 1.004 vs
-    # 1.029 with whole numbers; seeds 1 and 2 (whole numbers) still only +0.0065 and +0.0021.
     "world_tokenizer": {"vocab_size": 600, "whole_numbers": True},
 }
 """The ``world-demo`` preset (``configs/world-demo.yaml`` mirrors it; a test keeps them equal)."""
@@ -104,9 +92,7 @@ class DemoConfig:
     )
 
     # Stage 2: SFT.
-    sft_steps: int = _f(
-        4000, "SFT optimizer steps (images draw their planned boxes only after thousands)."
-    )
+    sft_steps: int = _f(4000, "SFT optimizer steps.")
     sft_batch_size: int = _f(32, "SFT examples per step.")
     sft_learning_rate: float = _f(3e-3, "SFT peak learning rate (cosine).")
     sft_warmup_steps: int = _f(20, "SFT warm-up steps.")

@@ -40,7 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from gotr1.demo.config import DemoConfig
+from gotr1.demo.diagnostics import add_diagnosis
+from gotr1.demo.report import read_eval_samples, read_jsonl, write_report
 from gotr1.demo.rewards import uses_clean_factor
+from gotr1.errors import ConfigError, UserError
+from gotr1.eval.layouts import write_text_atomic
+from gotr1.eval.world_bench import (
+    evaluate_world,
+    paired_delta_standard_error,
+    world_result_record,
+    write_world_results,
+)
+from gotr1.train.config import GRPOConfig, SFTConfig, save_config
+from gotr1.train.runlog import LOG_FILE
+from gotr1.world import benchmark_prompts
 
 STAGE_MARKER = "demo_stage.json"
 STARTED_MARKER = "demo_stage_started.json"
@@ -99,7 +112,6 @@ def read_marker(folder: Path, name: str = STAGE_MARKER) -> dict[str, Any] | None
 
 def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
     """Write a stage marker so that a run killed meanwhile leaves the old file or the new one."""
-    from gotr1.eval.layouts import write_text_atomic
 
     write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
 
@@ -127,7 +139,6 @@ def clear_stage_folder(folder: Path) -> None:
     folder of the user's such as ``--set tokenizer_dir=`` pointing at their own files) is refused
     with a `UserError` naming it: a stage never deletes what it did not write.
     """
-    from gotr1.errors import UserError
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: a demo stage cannot run there")
@@ -200,7 +211,6 @@ def write_preset(config: DemoConfig, out: Path) -> Path:
     """Write the run's preset as YAML (SFT builds the new model from it); returns the path."""
     import yaml
 
-    from gotr1.errors import UserError
     from gotr1.policy.presets import preset_from_dict
 
     try:
@@ -306,7 +316,7 @@ SFT_SETTINGS = {
     "mixed_precision": "mixed_precision",
     "threads": "threads",
 }
-"""SFTConfig field -> the demo setting it is taken from (for errors that name the setting)."""
+"""SFTConfig field -> the demo setting it is taken from (errors about the field name the setting)."""
 
 GRPO_SETTINGS = {
     "seed": "seed",
@@ -326,14 +336,13 @@ GRPO_SETTINGS = {
     "save_steps": "grpo_save_steps",
     "threads": "threads",
 }
-"""GRPOConfig field -> the demo setting it is taken from (for errors that name the setting)."""
+"""GRPOConfig field -> the demo setting it is taken from (errors about the field name the setting)."""
 
 
 def as_demo_setting(error: Exception, settings: dict[str, str]) -> Exception:
     """A stage config's error about a field taken from a demo setting, reworded to name the
     setting the user typed (``learning_rate must be > 0`` -> ``demo setting grpo_learning_rate
     must be > 0``); other errors are returned as they are."""
-    from gotr1.errors import ConfigError
 
     message = str(error)
     field = getattr(error, "field", None) or message.split(" ", 1)[0].rstrip(":")
@@ -343,44 +352,34 @@ def as_demo_setting(error: Exception, settings: dict[str, str]) -> Exception:
     return ConfigError(f"demo setting {name}{message[len(field) :]}", name)
 
 
+def _taken(config: DemoConfig, settings: dict[str, str]) -> dict[str, Any]:
+    """{stage config field: the demo setting's value} for a `SFT_SETTINGS`-style map."""
+    values = {field: getattr(config, name) for field, name in settings.items()}
+    return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folder: Path) -> Any:
     """The `SFTConfig` of the demo's SFT stage; its errors name the demo settings."""
-    from gotr1.errors import ConfigError
 
     try:
-        return _sft_config(config, preset_path, tokenizer_dir, folder)
+        return SFTConfig(
+            **_taken(config, SFT_SETTINGS),
+            output_dir=str(folder),
+            overwrite_output_dir=True,
+            model=str(preset_path),
+            vq_from=str(tokenizer_dir),
+            lr_scheduler_type="cosine",
+            min_lr_ratio=0.05,
+            weight_decay=0.01,
+            cfg_dropout=0.1,
+            max_chain_tokens=600,  # world chains are < 200 tokens: no example is dropped
+            logging_steps=max(1, config.sft_steps // 100),
+            save_total_limit=1,
+            sample_steps=0,
+            progress=config.progress,
+        )
     except ConfigError as error:
         raise as_demo_setting(error, SFT_SETTINGS) from None
-
-
-def _sft_config(config: DemoConfig, preset_path: Path, tokenizer_dir: Path, folder: Path) -> Any:
-    from gotr1.train.config import SFTConfig
-
-    return SFTConfig(
-        output_dir=str(folder),
-        overwrite_output_dir=True,
-        model=str(preset_path),
-        vq_from=str(tokenizer_dir),
-        world_split=config.sft_world_split,
-        world_chain_colors=config.sft_chain_colors,
-        seed=config.seed,
-        max_steps=config.sft_steps,
-        batch_size=config.sft_batch_size,
-        learning_rate=config.sft_learning_rate,
-        warmup_steps=config.sft_warmup_steps,
-        lr_scheduler_type="cosine",
-        min_lr_ratio=0.05,
-        weight_decay=0.01,
-        cfg_dropout=0.1,
-        max_chain_tokens=600,  # world chains are < 200 tokens: no example is dropped
-        mixed_precision=config.mixed_precision,
-        logging_steps=max(1, config.sft_steps // 100),
-        save_steps=config.sft_save_steps,
-        save_total_limit=1,
-        sample_steps=0,
-        threads=config.threads,
-        progress=config.progress,
-    )
 
 
 def grpo_micro_batches(config: DemoConfig) -> int:
@@ -394,44 +393,28 @@ def grpo_micro_batches(config: DemoConfig) -> int:
 def grpo_config(config: DemoConfig, sft_final: Path, folder: Path, **overrides: Any) -> Any:
     """The `GRPOConfig` of the demo's GRPO stage (full fine-tuning: the model is tiny); its
     errors about fields taken from demo settings name those settings."""
-    from gotr1.errors import ConfigError
-    from gotr1.train.config import GRPOConfig
 
-    values: dict[str, Any] = dict(
-        output_dir=str(folder),
-        overwrite_output_dir=True,
-        model=str(sft_final),
-        prompts="world",
-        world_split="train",
-        seed=config.seed,
-        max_steps=config.grpo_steps,
-        num_prompts=config.grpo_num_prompts,
-        num_generations=config.grpo_num_generations,
-        learning_rate=config.grpo_learning_rate,
-        lr_scheduler_type="cosine",
-        min_lr_ratio=config.grpo_min_lr_ratio,
-        beta=config.grpo_beta,
-        num_iterations=config.grpo_num_iterations,
-        gradient_accumulation_steps=grpo_micro_batches(config),
-        chain_advantage=config.grpo_chain_advantage,
-        epsilon=0.2,
-        loss_type="grpo",
-        scale_rewards="group",
-        cfg_weight=config.cfg_weight,
-        max_chain_tokens=config.max_chain_tokens,
-        image_logprob="guided",
-        judge="world",
-        reward_combination=config.reward_combination,
-        reward_components=list(config.reward_components),
-        use_lora=False,
-        mixed_precision=config.mixed_precision,
-        logging_steps=1,
-        save_steps=config.grpo_save_steps,
-        save_total_limit=1,
-        sample_steps=0,
-        threads=config.threads or (1 if config.grpo_processes > 1 else None),
-        progress=config.progress,
-    )
+    values: dict[str, Any] = {
+        **_taken(config, GRPO_SETTINGS),
+        "output_dir": str(folder),
+        "overwrite_output_dir": True,
+        "model": str(sft_final),
+        "prompts": "world",
+        "world_split": "train",
+        "lr_scheduler_type": "cosine",
+        "gradient_accumulation_steps": grpo_micro_batches(config),
+        "epsilon": 0.2,
+        "loss_type": "grpo",
+        "scale_rewards": "group",
+        "image_logprob": "guided",
+        "judge": "world",
+        "use_lora": False,
+        "logging_steps": 1,
+        "save_total_limit": 1,
+        "sample_steps": 0,
+        "threads": config.threads or (1 if config.grpo_processes > 1 else None),
+        "progress": config.progress,
+    }
     values.update(overrides)
     # The reward is the configured one (gotr1.train.grpo.make_reward), so config.yaml says it all.
     values.setdefault(
@@ -477,7 +460,6 @@ def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
     processes (DDP over gloo) that torchrun starts; returns the final model folder. A run folder
     that already holds a checkpoint is continued from its newest one (`Stages.run` leaves one
     only for the same settings)."""
-    from gotr1.errors import UserError
     from gotr1.train.checkpoint import latest_checkpoint
 
     resume = latest_checkpoint(train_config.output_dir) is not None
@@ -487,7 +469,6 @@ def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
         else:
             from gotr1.train.grpo import train_grpo as train
         return train(train_config, resume=resume)
-    from gotr1.train.config import save_config
 
     with tempfile.TemporaryDirectory(prefix="gotr1-launch-") as scratch:
         config_path = Path(scratch) / f"{kind}.yaml"
@@ -554,28 +535,14 @@ def train_grpo_stage(grpo: Any, processes: int = 1) -> dict[str, Any]:
     return {"model": str(run_training("grpo", grpo, processes))}
 
 
-def benchmark(config: DemoConfig, split: str = "test") -> list[tuple[str, Any]]:
-    """The prompts both models are scored on: the held-out benchmark (test split: unseen
-    compositions), or the same number from the train split (seen compositions)."""
-    from gotr1.world import benchmark_prompts
-
-    return benchmark_prompts(split, config.eval_prompts, seed=config.eval_prompt_seed)
-
-
-def sampling(config: DemoConfig) -> Any:
-    """Sampling settings of GRPO rollouts and of the evaluation (the same)."""
-    from gotr1.policy.rollout import SamplingConfig
-
-    return SamplingConfig(cfg_weight=config.cfg_weight, max_chain_tokens=config.max_chain_tokens)
-
-
 def evaluate_model(
     config: DemoConfig, model_dir: Path, folder: Path, split: str = "test"
 ) -> dict[str, Any]:
-    """Score a model folder on the benchmark of `split` (sampling seed = the demo seed) and write
-    the results (summary.json/md, samples.jsonl, images/) into `folder`."""
-    from gotr1.eval.world_bench import evaluate_world, world_result_record, write_world_results
+    """Score a model folder on the benchmark prompts of `split` (test: the held-out benchmark,
+    unseen compositions; train: seen ones) with the sampling of GRPO's rollouts (seed = the demo
+    seed) and write the results (summary.json/md, samples.jsonl, images/) into `folder`."""
     from gotr1.policy.policy import Policy
+    from gotr1.policy.rollout import SamplingConfig
 
     if config.threads:
         import torch
@@ -584,10 +551,12 @@ def evaluate_model(
     policy = Policy.load(model_dir)
     result = evaluate_world(
         policy,
-        prompts=benchmark(config, split),
+        prompts=benchmark_prompts(split, config.eval_prompts, seed=config.eval_prompt_seed),
         seed=config.seed,
         num_generations=config.eval_images_per_prompt,
-        sampling=sampling(config),
+        sampling=SamplingConfig(
+            cfg_weight=config.cfg_weight, max_chain_tokens=config.max_chain_tokens
+        ),
         prompts_per_batch=config.eval_prompts_per_batch,
         with_rewards=True,
         progress=config.progress,
@@ -636,7 +605,6 @@ def check_settings(config: DemoConfig) -> None:
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the whole demo in ``config.out``; returns metrics.json's content."""
-    from gotr1.errors import UserError
 
     check_settings(config)
     started, started_cpu = time.perf_counter(), cpu_seconds()
@@ -701,8 +669,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
     merge_train_logs(out)
     metrics = build_metrics(config, stages.records, evals)
-    from gotr1.demo.report import read_eval_samples
-
     samples = {name: read_eval_samples(out / "eval" / name) for name in evals}
     metrics["mixed_precision"] = precision.to_dict()
     add_delta_errors(metrics, samples)
@@ -710,8 +676,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     metrics["run_seconds"] = time.perf_counter() - started
     metrics["run_cpu_seconds"] = cpu_seconds() - started_cpu
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-    from gotr1.demo.report import write_report
 
     report = write_report(out, metrics)
     metrics["report"] = str(report)
@@ -725,7 +689,6 @@ def add_delta_errors(metrics: dict[str, Any], samples: dict[str, list[dict[str, 
     overall, `gotr1.eval.world_bench.paired_delta_standard_error`) on the held-out prompts and,
     when the run has them, on the seen ones; `samples` holds each evaluation's samples by
     stage name ("sft", "grpo", "seen-sft", "seen-grpo")."""
-    from gotr1.eval.world_bench import paired_delta_standard_error
 
     def error(prefix: str) -> dict[str, float | None]:
         return paired_delta_standard_error(
@@ -737,44 +700,8 @@ def add_delta_errors(metrics: dict[str, Any], samples: dict[str, list[dict[str, 
         metrics["seen_compositions"]["delta_standard_error"] = error("seen-")
 
 
-def add_diagnosis(
-    metrics: dict[str, Any], out: Path, samples: dict[str, list[dict[str, Any]]]
-) -> None:
-    """Add the GRPO reward trend, the evaluation images' object counts, both models'
-    `plan_sensitivity` and `diagnose`'s warnings to `metrics` (`samples`: as for
-    `add_delta_errors`)."""
-    from gotr1.demo.diagnostics import plan_sensitivity
-    from gotr1.demo.report import chain_statistics, image_statistics, read_jsonl
-    from gotr1.train.runlog import LOG_FILE
-
-    trend = reward_trend(read_jsonl(out / "grpo" / LOG_FILE))
-    images = {
-        name: image_statistics(samples.get(name, []), out / "eval" / name)
-        for name in ("sft", "grpo")
-    }
-    naming = {}
-    for name in ("sft", "grpo"):
-        stats = chain_statistics(samples.get(name, []))
-        naming[name] = {key: stats[key] for key in PLAN_NAMING_KEYS}
-    plan = {
-        name: plan_sensitivity(out / name / "final", seed=int(metrics.get("seed", 0)))
-        if (out / name / "final" / "config.json").is_file()
-        else None
-        for name in ("sft", "grpo")
-    }
-    metrics["grpo_reward_trend"] = trend
-    metrics["images"] = images
-    metrics["plan_sensitivity"] = plan
-    metrics["plan_naming"] = naming
-    metrics["diagnosis"] = diagnose(
-        metrics["delta"]["overall"], trend, images, plan, metrics.get("seen_compositions"), naming
-    )
-
-
 def merge_train_logs(out: Path) -> Path:
     """``train_log.jsonl`` of the run: SFT rows then GRPO rows, each with its ``stage``."""
-    from gotr1.demo.report import read_jsonl
-    from gotr1.train.runlog import LOG_FILE
 
     lines = [
         json.dumps({"stage": stage, **row})
@@ -859,117 +786,6 @@ def seen_compositions(evals: dict[str, dict[str, Any]]) -> dict[str, Any] | None
         "rewards": {"sft": sft.get("rewards"), "grpo": grpo.get("rewards")},
         "note": "train-split prompts: compositions seen in SFT and GRPO training (not held out)",
     }
-
-
-CLUTTER_MARGIN = 0.5
-"""GRPO images holding this many more unasked objects per image than SFT's count as clutter."""
-PLAN_SENSITIVITY_FLOOR = 0.05
-"""Below this rise of the image loss (nats per token) when the boxes are swapped, the SFT model's
-images count as ignoring the plan (`gotr1.demo.diagnostics.plan_sensitivity`)."""
-AT_BOX_FLOOR = 0.3
-"""Below this share of planned objects drawn at their planned box (any shape, box IoU >= 0.5), the
-SFT model's images count as not following the plan (`gotr1.demo.report.image_statistics`). Measured
-(seed 0, one tokenizer): 17% after 2,000 SFT steps, where GRPO gained +0.014; 50% after 3,000, +0.098."""
-
-
-def reward_trend(rows: list[dict[str, Any]], key: str = "reward") -> dict[str, float] | None:
-    """Mean of ``key`` over the first and the last tenth (at least one step) of GRPO steps."""
-    values = [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]
-    if not values:
-        return None
-    tenth = max(1, len(values) // 10)
-    first, last = values[:tenth], values[-tenth:]
-    return {"first": sum(first) / len(first), "last": sum(last) / len(last), "steps": len(values)}
-
-
-PLAN_NAMING_KEYS = (
-    "mean_semantic",
-    "coloured_objects_named",
-    "held_out_pairs_named",
-    "seen_pairs_named",
-)
-"""The chain statistics (`gotr1.demo.report.chain_statistics`) metrics.json keeps per model."""
-RENAMING_MARGIN = 0.2
-"""Plans naming held-out pairs this much less often than seen ones get a diagnosis note."""
-
-
-def diagnose(
-    delta_overall: float,
-    trend: dict[str, float] | None,
-    images: dict[str, dict[str, Any]],
-    plan: dict[str, dict[str, float] | None] | None = None,
-    seen: dict[str, Any] | None = None,
-    naming: dict[str, dict[str, Any]] | None = None,
-) -> list[str]:
-    """Plain warnings when the benchmark gain may not come from what GRPO optimised: the
-    optimised reward did not rise, GRPO's images hold more objects the prompt did not ask for
-    (the soft score counts extra objects as one requirement only), or the SFT
-    model's images ignore the planned boxes (then R_RI only rewards chance overlaps); when the
-    SFT model's plans rename held-out colour–shape pairs (`naming`: `metrics["plan_naming"]`);
-    and, when the held-out score did not rise, what GRPO did on seen compositions
-    (`seen_compositions`)."""
-    notes = []
-    sft_names, grpo_names = (naming or {}).get("sft") or {}, (naming or {}).get("grpo") or {}
-    unseen, familiar = sft_names.get("held_out_pairs_named"), sft_names.get("seen_pairs_named")
-    if unseen is not None and familiar is not None and familiar - unseen > RENAMING_MARGIN:
-        after = grpo_names.get("held_out_pairs_named")
-        after_text = f", GRPO's {after:.0%}" if after is not None else ""
-        notes.append(
-            f"the SFT model's plans name a held-out colour-shape pair exactly for {unseen:.0%} of "
-            f"them (pairs seen in training, in the same prompts: {familiar:.0%}){after_text}: the "
-            "plan turns unseen compositions into seen ones before any image is drawn"
-        )
-    sft_plan = (plan or {}).get("sft")
-    if sft_plan is not None and sft_plan["plan_sensitivity"] < PLAN_SENSITIVITY_FLOOR:
-        notes.append(
-            "the SFT model's images ignore the planned boxes (teacher-forced image loss "
-            f"{sft_plan['image_loss']:.3f} with the true boxes, "
-            f"{sft_plan['image_loss_boxes_swapped']:.3f} with other examples' boxes): R_RI "
-            "can only reward chance overlaps"
-        )
-    at_box = images.get("sft", {}).get("planned_objects_at_box")
-    if at_box is not None and at_box < AT_BOX_FLOOR:
-        named = images["sft"].get("planned_objects_named_at_box")
-        named_text = f"; {named:.0%} as named" if named is not None else ""
-        notes.append(
-            f"the SFT model draws {at_box:.0%} of its planned objects at their planned boxes "
-            f"(any shape, box IoU >= 0.5{named_text}): GRPO's R_RI has little plan-following "
-            "to reward"
-        )
-    if trend is not None and trend["last"] <= trend["first"]:
-        notes.append(
-            f"the reward GRPO optimised did not rise over the run ({trend['first']:.4f} in the "
-            f"first tenth of steps, {trend['last']:.4f} in the last): the benchmark change is "
-            "not the result of optimising it (`gotr1 grpo-signal --config <run>/grpo/config.yaml` "
-            "measures whether one step's gradient holds more than sampling noise)"
-        )
-    if seen is not None and delta_overall <= 0:
-        from gotr1.demo.report import seen_reward_totals
-
-        seen_delta = seen["delta"]["overall"]
-        totals = seen_reward_totals(seen)
-        reward_text = f" and its reward from {totals[0]:.3f} to {totals[1]:.3f}" if totals else ""
-        improved = seen_delta > 0 or (totals is not None and totals[1] > totals[0])
-        notes.append(
-            f"on train-split prompts (seen compositions) GRPO changed the soft score by "
-            f"{seen_delta:+.3f}{reward_text}: "
-            + (
-                "what it gained where it trained did not carry over to the unseen compositions "
-                "of the held-out benchmark"
-                if improved
-                else "it did not improve where it trained either"
-            )
-        )
-    before = images.get("sft", {}).get("mean_extra_objects")
-    after = images.get("grpo", {}).get("mean_extra_objects")
-    if before is not None and after is not None and after - before > CLUTTER_MARGIN:
-        notes.append(
-            f"GRPO's images hold more objects the prompt did not ask for ({before:.2f} -> "
-            f"{after:.2f} per image): part of the soft-score change "
-            f"({delta_overall:+.3f}) may be clutter, which the soft score counts as one "
-            "requirement only"
-        )
-    return notes
 
 
 def _error_text(error: float | None) -> str:
