@@ -29,11 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "cached in DIR: a second run skips them."
         ),
     )
-    demo.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
-    demo.add_argument(
-        "--quick", action="store_true", help="a smoke run: small budgets, 60 held-out prompts"
-    )
-    demo.add_argument("--seed", type=int, default=0, help="seed of SFT, GRPO and sampling")
+    _add_run_options(demo, "a smoke run: small budgets, 60 held-out prompts")
     demo.add_argument(
         "--seeds",
         type=int,
@@ -43,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run one demo per seed in DIR/seed-S (sharing DIR/tokenizer) and write "
         "DIR/seeds.json and DIR/seeds.md with the per-seed and mean results",
     )
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_set_option(demo)
+    _add_threads_and_set(demo)
     demo.set_defaults(func=run_demo_command)
 
     ablate = subparsers.add_parser(
@@ -58,9 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "benchmark. Writes DIR/ablation.md and DIR/ablation.json."
         ),
     )
-    ablate.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
-    ablate.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
-    ablate.add_argument("--seed", type=int, default=0, help="seed of SFT, GRPO and sampling")
+    _add_run_options(ablate, "small budgets (a smoke run)")
     ablate.add_argument(
         "--from-demo",
         type=Path,
@@ -72,13 +64,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate.add_argument(
         "--arms", nargs="+", default=None, metavar="ARM", help="only these arms (see ablate.ARMS)"
     )
-    ablate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ablate.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_set_option(ablate)
+    _add_threads_and_set(ablate)
     ablate.set_defaults(func=run_ablate_command)
 
 
-def _add_set_option(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """--out, --quick and --seed, as `gotr1 demo` and `gotr1 ablate` share them."""
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed of SFT, GRPO and sampling")
+
+
+def _add_threads_and_set(parser: argparse.ArgumentParser) -> None:
+    """--threads, --no-progress and --set FIELD=VALUE (`gotr1.demo.config.parse_settings`)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--set",
         action="append",

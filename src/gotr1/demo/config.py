@@ -12,6 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gotr1.errors import UserError
+from gotr1.numeric import finite_message
+
 DEMO_PRESET: dict[str, Any] = {
     "name": "world-demo",
     "description": "~1.7M parameters: 3-layer Llama (hidden 128), 8x8 image tokens for 32x32 images",
@@ -192,9 +195,6 @@ class DemoConfig:
     def validate(self) -> None:
         """Raise `gotr1.errors.UserError` naming the field for values a run cannot use (the
         stages' own configs are checked by `gotr1.demo.pipeline.check_settings`)."""
-        from gotr1.errors import UserError
-        from gotr1.numeric import finite_message
-
         message = finite_message(self, "demo setting ")  # first: NaN passes range checks
         if message:
             raise UserError(message)
@@ -233,21 +233,19 @@ class DemoConfig:
             raise UserError(
                 f"demo setting grpo_min_lr_ratio must be in [0, 1], got {self.grpo_min_lr_ratio}"
             )
-        if self.sft_world_split not in ("train", "sft"):
-            raise UserError(
-                f"demo setting sft_world_split must be train or sft, got {self.sft_world_split!r}"
-            )
-        from gotr1.world.chains import CHAIN_COLORS
+        from gotr1.world.chains import CHAIN_COLORS  # the world package loads PIL and numpy
 
-        if self.sft_chain_colors not in CHAIN_COLORS:
-            raise UserError(
-                f"demo setting sft_chain_colors must be {' or '.join(CHAIN_COLORS)}, "
-                f"got {self.sft_chain_colors!r}"
-            )
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            raise UserError(
-                f"demo setting mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}"
-            )
+        choices = {
+            "sft_world_split": ("train", "sft"),
+            "sft_chain_colors": CHAIN_COLORS,
+            "mixed_precision": ("auto", "no", "bf16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(
+                    f"demo setting {name} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         for name in ("report_examples", "vq_foreground_margin"):
             if getattr(self, name) < 0:
                 raise UserError(f"demo setting {name} must be >= 0, got {getattr(self, name)}")
@@ -262,7 +260,6 @@ def parse_settings(assignments: list[str]) -> dict[str, Any]:
     `gotr1.errors.UserError` naming the bad assignment (unknown field, wrong type)."""
     import typing
 
-    from gotr1.errors import UserError
     from gotr1.train.config import coerce
 
     hints = typing.get_type_hints(DemoConfig)
