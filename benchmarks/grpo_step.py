@@ -13,10 +13,10 @@ its cost is real), group-normalised advantages, guided teacher-forced log-probs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -25,18 +25,20 @@ import torch
 from gotr1.policy.io import new_policy
 from gotr1.policy.lora import apply_lora
 from gotr1.policy.policy import Policy
+from gotr1.policy.presets import get_preset
 from gotr1.policy.rollout import SamplingConfig
 from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge
 from gotr1.train.grpo import group_advantages, grpo_loss, loss_normaliser
+from gotr1.train.memory import PeakMemory
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.world import benchmark_prompts
 
 
-def _peak_memory_gib(device: torch.device) -> float:
-    """Peak memory so far: CUDA allocator peak on GPU, the process's max RSS on CPU."""
+def _in_use_gib(device: torch.device) -> float:
+    """Memory in use now: CUDA's allocated bytes on GPU, the process's resident memory on CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        return torch.cuda.memory_allocated(device) / 2**30
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def _sync(device: torch.device) -> None:
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None, help="text layers (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if args.threads:
@@ -68,7 +71,11 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
 
-    model, processor = new_policy(args.preset, device=device)
+    preset = get_preset(args.preset)
+    if args.layers:
+        preset = dataclasses.replace(preset, text=dict(preset.text, num_hidden_layers=args.layers))
+    # The preset's own vocabulary (Janus-Pro: 102,400 rows, more than any tokenizer here).
+    model, processor = new_policy(preset, device=device, vocab_size=preset.text["vocab_size"])
     model = model.to(device=device, dtype=dtype)
     if args.lora:
         model = apply_lora(model, r=32, alpha=32)
@@ -79,17 +86,18 @@ def main() -> None:
     prompts = [p for p, _ in benchmark_prompts("test", n=args.prompts, seed=0)]
     sampling = SamplingConfig(cfg_weight=args.cfg_weight, max_chain_tokens=args.max_chain_tokens)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     times: dict[str, float] = {}
-    memory: dict[str, float] = {}
+    memory: dict[str, float] = {"before_step": _in_use_gib(device)}
+    peak = PeakMemory(device)
+    peak.reset()
 
     start = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(0)
     rollouts = policy.rollout(prompts, args.num_generations, sampling, generator)
     _sync(device)
     times["rollout"] = time.perf_counter() - start
-    memory["after_rollout"] = _peak_memory_gib(device)
+    memory["rollout_peak"] = peak.peak_gib()
+    peak.reset()
 
     start = time.perf_counter()
     rewards = reward(rollouts)
@@ -116,11 +124,13 @@ def main() -> None:
     optimizer.zero_grad(set_to_none=True)
     _sync(device)
     times["backward_and_step"] = time.perf_counter() - start
-    memory["peak"] = _peak_memory_gib(device)
+    memory["update_peak"] = peak.peak_gib()
 
     rows = len(rollouts)
     record = {
         "preset": args.preset,
+        "text_layers": preset.text["num_hidden_layers"],
+        "vocab_size": preset.text["vocab_size"],
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
@@ -137,12 +147,13 @@ def main() -> None:
         "seconds": {k: round(v, 3) for k, v in times.items()},
         "step_seconds": round(sum(times.values()), 3),
         "peak_memory_gib": {k: round(v, 3) for k, v in memory.items()},
-        "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
+        "memory_kind": peak.kind,
         "torch_threads": torch.get_num_threads(),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"grpo-step-{args.preset}-{device.type}.json"
+    depth = f"-{args.layers}l" if args.layers else ""
+    name = f"grpo-step-{args.preset}{depth}-{device.type}.json"
     (args.out / name).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

@@ -193,11 +193,13 @@ def new_policy(
     seed: int = 0,
     processor: JanusProcessor | None = None,
     device: str | torch.device | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
     """A freshly initialised model of a preset with its processor, ready to train.
 
-    For world-tiny the processor defaults to a newly trained world tokenizer; the model's
-    vocabulary is sized to the tokenizer and its special-token ids are set from it.
+    The processor defaults to a newly trained world tokenizer; the model's vocabulary is sized to
+    the tokenizer (or to `vocab_size`, e.g. the preset's 102,400 rows of Janus-Pro, which exceed
+    its tokenizer too) and its special-token ids are set from it.
     """
     from gotr1.policy.presets import build_model, get_preset
 
@@ -207,7 +209,10 @@ def new_policy(
         processor = build_processor(
             tokenizer, image_size=preset.image_size, num_image_tokens=preset.num_image_tokens
         )
-    model = build_model(preset, vocab_size=len(processor.tokenizer), seed=seed, device=device)
+    if vocab_size is not None and vocab_size < len(processor.tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} < the tokenizer's {len(processor.tokenizer)}")
+    rows = len(processor.tokenizer) if vocab_size is None else vocab_size
+    model = build_model(preset, vocab_size=rows, seed=seed, device=device)
     configure_special_tokens(model, processor.tokenizer)
     return model, processor
 
