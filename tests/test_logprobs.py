@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,6 +49,21 @@ def test_teacher_forced_logprobs_equal_sampling_logprobs(policy, temperature, cf
     assert (scored.chain[~mask] == 0).all()
     assert (scored.image - rollouts.image_logprobs).abs().max() <= 1e-4
     assert scored.chain.dtype == scored.image.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cfg,plan_cfg", [(3.0, 6.0), (1.0, 4.0), (5.0, 2.0)])
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+def test_two_condition_teacher_forced_logprobs_equal_sampling_logprobs(
+    policy, cfg, plan_cfg, micro_batch_size
+):
+    rollouts = sample(policy, image_temperature=0.8, cfg_weight=cfg, plan_cfg_weight=plan_cfg)
+    with torch.no_grad():
+        scored = policy.logprobs(rollouts, micro_batch_size=micro_batch_size)
+        one_condition = policy.logprobs(
+            dataclasses.replace(rollouts, sampling=SamplingConfig(cfg_weight=cfg))
+        )
+    assert (scored.image - rollouts.image_logprobs).abs().max() <= 1e-4
+    assert (one_condition.image - rollouts.image_logprobs).abs().max() > 1e-3
 
 
 def test_conditional_mode_is_the_unguided_distribution(policy):

@@ -16,6 +16,7 @@ from gotr1.policy.rollout import (
     SamplingConfig,
     janus_parts,
     log_probs,
+    prompt_only_ids,
     sample_from_logits,
     unconditional_ids,
 )
@@ -168,8 +169,11 @@ def test_padded_rows_equal_the_same_rows_alone_greedy(policy):
         assert diff < 1e-5
 
 
-def _alone_logprobs(model, special, prompt_ids, chain_ids, image_ids, cfg, text_temp, image_temp):
-    """Reference: the row alone (no padding, no holes) through transformers' own forward."""
+def _alone_logprobs(
+    model, special, prompt_ids, chain_ids, image_ids, cfg, text_temp, image_temp, plan_cfg=None
+):
+    """Reference: the row alone (no padding, no holes) through transformers' own forward; with
+    `plan_cfg`, two-condition guidance written out from its definition (the chain blanked by hand)."""
     parts = janus_parts(model)
     text = torch.cat([prompt_ids, chain_ids])[None]
     mask = torch.ones_like(text)
@@ -188,6 +192,15 @@ def _alone_logprobs(model, special, prompt_ids, chain_ids, image_ids, cfg, text_
     assert (uncond_ids[0, 1:-1] == special.pad).all()
     uncond_logits = model.model.generation_head(hidden(uncond_ids)[n_text - 1 :]).float()
     mixed = uncond_logits + cfg * (image_logits - uncond_logits)
+    if plan_cfg is not None:
+        blanked = text.clone()
+        blanked[0, len(prompt_ids) : n_text - 1] = special.pad  # the chain, not its BOI
+        prompt_logits = model.model.generation_head(hidden(blanked)[n_text - 1 :]).float()
+        mixed = (
+            uncond_logits
+            + cfg * (prompt_logits - uncond_logits)
+            + plan_cfg * (image_logits - prompt_logits)
+        )
     image_lp = torch.log_softmax(mixed / image_temp, -1).gather(-1, image_ids[:, None])
     return chain_lp.squeeze(-1), image_lp.squeeze(-1)
 
@@ -206,6 +219,81 @@ def test_sampling_logprobs_of_padded_rows_match_each_row_alone(policy):
             recorded = rollouts.chain_logprobs[row][: len(chain)]
             assert (chain_lp - recorded).abs().max() < 1e-4
             assert (image_lp - rollouts.image_logprobs[row]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg,plan_cfg", [(3.0, 6.0), (1.0, 4.0), (4.0, 1.5)])
+def test_two_condition_sampling_matches_the_formula_on_each_row_alone(policy, cfg, plan_cfg):
+    """Three rows a sample (cond, prompt-only, uncond) vs u + w_p (c_p - u) + w_plan (c - c_p)
+    from transformers' forward on the three inputs of each row alone."""
+    rollouts = run(policy, n=3, image_temperature=0.9, cfg_weight=cfg, plan_cfg_weight=plan_cfg)
+    plain = run(policy, n=3, image_temperature=0.9, cfg_weight=cfg)
+    assert torch.equal(rollouts.chain_ids, plain.chain_ids)  # stage 1 is not guided
+    assert (rollouts.image_logprobs - plain.image_logprobs).abs().max() > 1e-3
+    with torch.no_grad():
+        for row in range(len(rollouts)):
+            prompt = rollouts.prompt_ids[row][rollouts.prompt_mask[row].bool()]
+            chain = rollouts.chain_ids[row][rollouts.chain_mask[row].bool()]
+            _, image_lp = _alone_logprobs(
+                policy.model,
+                policy.special,
+                prompt,
+                chain,
+                rollouts.image_ids[row],
+                cfg,
+                1.0,
+                0.9,
+                plan_cfg,
+            )
+            assert (image_lp - rollouts.image_logprobs[row]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg", [3.0, 1.0])
+def test_equal_weights_are_one_condition_guidance_token_for_token(policy, cfg):
+    counter = TokenCounter(policy.model)
+    try:
+        equal = run(policy, n=3, seed=5, cfg_weight=cfg, plan_cfg_weight=cfg)
+    finally:
+        counter.remove()
+    one = run(policy, n=3, seed=5, cfg_weight=cfg)
+    assert torch.equal(equal.image_ids, one.image_ids)
+    assert torch.equal(equal.image_logprobs, one.image_logprobs)
+    assert set(counter.image_head_rows) == {12 if cfg != 1.0 else 6}  # no prompt-only row
+
+
+def test_two_condition_guidance_batches_three_rows_a_sample(policy):
+    counter = TokenCounter(policy.model)
+    try:
+        run(policy, n=4, cfg_weight=3.0, plan_cfg_weight=5.0)
+        assert set(counter.image_head_rows) == {3 * 8}
+        counter.image_head_rows.clear()
+        run(policy, n=4, cfg_weight=1.0, plan_cfg_weight=5.0)  # uncond cancels at w_prompt 1
+        assert set(counter.image_head_rows) == {2 * 8}
+    finally:
+        counter.remove()
+
+
+def test_drawing_given_chains_with_two_condition_guidance_matches_the_formula(policy):
+    from gotr1.eval.plans import draw_from_chains
+
+    chains = ["a red circle", "<|obj_start|>red circle<|obj_end|> a blue square"]
+    sampling = SamplingConfig(cfg_weight=2.0, plan_cfg_weight=4.0, image_temperature=0.9)
+    drawn = draw_from_chains(policy, PROMPTS, chains, sampling, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for row in range(len(drawn)):
+            prompt = drawn.prompt_ids[row][drawn.prompt_mask[row].bool()]
+            chain = drawn.chain_ids[row][drawn.chain_mask[row].bool()]
+            _, image_lp = _alone_logprobs(
+                policy.model,
+                policy.special,
+                prompt,
+                chain,
+                drawn.image_ids[row],
+                2.0,
+                1.0,
+                0.9,
+                4.0,
+            )
+            assert (image_lp - drawn.image_logprobs[row]).abs().max() < 1e-4
 
 
 class TokenCounter:
@@ -295,6 +383,23 @@ def test_unconditional_row_blanks_prompt_and_chain():
     assert no_bos.tolist() == [[pad, pad, boi]]
 
 
+def test_prompt_only_row_blanks_the_chain_and_keeps_the_prompt():
+    pad, bos, boi = 2, 0, 3
+    # Row 0: left pad, prompt [bos, 10, 11], chain [12, boi], a hole; row 1: prompt [bos, 10],
+    # chain [11 .. 15, boi]. Chains start at column 5 and 2.
+    ids = torch.tensor([[pad, pad, bos, 10, 11, 12, boi, pad], [bos, 10, 11, 12, 13, 14, 15, boi]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 0], [1] * 8])
+    out = prompt_only_ids(ids, mask, torch.tensor([5, 2]), pad)
+    assert out.tolist() == [
+        [pad, pad, bos, 10, 11, pad, boi, pad],
+        [bos, 10, pad, pad, pad, pad, pad, boi],
+    ]
+    same_column = prompt_only_ids(ids[:1], mask[:1], 5, pad)
+    assert torch.equal(same_column, out[:1])
+    bare = prompt_only_ids(torch.tensor([[bos, 10, boi]]), torch.ones(1, 3), 2, pad)
+    assert bare.tolist() == [[bos, 10, boi]]  # a chain of <begin_of_image> alone: nothing blanked
+
+
 def test_gumbel_sampling_matches_the_distribution_and_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40000, 1)
     generator = torch.Generator().manual_seed(0)
@@ -322,10 +427,17 @@ def test_sampling_config_rejects_bad_values():
         dict(cfg_weight=-2.0),
         dict(max_chain_tokens=0),
         dict(max_batch_rows=0),
+        dict(plan_cfg_weight=-1.0),
+        dict(plan_cfg_weight=float("nan")),
     ):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)
     assert not SamplingConfig(cfg_weight=1.0).guided and SamplingConfig().guided
+    assert not SamplingConfig().plan_guided
+    assert not SamplingConfig(cfg_weight=3.0, plan_cfg_weight=3.0).plan_guided
+    assert SamplingConfig(cfg_weight=1.0, plan_cfg_weight=3.0).plan_guided
+    with pytest.raises(ValueError, match="^plan_cfg_weight must be >= 0 or None, got -1.0$"):
+        SamplingConfig(plan_cfg_weight=-1.0)
 
 
 def test_rollout_rejects_models_that_are_not_janus():
@@ -340,10 +452,11 @@ def _static_decode(monkeypatch, step):
     monkeypatch.setattr(rollout_module, "_decode_step_fn", lambda sampling, device: step)
 
 
-def test_fixed_shape_decode_path_matches_eager(policy, monkeypatch):
+@pytest.mark.parametrize("plan_cfg", [None, 5.0])
+def test_fixed_shape_decode_path_matches_eager(policy, monkeypatch, plan_cfg):
     from gotr1.policy.rollout import transformer_forward
 
-    greedy = dict(text_temperature=0.0, image_temperature=0.0)
+    greedy = dict(text_temperature=0.0, image_temperature=0.0, plan_cfg_weight=plan_cfg)
     eager = run(policy, n=2, seed=None, **greedy)
     _static_decode(monkeypatch, lambda *args: transformer_forward(*args))
     static = run(policy, n=2, seed=None, **greedy)

@@ -307,7 +307,7 @@ def draw_from_chains(
     truncated: Sequence[bool] | None = None,
 ) -> Rollouts:
     """Images for given (prompt, chain text) rows, sampled as the rollout's stage 2 (CFG over the
-    same unconditional row), as a `Rollouts` batch with one group per row; `truncated` flags the
+    same unconditional row, and prompt-only row with a plan weight), as a `Rollouts` batch with one group per row; `truncated` flags the
     chains that were cut at the cap when sampled (default: none). Its chain log-probs are zero:
     the chains were given, not sampled."""
     from gotr1.chain import BEGIN_OF_IMAGE
@@ -337,8 +337,15 @@ def draw_from_chains(
             for start in range(0, len(prompts), per_pass):
                 rows = range(start, min(start + per_pass, len(prompts)))
                 ids, mask = left_pad([prompt_rows[r] + chain_rows[r] for r in rows], special.pad)
+                chain_start = torch.tensor([ids.shape[1] - len(chain_rows[r]) for r in rows])
                 found, found_logprobs = generate_image_tokens(
-                    parts, ids.to(parts.device), mask.to(parts.device), sampling, special, generator
+                    parts,
+                    ids.to(parts.device),
+                    mask.to(parts.device),
+                    sampling,
+                    special,
+                    generator,
+                    chain_start.to(parts.device),
                 )
                 codes.append(found)
                 logprobs.append(found_logprobs)

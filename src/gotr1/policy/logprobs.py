@@ -2,13 +2,16 @@
 
 For every row the sequence ``[prompt][chain ... <begin_of_image>][image tokens]`` is run through
 the model once (twice with guidance: the unconditional row blanks prompt and chain to pad exactly
-as the sampler did). Chain tokens are scored with the text head, image tokens with the image head:
+as the sampler did; three times with two-condition guidance: the prompt-only row blanks the chain
+only). Chain tokens are scored with the text head, image tokens with the image head:
 
-    guided:      log_softmax((u + w * (c - u)) / T_image)[token]   (the GRPO ratio is exact)
-    conditional: log_softmax(c / T_image)[token]                    (the paper-era shortcut)
+    guided:      log_softmax(guided_logits(c, u, p) / T_image)[token]   (the GRPO ratio is exact)
+    conditional: log_softmax(c / T_image)[token]                         (the paper-era shortcut)
 
-with c/u the conditional/unconditional image logits and w the rollout's cfg_weight. Gradients flow
-through both branches when called under grad mode. Top-p is not applied here (the recorded
+with c/u/p the conditional/unconditional/prompt-only image logits, mixed by the sampler's own
+`guided_logits` with the rollout's cfg_weight (and plan_cfg_weight): u + w * (c - u), or
+u + w_prompt * (p - u) + w_plan * (c - p). Gradients flow through every branch when called under
+grad mode. Top-p is not applied here (the recorded
 sampling log-probs include it; with top_p = 1 the two agree to float precision).
 
 Memory: logits are never formed for a whole batch: rows go in micro-batches, and the heads run on
@@ -26,8 +29,10 @@ from torch.utils.checkpoint import checkpoint
 
 from gotr1.policy.rollout import (
     JanusParts,
+    guided_logits,
     janus_parts,
     positions_from_mask,
+    prompt_only_ids,
     real_bounds,
     unconditional_ids,
 )
@@ -60,12 +65,15 @@ def _head_logprobs(
     uncond_hidden: torch.Tensor | None,
     cfg_weight: float,
     with_entropy: bool,
+    prompt_hidden: torch.Tensor | None = None,
+    plan_cfg_weight: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of `targets` [b, t] under head(hidden [b, t, D]) (CFG-mixed if `uncond_hidden`)."""
+    """Log-prob of `targets` [b, t] under head(hidden [b, t, D]), mixed by `guided_logits` with
+    the unconditional and prompt-only branches given (none: the head's own logits)."""
     logits = head(hidden).float()
-    if uncond_hidden is not None:
-        uncond = head(uncond_hidden).float()
-        logits = uncond + cfg_weight * (logits - uncond)
+    uncond = None if uncond_hidden is None else head(uncond_hidden).float()
+    prompt_only = None if prompt_hidden is None else head(prompt_hidden).float()
+    logits = guided_logits(logits, uncond, prompt_only, cfg_weight, plan_cfg_weight)
     logp = torch.log_softmax(logits / temperature, dim=-1)
     token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(dim=-1) if with_entropy else torch.zeros_like(token_logp)
@@ -81,6 +89,8 @@ def chunked_head_logprobs(
     cfg_weight: float = 1.0,
     with_entropy: bool = False,
     logits_chunk_elements: int = 1 << 24,
+    prompt_hidden: torch.Tensor | None = None,
+    plan_cfg_weight: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_head_logprobs` over chunks of positions, each checkpointed when gradients are on."""
     rows, length = targets.shape
@@ -101,6 +111,8 @@ def chunked_head_logprobs(
             None if uncond_hidden is None else uncond_hidden[:, start:stop],
             cfg_weight,
             with_entropy,
+            None if prompt_hidden is None else prompt_hidden[:, start:stop],
+            plan_cfg_weight,
         )
         if recompute:
             logp, entropy = checkpoint(_head_logprobs, *args, use_reentrant=False)
@@ -154,10 +166,10 @@ def token_logprobs(
 ) -> TokenLogprobs:
     """Teacher-forced log-probs of the chain tokens (text head) and image tokens (image head).
 
-    `pad_id`/`bos_id` build the unconditional rows as the sampler did. `image_logprob` is
-    "guided" (CFG-mixed, the sampling distribution) or "conditional". Differentiable under grad
-    mode. Temperatures and cfg_weight come from `rollouts.sampling` (temperature 0 = greedy rollouts
-    are scored at temperature 1).
+    `pad_id`/`bos_id` build the unconditional (and prompt-only) rows as the sampler did.
+    `image_logprob` is "guided" (CFG-mixed, the sampling distribution) or "conditional".
+    Differentiable under grad mode. Temperatures and the guidance weights come from
+    `rollouts.sampling` (temperature 0 = greedy rollouts are scored at temperature 1).
     """
     if image_logprob not in IMAGE_LOGPROB_MODES:
         raise ValueError(
@@ -169,6 +181,7 @@ def token_logprobs(
     text_temperature = sampling.text_temperature or 1.0
     image_temperature = sampling.image_temperature or 1.0
     guided = image_logprob == "guided" and sampling.guided
+    plan_guided = image_logprob == "guided" and sampling.plan_guided
     rows = len(rollouts)
     step = micro_batch_size or rows
     if step < 1:
@@ -213,7 +226,12 @@ def token_logprobs(
         num_image = image_ids.shape[1]
         image_hidden = _image_hidden(hidden, text_mask, num_image)
         del hidden
-        uncond_image_hidden = None
+        uncond_image_hidden = prompt_image_hidden = None
+        if plan_guided:
+            chain_blanked = prompt_only_ids(text_ids, text_mask, prompt_len, pad_id)
+            blanked_hidden = teacher_forced_hidden(parts, chain_blanked, text_mask, image_ids)
+            prompt_image_hidden = _image_hidden(blanked_hidden, text_mask, num_image)
+            del blanked_hidden
         if guided:
             uncond_ids = unconditional_ids(text_ids, text_mask, pad_id, bos_id)
             uncond_hidden = teacher_forced_hidden(parts, uncond_ids, text_mask, image_ids)
@@ -228,6 +246,8 @@ def token_logprobs(
             sampling.cfg_weight,
             with_entropy,
             logits_chunk_elements,
+            prompt_image_hidden,
+            sampling.plan_cfg_weight,
         )
         full_width = rollouts.chain_ids.shape[1]
         chain_parts.append(torch.nn.functional.pad(chain_logp, (0, full_width - width)))

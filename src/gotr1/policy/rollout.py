@@ -12,7 +12,9 @@ Reading order (top to bottom):
   6. Stage 2, `sample_image_tokens`: the conditional rows reuse the stage-1 KV cache; the
      unconditional rows (prompt and chain blanked to pad) all read the same [BOS, pad, ...]
      prefix, computed once and shared; then K image tokens with classifier-free guidance, the
-     CFG pair in one batch, sampled on the device with no host sync per token.
+     CFG pair in one batch, sampled on the device with no host sync per token. Two-condition
+     guidance (`plan_cfg_weight`) adds a prompt-only row per sample (chain blanked), mixed by
+     `guided_logits`.
   7. `decode_images` and `rollout`, which ties it all together.
 
 Layout of one row in the cache: ``[left pad][prompt][chain ... <begin_of_image>][holes][image]``.
@@ -181,6 +183,17 @@ def real_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return real.argmax(dim=1), mask.shape[1] - 1 - real.flip(1).argmax(dim=1)
 
 
+def _blank_before_last(
+    ids: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, pad_id: int
+) -> torch.Tensor:
+    """`ids` with every real token from column `start` [R] up to (not including) the row's last
+    real token replaced by pad; the guidance rows are built this way."""
+    _, last = real_bounds(mask)
+    columns = torch.arange(ids.shape[1], device=ids.device)[None]
+    blank = mask.bool() & (columns >= start[:, None]) & (columns < last[:, None])
+    return ids.masked_fill(blank, pad_id)
+
+
 def unconditional_ids(
     ids: torch.Tensor, mask: torch.Tensor, pad_id: int, bos_id: int | None
 ) -> torch.Tensor:
@@ -190,15 +203,26 @@ def unconditional_ids(
     first real token is kept if it is BOS, the last real token is kept; everything else real is
     pad (the chain is blanked too, PAPER.md). The attention mask is unchanged.
     """
-    real = mask.bool()
     rows = torch.arange(ids.shape[0], device=ids.device)
-    first, last = real_bounds(mask)
-    keep = torch.zeros_like(real)
-    keep[rows, last] = True
+    first, _ = real_bounds(mask)
+    start = first
     if bos_id is not None:
-        keep[rows, first] = ids[rows, first] == bos_id
-    blanked = torch.full_like(ids, pad_id)
-    return torch.where(keep & real, ids, blanked)
+        start = first + (ids[rows, first] == bos_id).long()
+    return _blank_before_last(ids, mask, start, pad_id)
+
+
+def prompt_only_ids(
+    ids: torch.Tensor, mask: torch.Tensor, chain_start: torch.Tensor | int, pad_id: int
+) -> torch.Tensor:
+    """The prompt-only row of two-condition guidance: the chain blanked, the prompt kept.
+
+    `ids`/`mask` as for `unconditional_ids`; `chain_start` is the column of each row's first
+    chain token ([R], or one column for all rows). Every real token from there up to the row's
+    <begin_of_image> (kept, like BOS and the whole prompt) becomes pad, as the unconditional row
+    blanks it; the attention mask is unchanged.
+    """
+    start = torch.as_tensor(chain_start, device=ids.device).expand(ids.shape[0])
+    return _blank_before_last(ids, mask, start, pad_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,6 +458,31 @@ def log_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> t
     return logp
 
 
+def guided_logits(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    prompt_only: torch.Tensor | None,
+    cfg_weight: float,
+    plan_cfg_weight: float | None,
+) -> torch.Tensor:
+    """Image logits under classifier-free guidance; the sampler and the guided log-probs both
+    call this, so they cannot disagree.
+
+    One condition (`prompt_only` None): uncond + w * (cond - uncond), w = `cfg_weight`. Two
+    conditions: uncond + w_prompt * (prompt_only - uncond) + w_plan * (cond - prompt_only), with
+    w_prompt = `cfg_weight` and w_plan = `plan_cfg_weight`. A row whose weights cancel it is not
+    computed and passed as None: uncond when cfg_weight is 1 (the formula is then prompt_only +
+    w_plan * (cond - prompt_only), or cond), prompt_only when the weights are equal (the formula
+    is then the one-condition one, computed as such, so the result is today's bit for bit).
+    """
+    if prompt_only is None:
+        return cond if uncond is None else uncond + cfg_weight * (cond - uncond)
+    if plan_cfg_weight is None:
+        raise ValueError("a prompt-only row needs plan_cfg_weight")
+    base = prompt_only if uncond is None else uncond + cfg_weight * (prompt_only - uncond)
+    return base + plan_cfg_weight * (cond - prompt_only)
+
+
 def sample_from_logits(
     logits: torch.Tensor,
     temperature: float,
@@ -469,6 +518,7 @@ class ChainSample:
 
     cache: KVCache  # rows B, slots [0, used) filled (prompt, chain with holes), room for K - 1
     used: int  # slots filled
+    chain_start: int  # slot of every row's first chain token (the prompts' padded width)
     slot_ids: torch.Tensor  # [B, used] the token in each slot (pad in holes)
     chain_ids: torch.Tensor  # [B, C] right-padded chains, last real token <begin_of_image>
     chain_mask: torch.Tensor  # [B, C]
@@ -570,6 +620,7 @@ def sample_chains(
     return ChainSample(
         cache=cache,
         used=prompt_len + chain_ids.shape[1],
+        chain_start=prompt_len,
         slot_ids=torch.cat([prompt_ids.repeat_interleave(num_generations, 0), chain_ids], 1),
         chain_ids=chain_ids[:, :width],
         chain_mask=chain_mask[:, :width],
@@ -619,6 +670,30 @@ def unconditional_rows(
     return own, hidden[:, -1]
 
 
+def prompt_only_rows(
+    parts: JanusParts,
+    slot_ids: torch.Tensor,
+    valid: torch.Tensor,
+    chain_start: torch.Tensor | int,
+    special: SpecialIds,
+    num_tokens: int,
+) -> tuple[KVCache, torch.Tensor]:
+    """The prompt-only rows of two-condition guidance: their cache and the hidden state at their
+    <begin_of_image>.
+
+    A prompt-only row is its conditional row (`slot_ids`/`valid` [B, S]) with the chain, from
+    column `chain_start` up to its <begin_of_image>, blanked to pad (`prompt_only_ids`). Prompts
+    and chain lengths differ from row to row, so nothing is shared: one prefill pass over the B
+    blanked rows into a cache with room for the image tokens after slot S.
+    """
+    rows = torch.arange(slot_ids.shape[0], device=slot_ids.device)
+    blanked = prompt_only_ids(slot_ids, valid, chain_start, special.pad)
+    cache = KVCache.allocate(parts, len(rows), slot_ids.shape[1] + num_tokens - 1)
+    hidden = prefill(parts, cache, blanked, valid)
+    _, last = real_bounds(valid)
+    return cache, hidden[rows, last]
+
+
 def sample_image_tokens(
     parts: JanusParts,
     cond: KVCache,
@@ -628,6 +703,7 @@ def sample_image_tokens(
     sampling: SamplingConfig,
     special: SpecialIds,
     generator: torch.Generator | None,
+    chain_start: torch.Tensor | int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2: sample K image tokens per row; returns (image_ids [B, K], log-probs [B, K]).
 
@@ -635,7 +711,9 @@ def sample_image_tokens(
     the image tokens continue in it (a view sized exactly for prefix + image tokens; a cache
     without that room is copied into a new one), so the prefix is never recomputed. With
     guidance the unconditional rows come from `unconditional_rows`, and every step runs the
-    cond/uncond pair as one batch of 2B rows. Logits are mixed as uncond + w * (cond - uncond),
+    cond/uncond pair as one batch of 2B rows. Two-condition guidance (`sampling.plan_guided`)
+    adds the prompt-only rows of `prompt_only_rows` (`chain_start`: the column of each row's
+    first chain token in `slot_ids`), 3B rows a step. Logits are mixed by `guided_logits`,
     divided by the image temperature and sampled with Gumbel-max on the device: nothing in the
     loop waits for the host.
     """
@@ -650,13 +728,21 @@ def sample_image_tokens(
     else:
         cache = KVCache.allocate(parts, rows, used + num_tokens - 1)
         copy_slots(cond, cache, used)
-    caches, first_slots, hidden = [cache], [used], boi_hidden
+    caches, first_slots, hiddens = [cache], [used], [boi_hidden]
+    if sampling.plan_guided:
+        if chain_start is None:
+            raise ValueError("two-condition guidance needs chain_start (where each chain begins)")
+        plan, plan_boi = prompt_only_rows(parts, slot_ids, valid, chain_start, special, num_tokens)
+        caches.append(plan)
+        first_slots.append(used)
+        hiddens.append(plan_boi)
     if sampling.guided:
         uncond, uncond_boi = unconditional_rows(parts, slot_ids, valid, special, num_tokens)
         caches.append(uncond)
         first_slots.append(1)
-        hidden = torch.cat([boi_hidden, uncond_boi])
-        positions = torch.cat([positions, positions])
+        hiddens.append(uncond_boi)
+    hidden = torch.cat(hiddens) if len(hiddens) > 1 else boi_hidden
+    positions = positions.repeat(len(caches))
 
     step = _decode_step_fn(sampling, device)
     static = step is not transformer_forward  # compiled: attend over whole caches, fixed shapes
@@ -670,17 +756,26 @@ def sample_image_tokens(
     image_logprobs = torch.empty(rows, num_tokens, dtype=torch.float32, device=device)
     for k in range(num_tokens):
         logits = parts.image_head(hidden).float()
-        if sampling.guided:
-            cond_logits, uncond_logits = logits.chunk(2)
-            logits = uncond_logits + sampling.cfg_weight * (cond_logits - uncond_logits)
+        if len(caches) > 1:
+            branches = iter(logits.chunk(len(caches)))
+            cond_logits = next(branches)
+            prompt_logits = next(branches) if sampling.plan_guided else None
+            uncond_logits = next(branches) if sampling.guided else None
+            logits = guided_logits(
+                cond_logits,
+                uncond_logits,
+                prompt_logits,
+                sampling.cfg_weight,
+                sampling.plan_cfg_weight,
+            )
         token, logprob = sample_from_logits(logits, sampling.image_temperature, 1.0, generator)
         image_ids[:, k] = token
         image_logprobs[:, k] = logprob
         if k == num_tokens - 1:
             break
         embeds = parts.image_embed(token[:, None])
-        if sampling.guided:
-            embeds = torch.cat([embeds, embeds])
+        if len(caches) > 1:
+            embeds = embeds.repeat(len(caches), 1, 1)
         blocks = [
             Block(c, slot, r, None if static else first + k + 1)
             for c, slot, r, first in zip(caches, slots, real, first_slots, strict=True)
@@ -713,17 +808,27 @@ def generate_image_tokens(
     sampling: SamplingConfig,
     special: SpecialIds,
     generator: torch.Generator | None = None,
+    chain_start: torch.Tensor | int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2 alone from given conditional prefixes (left-padded, each row ending in
     <begin_of_image>): one prefill pass, then `sample_image_tokens`. For benchmarks and for
-    drawing fixed chains.
+    drawing fixed chains; `chain_start` [R] (the column of each row's first chain token) is
+    needed for two-condition guidance.
     """
     with torch.no_grad():
         rows, length = prefix_ids.shape
         cache = KVCache.allocate(parts, rows, length + parts.num_image_tokens - 1)
         hidden = prefill(parts, cache, prefix_ids, prefix_mask)[:, -1]
         return sample_image_tokens(
-            parts, cache, prefix_ids.shape[1], prefix_ids, hidden, sampling, special, generator
+            parts,
+            cache,
+            prefix_ids.shape[1],
+            prefix_ids,
+            hidden,
+            sampling,
+            special,
+            generator,
+            chain_start,
         )
 
 
@@ -847,6 +952,7 @@ def rollout(
                     sampling,
                     special,
                     generator,
+                    chains.chain_start,
                 )
                 columns["prompt_ids"].append(ids.repeat_interleave(n, dim=0))
                 columns["prompt_mask"].append(mask.repeat_interleave(n, dim=0))

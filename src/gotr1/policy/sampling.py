@@ -1,8 +1,8 @@
 """`SamplingConfig`: how rollouts are sampled. It owns the checks of the sampling settings.
 
-The GRPO config (``text_temperature``, ``top_p``, ``cfg_weight``, ... under the same names) and
-the SFT sample dumps build one and let it judge their values, so each check lives here only. This
-module imports nothing heavy (the training configs validate through it).
+The GRPO config (``text_temperature``, ``top_p``, ``cfg_weight``, ``plan_cfg_weight``, ... under
+the same names) and the SFT sample dumps build one and let it judge their values, so each check
+lives here only. This module imports nothing heavy (the training configs validate through it).
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ class SamplingConfig:
     cfg_weight: float = field(
         default=5.0,
         metadata={"help": "Classifier-free guidance w: uncond + w*(cond-uncond); 1 = no guidance."},
+    )
+    plan_cfg_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Two-condition guidance: the plan's weight w_plan in uncond + cfg_weight*"
+            "(prompt_only-uncond) + w_plan*(cond-prompt_only), where prompt_only blanks the chain "
+            "only. None = one-condition guidance with cfg_weight (equal weights give the same)."
+        },
     )
     max_chain_tokens: int = field(
         default=600,
@@ -63,6 +71,11 @@ class SamplingConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if self.cfg_weight < 0:
             raise ConfigError(f"cfg_weight must be >= 0, got {self.cfg_weight}", "cfg_weight")
+        if self.plan_cfg_weight is not None and self.plan_cfg_weight < 0:
+            raise ConfigError(
+                f"plan_cfg_weight must be >= 0 or None, got {self.plan_cfg_weight}",
+                "plan_cfg_weight",
+            )
         if self.max_chain_tokens < 1:
             raise ConfigError(
                 f"max_chain_tokens must be > 0, got {self.max_chain_tokens}", "max_chain_tokens"
@@ -76,3 +89,9 @@ class SamplingConfig:
     def guided(self) -> bool:
         """Whether stage 2 runs the unconditional branch (cfg_weight != 1)."""
         return self.cfg_weight != 1.0
+
+    @property
+    def plan_guided(self) -> bool:
+        """Whether stage 2 runs the prompt-only row (chain blanked): a plan weight that differs
+        from cfg_weight. Equal weights are one-condition guidance exactly, without that row."""
+        return self.plan_cfg_weight is not None and self.plan_cfg_weight != self.cfg_weight
