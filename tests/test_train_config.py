@@ -84,6 +84,8 @@ def test_yaml_then_overrides_with_types(tmp_path):
         (SFTConfig, {"world_split": "heldout"}, "world_split"),
         (SFTConfig, {"world_chain_colors": "scene"}, "world_chain_colors"),
         (SFTConfig, {"cfg_dropout": 1.5}, "cfg_dropout"),
+        (SFTConfig, {"prompt_only_dropout": -0.1}, "prompt_only_dropout must be >= 0"),
+        (SFTConfig, {"cfg_dropout": 0.5, "prompt_only_dropout": 0.5}, "prompt_only_dropout"),
         (SFTConfig, {"on_bad_row": "ignore"}, "on_bad_row"),
         (SFTConfig, {"mixed_precision": "fp8"}, "mixed_precision"),
         (SFTConfig, {"chain_loss_weight": 0, "image_loss_weight": 0}, "chain_loss_weight"),

@@ -11,7 +11,7 @@ from PIL import Image
 
 from gotr1.chain import BEGIN_OF_IMAGE
 from gotr1.policy.io import load_pretrained
-from gotr1.policy.rollout import unconditional_ids
+from gotr1.policy.rollout import prompt_only_ids, unconditional_ids
 from gotr1.train.data import (
     BadRowError,
     BadRows,
@@ -21,6 +21,7 @@ from gotr1.train.data import (
     cfg_dropped,
     chain_token_ids,
     make_sft_batch,
+    prompt_only_dropped,
     read_prompt_file,
 )
 from gotr1.world import sample_examples
@@ -143,6 +144,7 @@ def test_sft_batch_layout_and_cfg_dropout(tiny):
     expected = torch.where(batch.unconditional[:, None], blank, plain.text_ids)
     assert torch.equal(batch.text_ids, expected) and torch.equal(batch.text_mask, plain.text_mask)
     assert torch.equal(batch.image_ids, plain.image_ids)
+    assert batch.prompt_only is None  # prompt-only dropout off: the batch is as before it existed
     # About 10% by default, deterministic in (seed, index).
     rate = sum(cfg_dropped(0, i, 0.1) for i in range(4000)) / 4000
     assert 0.08 < rate < 0.12 and cfg_dropped(0, 17, 0.1) == cfg_dropped(0, 17, 0.1)
@@ -186,3 +188,46 @@ def test_square_images_are_centre_cropped(tmp_path):
     image.paste((0, 0, 255), (0, 0, 20, 80))  # a blue strip on the left, cropped away
     square = square_image(image, 64)
     assert square.size == (64, 64) and square.getpixel((0, 32)) == (255, 0, 0)
+
+
+def test_prompt_only_dropout_blanks_only_the_chain_and_masks_its_labels(tiny):
+    model, processor = tiny
+    tokenizer = processor.tokenizer
+    source = WorldExamples(seed=5)
+    indices = list(range(40))
+
+    def batch(cfg_dropout, prompt_only_dropout):
+        rows = [(i, source[i]) for i in indices]
+        vq = model.model.vqmodel
+        return make_sft_batch(
+            rows, tokenizer, vq, 64, cfg_dropout, 7, 600, BadRows(), prompt_only_dropout
+        )
+
+    plain, dropped = batch(0.0, 0.0), batch(0.2, 0.3)
+    chosen = [prompt_only_dropped(7, i, 0.2, 0.3) for i in indices]
+    assert dropped.prompt_only.tolist() == chosen and 0 < sum(chosen) < len(indices)
+    # cfg_dropout picks the same examples as without prompt-only dropout, and never the same.
+    assert dropped.unconditional.tolist() == [cfg_dropped(7, i, 0.2) for i in indices]
+    assert not (dropped.unconditional & dropped.prompt_only).any()
+    # The prompt-only rows are the sampler's prompt-only rows of the conditional batch.
+    pad, width = tokenizer.pad_token_id, plain.text_ids.shape[1]
+    chain_start = torch.tensor(
+        [width - len(chain_token_ids(tokenizer, source[i].chain)) for i in indices]
+    )
+    blank = prompt_only_ids(plain.text_ids, plain.text_mask, chain_start, pad)
+    uncond = unconditional_ids(plain.text_ids, plain.text_mask, pad, tokenizer.bos_token_id)
+    expected = torch.where(dropped.prompt_only[:, None], blank, plain.text_ids)
+    expected = torch.where(dropped.unconditional[:, None], uncond, expected)
+    assert torch.equal(dropped.text_ids, expected)
+    assert torch.equal(dropped.text_mask, plain.text_mask)
+    boi = tokenizer.convert_tokens_to_ids(BEGIN_OF_IMAGE)
+    for row in torch.nonzero(dropped.prompt_only).flatten().tolist():
+        start = int(chain_start[row])
+        assert torch.equal(dropped.text_ids[row, :start], plain.text_ids[row, :start])  # prompt
+        assert (dropped.text_ids[row, start:-1] == pad).all() and dropped.text_ids[row, -1] == boi
+        assert (dropped.labels[row] == -100).all()  # image loss only
+    kept = ~(dropped.prompt_only | dropped.unconditional)
+    assert torch.equal(dropped.labels[kept], plain.labels[kept])
+    assert torch.equal(dropped.image_ids, plain.image_ids)
+    rate = sum(prompt_only_dropped(0, i, 0.1, 0.1) for i in range(4000)) / 4000
+    assert 0.08 < rate < 0.12

@@ -118,6 +118,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
         assert torch.allclose(dict(model.named_parameters())[name].grad, grad, atol=1e-6), name
 
 
+def test_prompt_only_dropout_trains_and_logs_its_share(tiny_folder, tmp_path):
+    plain = tmp_path / "plain"
+    train_sft(quick_config(tiny_folder, plain, max_steps=1, save_steps=100))
+    assert "prompt_only" not in read_log(plain)[0]  # off: the log is as before the setting
+    run = tmp_path / "run"
+    train_sft(quick_config(tiny_folder, run, max_steps=2, save_steps=100, prompt_only_dropout=0.5))
+    shares = [row["prompt_only"] for row in read_log(run)]
+    assert len(shares) == 2 and 0 < sum(shares) < 2
+
+
 def test_sft_loss_falls_and_resume_is_exact(tiny_folder, tmp_path):
     # A longer run: the loss falls.
     run = tmp_path / "long"

@@ -223,6 +223,12 @@ class SFTConfig(TrainConfig):
         "Fraction of examples whose condition (prompt and chain) is blanked to pad, as the "
         "rollout's unconditional CFG row is built, so guidance has a learned unconditional branch.",
     )
+    prompt_only_dropout: float = _field(
+        0.0,
+        "Fraction of examples (apart from cfg_dropout's) whose chain alone is blanked to pad, as "
+        "two-condition guidance's prompt-only row is built, so plan_cfg_weight has a learned "
+        "prompt-only branch. 0 = off.",
+    )
     max_chain_tokens: int = _field(600, "Longest chain (tokens, with <begin_of_image>) kept.")
     freeze: list[str] = _field(
         ["vqmodel", "vision_model", "aligner"],
@@ -242,6 +248,11 @@ class SFTConfig(TrainConfig):
         _choice(self, "world_chain_colors", world_chain_colors())
         if not 0 <= self.cfg_dropout < 1:
             raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if not 0 <= self.prompt_only_dropout < 1 - self.cfg_dropout:
+            raise ConfigError(
+                f"prompt_only_dropout must be >= 0 and leave conditional examples "
+                f"(cfg_dropout + prompt_only_dropout < 1), got {self.prompt_only_dropout}"
+            )
         if self.chain_loss_weight == 0 and self.image_loss_weight == 0:
             raise ConfigError(
                 "chain_loss_weight and image_loss_weight are both 0: nothing to learn"

@@ -238,6 +238,8 @@ class SFTBatch:
     positions. ``labels`` [B, L]: the chain tokens (with ``<begin_of_image>``) as targets, -100 on
     prompt, padding and unconditional rows. ``image_ids`` [B, K]: VQ codes of the target images.
     ``unconditional`` [B]: rows whose condition was blanked (CFG dropout; image loss only).
+    ``prompt_only`` [B] (None when prompt-only dropout is off): rows whose chain alone was blanked
+    (image loss only).
     """
 
     text_ids: torch.Tensor
@@ -247,6 +249,7 @@ class SFTBatch:
     unconditional: torch.Tensor
     prompts: list[str]
     chains: list[str]
+    prompt_only: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.text_ids.shape[0])
@@ -261,6 +264,7 @@ class SFTBatch:
             self.unconditional.to(device),
             self.prompts,
             self.chains,
+            None if self.prompt_only is None else self.prompt_only.to(device),
         )
 
 
@@ -273,9 +277,23 @@ def chain_token_ids(tokenizer: Any, chain: str) -> list[int]:
     return ids + [tokenizer.convert_tokens_to_ids(BEGIN_OF_IMAGE)]
 
 
+def _dropout_draw(seed: int, index: int) -> float:
+    """The uniform draw in [0, 1) that decides example `index`'s condition dropout."""
+    return random.Random(f"gotr1-cfg-{seed}-{index}").random()
+
+
 def cfg_dropped(seed: int, index: int, probability: float) -> bool:
     """Whether example `index` has its condition blanked (deterministic in seed and index)."""
-    return probability > 0 and random.Random(f"gotr1-cfg-{seed}-{index}").random() < probability
+    return probability > 0 and _dropout_draw(seed, index) < probability
+
+
+def prompt_only_dropped(seed: int, index: int, cfg_dropout: float, probability: float) -> bool:
+    """Whether example `index` has only its chain blanked (prompt-only dropout).
+
+    The same draw as `cfg_dropped`, in the interval [cfg_dropout, cfg_dropout + probability): the
+    two never pick the same example, and cfg_dropout picks the same examples as without it.
+    """
+    return probability > 0 and cfg_dropout <= _dropout_draw(seed, index) < cfg_dropout + probability
 
 
 def square_image(image: Image.Image, size: int) -> Image.Image:
@@ -299,15 +317,17 @@ def make_sft_batch(
     seed: int,
     max_chain_tokens: int,
     bad_rows: BadRows,
+    prompt_only_dropout: float = 0.0,
 ) -> SFTBatch | None:
-    """Tokenise (index, example) pairs, VQ-encode their images and apply CFG dropout.
+    """Tokenise (index, example) pairs, VQ-encode their images and apply CFG dropout (and
+    prompt-only dropout, which blanks the chain alone, for two-condition guidance).
 
     Rows whose image cannot be read or whose chain is too long are reported and left out; returns
     None when no row is left.
     """
     import torch
 
-    from gotr1.policy.rollout import unconditional_ids
+    from gotr1.policy.rollout import prompt_only_ids, unconditional_ids
     from gotr1.policy.tokenizer import encode_prompt
     from gotr1.policy.vq import encode_images
 
@@ -336,12 +356,22 @@ def make_sft_batch(
     text_mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     unconditional = torch.zeros(len(rows), dtype=torch.bool)
+    prompt_only = torch.zeros(len(rows), dtype=torch.bool)
+    chain_start = torch.zeros(len(rows), dtype=torch.long)
     for row, (index, _, prompt, chain) in enumerate(rows):
         sequence = prompt + chain
         text_ids[row, width - len(sequence) :] = torch.tensor(sequence)
         text_mask[row, width - len(sequence) :] = 1
         labels[row, width - len(chain) :] = torch.tensor(chain)
         unconditional[row] = cfg_dropped(seed, index, cfg_dropout)
+        prompt_only[row] = prompt_only_dropped(seed, index, cfg_dropout, prompt_only_dropout)
+        chain_start[row] = width - len(chain)
+    if prompt_only.any():
+        # Exactly the sampler's prompt-only row of two-condition guidance: the chain -> pad,
+        # BOS, prompt and <begin_of_image> kept, attention mask unchanged; image loss only.
+        blank = prompt_only_ids(text_ids, text_mask, chain_start, pad)
+        text_ids = torch.where(prompt_only[:, None], blank, text_ids)
+        labels[prompt_only] = -100
     if unconditional.any():
         # Exactly the rollout's unconditional row: prompt and chain -> pad, BOS and
         # <begin_of_image> kept, attention mask unchanged; such rows train the image head only.
@@ -357,6 +387,7 @@ def make_sft_batch(
         unconditional,
         [e.prompt for _, e, _, _ in rows],
         [e.chain for _, e, _, _ in rows],
+        prompt_only if prompt_only_dropout > 0 else None,
     )
 
 

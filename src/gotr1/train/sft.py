@@ -8,7 +8,9 @@ Loss (one forward of ``[prompt][chain <begin_of_image>][image codes]``, prompt t
 For a fraction ``cfg_dropout`` of the examples the condition is blanked exactly as the rollout's
 unconditional CFG row is built (`gotr1.policy.rollout.unconditional_ids`: prompt and chain -> pad,
 BOS and <begin_of_image> kept); those rows train the image head only, so classifier-free guidance
-has a learned unconditional branch.
+has a learned unconditional branch. A further fraction ``prompt_only_dropout`` (off by default) has
+the chain alone blanked, as two-condition guidance's prompt-only row is built
+(`gotr1.policy.rollout.prompt_only_ids`), image loss only, so that row is learned too.
 
 Stages, each callable on its own (the demo chains them):
 
@@ -223,6 +225,8 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
         wrapped.train()
         vq.eval()
         sums = {"loss": 0.0, "chain_loss": 0.0, "image_loss": 0.0, "unconditional": 0.0}
+        if config.prompt_only_dropout > 0:
+            sums["prompt_only"] = 0.0
         tokens = 0.0
         grad_norm = float("nan")
         for _ in range(config.gradient_accumulation_steps):
@@ -237,6 +241,7 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
                 config.seed,
                 config.max_chain_tokens,
                 bad_rows,
+                config.prompt_only_dropout,
             )
             if batch is None:
                 raise UserError(f"every row of the batch at data position {position} was bad")
@@ -258,6 +263,10 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
             sums["unconditional"] += float(batch.unconditional.float().mean()) / (
                 config.gradient_accumulation_steps
             )
+            if batch.prompt_only is not None:
+                sums["prompt_only"] += float(batch.prompt_only.float().mean()) / (
+                    config.gradient_accumulation_steps
+                )
             tokens += float(losses["chain_tokens"] + losses["image_tokens"])
         learning_rate = scheduler.get_last_lr()[0]
         scheduler.step()
