@@ -112,6 +112,30 @@ def test_grpo_run_logs_metrics_samples_and_checkpoints(tiny_folder, tmp_path):
     assert (samples / "000-image.png").is_file() and (samples / "000-layout.png").is_file()
 
 
+def test_two_condition_guidance_rolls_out_and_scores_with_the_same_formula(
+    tiny_folder, tmp_path, monkeypatch
+):
+    seen = []
+    out = tmp_path / "run"
+    config = quick(tiny_folder, out, max_steps=1, save_steps=100, plan_cfg_weight=4.0)
+    assert grpo.rollout_sampling(config).plan_cfg_weight == 4.0
+    import gotr1.policy.rollout as rollout_module
+
+    guide = rollout_module.guided_logits
+
+    def recording(cond, uncond, prompt_only, cfg_weight, plan_cfg_weight):
+        seen.append((prompt_only is not None, cfg_weight, plan_cfg_weight))
+        return guide(cond, uncond, prompt_only, cfg_weight, plan_cfg_weight)
+
+    monkeypatch.setattr(rollout_module, "guided_logits", recording)
+    monkeypatch.setattr("gotr1.policy.logprobs.guided_logits", recording)
+    grpo.train_grpo(config, reward_fn=code_reward)
+    # Image logits in the sampler and the log-probs: three rows; chain logits: the text head's.
+    assert set(seen) == {(True, 2.0, 4.0), (False, 1.0, None)}
+    row = read_log(out)[0]
+    assert row["debug/logprob_gap"] < 1e-3  # the GRPO ratio stays exact
+
+
 def test_plan_credit_trains_and_dumps_the_chains_own_advantage(tiny_folder, tmp_path):
     out = tmp_path / "run"
     config = quick(tiny_folder, out, sample_steps=2, chain_advantage="plan")

@@ -350,6 +350,11 @@ class GRPOConfig(TrainConfig):
         1.0, "Nucleus sampling of chain tokens: must be 1 (off) for exact GRPO log-prob ratios."
     )
     cfg_weight: float = _field(5.0, "Classifier-free guidance of the rollout's image tokens.")
+    plan_cfg_weight: float | None = _field(
+        None,
+        "Two-condition guidance of the rollout's image tokens (and of the guided log-probs): the "
+        "plan's weight, with cfg_weight the prompt's (see SamplingConfig). None = off.",
+    )
     max_chain_tokens: int = _field(600, "Chain cap; longer chains get <begin_of_image> forced.")
     max_batch_rows: int | None = _field(
         None, "Rollout rows per engine pass (whole groups); None = all at once."
@@ -537,6 +542,7 @@ class GRPOConfig(TrainConfig):
             image_temperature=self.image_temperature,
             top_p=self.top_p,
             cfg_weight=self.cfg_weight,
+            plan_cfg_weight=self.plan_cfg_weight,
             max_chain_tokens=self.max_chain_tokens,
             max_batch_rows=self.max_batch_rows,
         )
