@@ -147,3 +147,24 @@ def test_manifest_guards_resume(tmp_path):
         _check_manifest(tmp_path, {"model": "a", "seed": 2}, force=False, write=True)
     _check_manifest(tmp_path, {"model": "a", "seed": 2}, force=True, write=True)
     assert json.loads((tmp_path / "generation.json").read_text())["seed"] == 2
+
+
+def test_plan_cfg_weight_flag_reaches_sampling_and_the_generation_records(capsys):
+    from gotr1.eval.commands import _manifest, _sampling
+    from gotr1.eval.generation import sampling_record
+    from gotr1.policy.sampling import SamplingConfig
+
+    for benchmark in ("compbench", "geneval", "world"):
+        args = parse(["eval", benchmark, "--model", "M", "--out", "O"])
+        assert args.plan_cfg_weight is None
+        # A folder generated before the setting existed keeps its manifest (resume still works).
+        assert "plan_cfg_weight" not in _manifest(args, benchmark)["sampling"]
+        args = parse(["eval", benchmark, "--model", "M", "--out", "O", "--plan-cfg-weight", "7"])
+        sampling = _sampling(args)
+        assert (sampling.cfg_weight, sampling.plan_cfg_weight) == (5.0, 7.0)
+        assert _manifest(args, benchmark)["sampling"]["plan_cfg_weight"] == 7.0
+        record = sampling_record(sampling)  # beside every image; rebuilds its batch's sampling
+        assert record["plan_cfg_weight"] == 7.0 and SamplingConfig(**record) == sampling
+    code = main(["eval", "world", "--model", "M", "--plan-cfg-weight", "-1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "plan_cfg_weight must be >= 0" in err, err

@@ -207,6 +207,11 @@ def test_eval_world_command(model_dir, tmp_path):
         assert len(plan["candidate_scores"]) == 3
         assert plan["plan_score"] == max(plan["candidate_scores"])
         assert sample["chain"] == plan["sampled_chain"] or plan["repairs"]
+    guided = tmp_path / "guided"
+    argv[argv.index(str(planned))] = str(guided)
+    assert run_cli(*argv, "--plan-cfg-weight", "5") == 0
+    summary = json.loads((guided / "summary.json").read_text())
+    assert summary["settings"]["plan_cfg_weight"] == 5.0
     with pytest.raises(UserError, match="plan candidates must be >= 1"):
         run_cli(*argv, "--plan-candidates", "0")
     with pytest.raises(UserError, match="unknown world category colour"):

@@ -83,7 +83,12 @@ def test_missing_and_malformed_model_folders_get_clear_errors(tmp_path):
 
 
 def test_bad_flags_are_user_errors(tmp_path, model_dir):
-    for extra in (["--num", "0"], ["--top-p", "0"], ["--max-chain-tokens", "0"]):
+    for extra in (
+        ["--num", "0"],
+        ["--top-p", "0"],
+        ["--max-chain-tokens", "0"],
+        ["--plan-cfg-weight", "-1"],
+    ):
         args = parse(["generate", "p", "--model", str(model_dir), "--out", str(tmp_path), *extra])
         with pytest.raises(UserError):
             args.func(args)
@@ -99,6 +104,7 @@ def test_generate_writes_images_chains_and_layouts(tmp_path, model_dir, capsys):
     summary = json.loads((out / "samples.json").read_text())
     assert summary["prompt"] == "a red circle" and len(summary["samples"]) == 3
     assert summary["sampling"]["cfg_weight"] == 3.0
+    assert summary["sampling"]["plan_cfg_weight"] is None  # one-condition guidance
     for index, record in enumerate(summary["samples"]):
         stem = out / f"sample_{index:02d}"
         assert Image.open(f"{stem}.png").size == (64, 64)
@@ -140,3 +146,27 @@ def test_eval_commands_register_generate_with_its_plan_flags():
     assert (args.plan_candidates, args.repair_plans) == (1, False)
     args = parser.parse_args(["generate", "p", "--model", "M", "--out", "O", "--repair-plans"])
     assert args.repair_plans
+
+
+def test_two_condition_guidance_flag_is_recorded_and_checked(tmp_path, model_dir, capsys):
+    from gotr1.cli import main
+
+    out = tmp_path / "out"
+    argv = ["generate", "a red circle", "--model", str(model_dir), "--out", str(out), "--num", "2"]
+    argv += ["--seed", "5", "--max-chain-tokens", "8", "--cfg-weight", "3"]
+    args = parse([*argv, "--plan-cfg-weight", "6"])
+    assert args.plan_cfg_weight == 6.0 and args.func(args) == 0
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["sampling"]["cfg_weight"] == 3.0
+    assert summary["sampling"]["plan_cfg_weight"] == 6.0
+    # Equal weights draw exactly the one-condition images.
+    equal, one = tmp_path / "equal", tmp_path / "one"
+    args = parse([*argv[:5], str(equal), *argv[6:], "--plan-cfg-weight", "3"])
+    assert args.func(args) == 0
+    args = parse([*argv[:5], str(one), *argv[6:]])
+    assert args.func(args) == 0
+    assert (equal / "sample_01.png").read_bytes() == (one / "sample_01.png").read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--plan-cfg-weight", "-2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "plan_cfg_weight must be >= 0" in err, err

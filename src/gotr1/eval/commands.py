@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gotr1.eval.generate import add_generate_parser, add_plan_args, plan_options
+from gotr1.eval.generate import add_generate_parser, add_plan_args, add_plan_cfg_arg, plan_options
 from gotr1.eval.hf_scorers import HF_SCORERS, OFFICIAL_MODELS
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ def _add_model_args(
     parser.add_argument(
         "--cfg-weight", type=float, default=5.0, help="classifier-free guidance (default 5)"
     )
+    add_plan_cfg_arg(parser)
     parser.add_argument("--temperature", type=float, default=1.0, help="chain temperature")
     parser.add_argument(
         "--image-temperature", type=float, default=1.0, help="image-token temperature"
@@ -334,6 +335,7 @@ def _sampling(args: argparse.Namespace) -> Any:
             image_temperature=args.image_temperature,
             top_p=args.top_p,
             cfg_weight=args.cfg_weight,
+            plan_cfg_weight=args.plan_cfg_weight,
             max_chain_tokens=args.max_chain_tokens,
             max_batch_rows=args.max_batch_rows,
             compile_decode=args.compile_decode,
@@ -368,6 +370,9 @@ def _slug(name: str) -> str:
 
 
 def _manifest(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
+    """The settings that decide a benchmark folder's images (generation.json, checked on resume).
+    plan_cfg_weight is named only when set, so folders generated before it existed still match."""
+    plan = {} if args.plan_cfg_weight is None else {"plan_cfg_weight": args.plan_cfg_weight}
     return {
         "benchmark": benchmark,
         "model": str(Path(args.model).expanduser().resolve())
@@ -380,6 +385,7 @@ def _manifest(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
             "image_temperature": args.image_temperature,
             "top_p": args.top_p,
             "cfg_weight": args.cfg_weight,
+            **plan,
             "max_chain_tokens": args.max_chain_tokens,
         },
     }

@@ -1,6 +1,7 @@
 """``gotr1 generate``: write GoT chains and images for one prompt from a policy folder.
 
     gotr1 generate --model DIR "a red circle left of a blue square" --num 4 --cfg-weight 5 --out OUT
+    gotr1 generate ... --cfg-weight 3 --plan-cfg-weight 6     # two-condition guidance
 
 For each sample ``OUT/sample_XX.png`` (the image), ``OUT/sample_XX_chain.txt`` (the chain text) and
 ``OUT/sample_XX_layout.png`` (the chain's boxes drawn on a blank canvas) are written, plus
@@ -38,6 +39,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument(
         "--cfg-weight", type=float, default=5.0, help="classifier-free guidance (default 5; 1=off)"
     )
+    add_plan_cfg_arg(parser)
     parser.add_argument("--seed", type=int, default=None, help="random seed (reproducible)")
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="chain temperature (default 1; 0=greedy)"
@@ -65,6 +67,19 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     add_plan_args(parser)
     parser.set_defaults(func=run_generate)
     return parser
+
+
+def add_plan_cfg_arg(parser: argparse.ArgumentParser) -> None:
+    """The two-condition guidance flag (`SamplingConfig.plan_cfg_weight`), beside --cfg-weight."""
+    parser.add_argument(
+        "--plan-cfg-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="guide the image by the prompt and the plan separately: logits = u + cfg_weight * "
+        "(c_prompt - u) + W * (c_full - c_prompt), c_prompt with the chain blanked (needs a model "
+        "trained with prompt_only_dropout); default: one-condition guidance",
+    )
 
 
 def add_plan_args(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +132,7 @@ def run_generate(args: argparse.Namespace) -> int:
             image_temperature=args.image_temperature,
             top_p=args.top_p,
             cfg_weight=args.cfg_weight,
+            plan_cfg_weight=args.plan_cfg_weight,
             max_chain_tokens=args.max_chain_tokens,
         )
     except ValueError as error:
@@ -181,6 +197,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "image_temperature": sampling.image_temperature,
             "top_p": sampling.top_p,
             "cfg_weight": sampling.cfg_weight,
+            "plan_cfg_weight": sampling.plan_cfg_weight,
             "max_chain_tokens": sampling.max_chain_tokens,
         },
         "plans": plans.to_dict(),

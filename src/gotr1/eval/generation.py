@@ -133,6 +133,7 @@ def sampling_record(sampling: SamplingConfig) -> dict[str, Any]:
         "image_temperature": sampling.image_temperature,
         "top_p": sampling.top_p,
         "cfg_weight": sampling.cfg_weight,
+        "plan_cfg_weight": sampling.plan_cfg_weight,
         "max_chain_tokens": sampling.max_chain_tokens,
         "max_batch_rows": sampling.max_batch_rows,  # rows per pass change the random stream
     }

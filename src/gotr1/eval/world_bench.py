@@ -195,6 +195,7 @@ def evaluate_world(
             "image_temperature": sampling.image_temperature,
             "top_p": sampling.top_p,
             "cfg_weight": sampling.cfg_weight,
+            "plan_cfg_weight": sampling.plan_cfg_weight,
             "max_chain_tokens": sampling.max_chain_tokens,
             "device": str(policy.device),
             "plans": (plans or PlanOptions()).to_dict(),
