@@ -154,6 +154,50 @@ def test_sft_stage_identity_of_chain_colours(tmp_path):
     assert {k: v for k, v in drawn.items() if k != "world_chain_colors"} == prompt
 
 
+def test_two_condition_settings_leave_the_stage_identities_of_earlier_runs(tmp_path):
+    """sft_prompt_only_dropout and eval_plan_cfg_weight (and the SFTConfig/GRPOConfig fields
+    behind them) are not part of any stage's identity at their defaults, so finished stages of
+    runs made before they existed are found; set, they are."""
+    from gotr1.demo import pipeline as P
+    from gotr1.demo.config import parse_settings
+
+    def identities(**overrides):
+        config = DemoConfig(out=str(tmp_path), **overrides)
+        sft = P.sft_config(config, tmp_path / "preset.yaml", tmp_path / "tok", tmp_path / "sft")
+        grpo = P.grpo_config(config, tmp_path / "sft" / "final", tmp_path / "grpo")
+        return (
+            P.stage_settings("u", sft),
+            P.grpo_stage_settings(config, "u", grpo),
+            P.eval_settings(config),
+            P.eval_settings(config, "train"),
+        )
+
+    sft, grpo, held_out, seen = identities()
+    assert "prompt_only_dropout" not in sft["config"]
+    assert "plan_cfg_weight" not in grpo["config"]
+    assert "plan_cfg_weight" not in held_out and "plan_cfg_weight" not in seen
+    assert identities(eval_plan_cfg_weight=None, sft_prompt_only_dropout=0.0) == (
+        sft,
+        grpo,
+        held_out,
+        seen,
+    )
+    changed = identities(
+        **parse_settings(["sft_prompt_only_dropout=0.1", "eval_plan_cfg_weight=6"])
+    )
+    assert changed[0]["config"]["prompt_only_dropout"] == 0.1 and changed[1] == grpo
+    assert changed[2] == {**held_out, "plan_cfg_weight": 6.0}
+    config = DemoConfig(out=str(tmp_path), cfg_weight=2.0, eval_plan_cfg_weight=6.0)
+    sampling = P.eval_sampling(config)
+    assert (sampling.cfg_weight, sampling.plan_cfg_weight) == (2.0, 6.0)
+    assert P.eval_sampling(DemoConfig(out=str(tmp_path))).plan_cfg_weight is None
+    assert parse_settings(["eval_plan_cfg_weight=none"]) == {"eval_plan_cfg_weight": None}
+    with pytest.raises(UserError, match="^demo setting eval_plan_cfg_weight must be >= 0"):
+        P.check_settings(DemoConfig(out=str(tmp_path), eval_plan_cfg_weight=-1.0))
+    with pytest.raises(UserError, match="^demo setting sft_prompt_only_dropout must be >= 0"):
+        P.check_settings(DemoConfig(out=str(tmp_path), sft_prompt_only_dropout=-0.5))
+
+
 def test_ablation_finds_the_shared_tokenizer_of_a_seeds_run(tmp_path, monkeypatch):
     from gotr1.demo.ablate import demo_tokenizer_folder
 

@@ -114,6 +114,11 @@ class DemoConfig:
         "Autocast of SFT and GRPO updates: auto (bf16 where the CPU or GPU runs it natively, "
         "float32 elsewhere), no (float32) or bf16.",
     )
+    sft_prompt_only_dropout: float = _f(
+        0.0,
+        "Share of SFT examples with the chain alone blanked (SFTConfig.prompt_only_dropout), so "
+        "eval_plan_cfg_weight has a learned prompt-only branch. 0 = off.",
+    )
     sft_save_steps: int = _f(
         250,
         "SFT saves a checkpoint every this many steps (and at the end): a demo stopped part-way "
@@ -163,6 +168,11 @@ class DemoConfig:
     eval_prompt_seed: int = _f(0, "Seed of the benchmark's prompt list (fixed: the benchmark).")
     eval_images_per_prompt: int = _f(4, "Images per benchmark prompt (GenEval draws four).")
     eval_prompts_per_batch: int = _f(100, "Prompts per evaluation rollout batch.")
+    eval_plan_cfg_weight: float | None = _f(
+        None,
+        "Two-condition guidance of the evaluation: the plan's weight, cfg_weight the prompt's "
+        "(SamplingConfig.plan_cfg_weight; needs sft_prompt_only_dropout > 0). None = off.",
+    )
     report_examples: int = _f(24, "Side-by-side examples in report.html.")
 
     @classmethod

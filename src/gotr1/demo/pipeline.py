@@ -249,7 +249,12 @@ def vq_config(config: DemoConfig) -> Any:
 RUN_PATHS = ("output_dir", "model", "vq_from")
 """Training-config fields that are folders: not part of a stage's identity (the upstream stage's
 fingerprint stands for them), so a run folder can be moved or reused by `gotr1 ablate`."""
-LATER_DEFAULTS = (("chain_advantage", "total"), ("world_chain_colors", "prompt"))
+LATER_DEFAULTS = (
+    ("chain_advantage", "total"),
+    ("world_chain_colors", "prompt"),
+    ("prompt_only_dropout", 0.0),
+    ("plan_cfg_weight", None),
+)
 """Training-config fields added after demo runs existed, at the value those runs used: left out
 of a stage's identity, so adding a field does not retrain finished stages (a run that sets
 `sft_chain_colors=prompt` finds the SFT stages of earlier runs, which wrote chains that way)."""
@@ -313,6 +318,7 @@ SFT_SETTINGS = {
     "save_steps": "sft_save_steps",
     "world_split": "sft_world_split",
     "world_chain_colors": "sft_chain_colors",
+    "prompt_only_dropout": "sft_prompt_only_dropout",
     "mixed_precision": "mixed_precision",
     "threads": "threads",
 }
@@ -526,7 +532,28 @@ def eval_settings(config: DemoConfig, split: str = "test") -> dict[str, Any]:
         settings["split"] = split
     if config.eval_images_per_prompt != 1:  # ... and the images-per-prompt setting
         settings["images_per_prompt"] = config.eval_images_per_prompt
+    if config.eval_plan_cfg_weight is not None:  # ... and two-condition guidance
+        settings["plan_cfg_weight"] = config.eval_plan_cfg_weight
     return settings
+
+
+EVAL_SAMPLING = {
+    "cfg_weight": "cfg_weight",
+    "plan_cfg_weight": "eval_plan_cfg_weight",
+    "max_chain_tokens": "max_chain_tokens",
+}
+"""SamplingConfig field -> the demo setting the evaluation takes it from."""
+
+
+def eval_sampling(config: DemoConfig) -> Any:
+    """The `SamplingConfig` of the demo's evaluations (GRPO's rollout guidance, plus
+    eval_plan_cfg_weight); its errors name the demo settings."""
+    from gotr1.policy.sampling import SamplingConfig
+
+    try:
+        return SamplingConfig(**_taken(config, EVAL_SAMPLING))
+    except ConfigError as error:
+        raise as_demo_setting(error, EVAL_SAMPLING) from None
 
 
 def train_grpo_stage(grpo: Any, processes: int = 1) -> dict[str, Any]:
@@ -542,7 +569,6 @@ def evaluate_model(
     unseen compositions; train: seen ones) with the sampling of GRPO's rollouts (seed = the demo
     seed) and write the results (summary.json/md, samples.jsonl, images/) into `folder`."""
     from gotr1.policy.policy import Policy
-    from gotr1.policy.rollout import SamplingConfig
 
     if config.threads:
         import torch
@@ -554,9 +580,7 @@ def evaluate_model(
         prompts=benchmark_prompts(split, config.eval_prompts, seed=config.eval_prompt_seed),
         seed=config.seed,
         num_generations=config.eval_images_per_prompt,
-        sampling=SamplingConfig(
-            cfg_weight=config.cfg_weight, max_chain_tokens=config.max_chain_tokens
-        ),
+        sampling=eval_sampling(config),
         prompts_per_batch=config.eval_prompts_per_batch,
         with_rewards=True,
         progress=config.progress,
@@ -601,6 +625,7 @@ def check_settings(config: DemoConfig) -> None:
     config.validate()
     sft_config(config, Path("preset.yaml"), Path("tokenizer"), Path("sft"))
     grpo_config(config, Path("sft"), Path("grpo"))
+    eval_sampling(config)
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
