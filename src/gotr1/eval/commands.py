@@ -120,7 +120,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "summary.md, samples.jsonl and images/ under --out.",
     )
     _add_model_args(world, default_seed=0, out_required=False, prompts_per_batch=64)
-    add_plan_args(world)
     world.add_argument("--split", choices=("test", "train"), default="test", help="prompt split")
     world.add_argument(
         "--num-prompts", type=int, default=300, help="benchmark prompts (balanced over categories)"
@@ -160,6 +159,7 @@ def _add_model_args(
         "--cfg-weight", type=float, default=5.0, help="classifier-free guidance (default 5)"
     )
     add_plan_cfg_arg(parser)
+    add_plan_args(parser)
     parser.add_argument("--temperature", type=float, default=1.0, help="chain temperature")
     parser.add_argument(
         "--image-temperature", type=float, default=1.0, help="image-token temperature"
@@ -194,7 +194,20 @@ def _add_model_args(
     )
 
 
+PLAN_JUDGES = ("qwen", "openai", "world")
+"""Judges that can score plans (`--plan-judge`): local Qwen2.5-VL, an OpenAI-compatible server,
+the world's exact judge."""
+
+
 def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan-judge",
+        choices=PLAN_JUDGES,
+        default=None,
+        help="the judge whose chain stage scores --plan-candidates: qwen (local, --judge-model), "
+        "openai (the server at --judge-url) or world; default: the first of --scorer that is "
+        "one of these, else qwen",
+    )
     parser.add_argument(
         "--scorer",
         nargs="+",
@@ -313,6 +326,9 @@ def _check_common(args: argparse.Namespace) -> None:
         raise UserError(f"--out {args.out}: exists and is not a folder")
     if not getattr(args, "skip_generation", False) and not args.model:
         raise UserError("--model is required (unless --skip-generation)")
+    plans = plan_options(args)  # a bad plan flag is refused before anything loads
+    if getattr(args, "plan_judge", None) and plans.candidates < 2:
+        raise UserError("--plan-judge needs --plan-candidates K > 1 (it scores the candidates)")
     scorers = getattr(args, "scorer", None)
     if scorers is not None:
         unknown = [s for s in scorers if s not in SCORERS]
@@ -371,8 +387,16 @@ def _slug(name: str) -> str:
 
 def _manifest(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
     """The settings that decide a benchmark folder's images (generation.json, checked on resume).
-    plan_cfg_weight is named only when set, so folders generated before it existed still match."""
+    plan_cfg_weight, the plan options (``plans``) and the plan judge are named only when set, so
+    folders generated before they existed still match."""
     plan = {} if args.plan_cfg_weight is None else {"plan_cfg_weight": args.plan_cfg_weight}
+    plans = plan_options(args)
+    planning: dict[str, Any] = {}
+    if plans.active:
+        planning["plans"] = plans.to_dict()
+    judge = plan_judge_name(args)
+    if judge is not None:
+        planning["plan_judge"] = judge if judge == "world" else f"{judge}:{args.judge_model}"
     return {
         "benchmark": benchmark,
         "model": str(Path(args.model).expanduser().resolve())
@@ -388,6 +412,7 @@ def _manifest(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
             **plan,
             "max_chain_tokens": args.max_chain_tokens,
         },
+        **planning,
     }
 
 
@@ -399,7 +424,8 @@ def _check_manifest(out: Path, manifest: dict[str, Any], force: bool, write: boo
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise _user_error()(f"{path}: unreadable ({error}); remove it or use --force") from None
-        differs = [k for k in manifest if previous.get(k) != manifest[k]]
+        keys = list(manifest) + [k for k in previous if k not in manifest]
+        differs = [k for k in keys if previous.get(k) != manifest.get(k)]
         if differs and not force:
             raise _user_error()(
                 f"{out} holds images generated with other settings ({', '.join(differs)} differ, "
@@ -451,6 +477,66 @@ def scorer_provides(name: str) -> frozenset[str]:
     return CLASSIC_CAPABILITIES
 
 
+def _openai_config(args: argparse.Namespace) -> Any:
+    """The OpenAI-compatible server the judge flags name (--judge-url, --judge-model)."""
+    from gotr1.rewards import OpenAIJudgeConfig
+
+    try:
+        return OpenAIJudgeConfig(
+            base_url=args.judge_url, model=args.judge_model, max_concurrency=args.judge_concurrency
+        )
+    except ValueError as error:
+        raise _user_error()(f"--judge-url/--judge-concurrency: {error}") from None
+
+
+def _qwen_local_judge(args: argparse.Namespace) -> Any:
+    """The local Qwen2.5-VL judge the judge flags describe (a one-line error if it cannot load)."""
+    from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
+
+    try:
+        config = QwenLocalConfig(
+            model=args.judge_model,
+            device=args.judge_device,
+            dtype=args.judge_dtype,
+            batch_size=args.judge_batch_size,
+            local_files_only=args.judge_local_files_only,
+        )
+        return QwenLocalJudge(config)
+    except (OSError, ValueError) as error:
+        raise _user_error()(
+            f"--judge-model {args.judge_model}: cannot load a Qwen2.5-VL judge ({error}); "
+            "generated images are kept: rerun with --skip-generation once the judge loads"
+        ) from None
+
+
+def plan_judge_name(args: argparse.Namespace) -> str | None:
+    """Which judge scores the plan candidates (one of `PLAN_JUDGES`): --plan-judge, else the
+    first --scorer that is a judge, else qwen; None when there is one candidate (nothing to
+    score) or the command has no judge flags (world: the world judge, always)."""
+    if not hasattr(args, "scorer") or args.plan_candidates < 2:
+        return None
+    if args.plan_judge:
+        return args.plan_judge
+    return next((s for s in args.scorer if s in PLAN_JUDGES), "qwen")
+
+
+def build_plan_judge(args: argparse.Namespace) -> Any:
+    """The judge that scores plan candidates (`plan_judge_name`), configured by the judge flags
+    as the scorers' judge is; None when no plan is scored."""
+    name = plan_judge_name(args)
+    if name is None:
+        return None
+    if name == "world":
+        from gotr1.rewards import WorldJudge
+
+        return WorldJudge()
+    if name == "openai":
+        from gotr1.rewards import OpenAIJudge
+
+        return OpenAIJudge(_openai_config(args))
+    return _qwen_local_judge(args)
+
+
 def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
     """The evidence scorer ``name`` (official, clip, blip-vqa, owlv2, qwen, openai, world)
     configured from the scorer and judge flags."""
@@ -472,35 +558,10 @@ def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
     if name == "world":
         return WorldEvidenceScorer()
     if name == "openai":
-        from gotr1.rewards import OpenAIJudgeConfig
-
-        try:
-            config = OpenAIJudgeConfig(
-                base_url=args.judge_url,
-                model=args.judge_model,
-                max_concurrency=args.judge_concurrency,
-            )
-        except ValueError as error:
-            raise UserError(f"--judge-url/--judge-concurrency: {error}") from None
         return QwenEvidenceScorer(
-            LogprobOpenAIJudge(config), name=f"{_slug(args.judge_model)}-http"
+            LogprobOpenAIJudge(_openai_config(args)), name=f"{_slug(args.judge_model)}-http"
         )
-    from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
-
-    try:
-        config = QwenLocalConfig(
-            model=args.judge_model,
-            device=args.judge_device,
-            dtype=args.judge_dtype,
-            batch_size=args.judge_batch_size,
-            local_files_only=args.judge_local_files_only,
-        )
-        judge = QwenLocalJudge(config)
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"--judge-model {args.judge_model}: cannot load a Qwen2.5-VL judge ({error}); "
-            "generated images are kept: rerun with --skip-generation once the judge loads"
-        ) from None
+    judge = _qwen_local_judge(args)
     try:
         return QwenEvidenceScorer(judge)
     except ValueError as error:
@@ -793,16 +854,27 @@ def _generate(
     policy = load_policy(args.model, device=device, dtype=args.dtype)
     manifest = _manifest(args, benchmark)
     _check_manifest(args.out, manifest, args.force, write=rank == 0)
-    report = generate_items(
-        policy,
-        items,
-        sampling,
-        prompts_per_batch=args.prompts_per_batch,
-        process_index=rank,
-        num_processes=world,
-        progress=_progress(),
-        extra_record={"model": manifest["model"]},
-    )
+    extra = {"model": manifest["model"]}
+    if "plan_judge" in manifest:
+        extra["plan_judge"] = manifest["plan_judge"]
+    judge = build_plan_judge(args)
+    try:
+        report = generate_items(
+            policy,
+            items,
+            sampling,
+            prompts_per_batch=args.prompts_per_batch,
+            process_index=rank,
+            num_processes=world,
+            progress=_progress(),
+            extra_record=extra,
+            plans=plan_options(args),
+            plan_judge=judge,
+        )
+    finally:
+        close = getattr(judge, "close", None)
+        if close is not None:
+            close()
     report_path = args.out / f"generation.process{rank}.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")

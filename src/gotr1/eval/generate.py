@@ -100,13 +100,26 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
         help="before drawing, clamp boxes, make the prompt's stated relation hold and separate "
         "overlapping objects in the plan",
     )
+    parser.add_argument(
+        "--plan-judge-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="add Gaussian noise of standard deviation SIGMA to each candidate's plan score "
+        "before choosing (a judge that disagrees with people; seeded by --seed); records keep "
+        "the judge's own scores (default 0)",
+    )
 
 
 def plan_options(args: argparse.Namespace) -> PlanOptions:
     """The `PlanOptions` of the plan flags (a one-line error for a bad value)."""
     from gotr1.eval.plans import PlanOptions
 
-    return PlanOptions(candidates=args.plan_candidates, repair=args.repair_plans)
+    return PlanOptions(
+        candidates=args.plan_candidates,
+        repair=args.repair_plans,
+        judge_noise=args.plan_judge_noise,
+    )
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -117,8 +130,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from gotr1.chain import render_layout
     from gotr1.errors import UserError
+    from gotr1.eval.plans import judge_noise_generator, sample_batch
     from gotr1.policy.policy import Policy
     from gotr1.policy.rollout import SamplingConfig
+    from gotr1.rewards import WorldJudge
 
     if not args.prompt.strip():
         raise UserError("the prompt is empty")
@@ -155,16 +170,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
     plans = plan_options(args)
-    records = None
-    if plans.active:
-        from gotr1.eval.plans import plan_aware_rollout
-        from gotr1.rewards import WorldJudge
-
-        rollouts, records = plan_aware_rollout(
-            policy, [args.prompt], args.num, sampling, generator, plans, WorldJudge()
-        )
-    else:
-        rollouts = policy.rollout([args.prompt], args.num, sampling, generator)
+    rollouts, records = sample_batch(
+        policy, [args.prompt], args.num, sampling, generator, plans, WorldJudge(),
+        judge_noise_generator(args.seed),
+    )  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
     samples = []

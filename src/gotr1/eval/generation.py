@@ -23,6 +23,12 @@ How the work is cut:
   the same samples on the same device and software. (A resumed or differently sharded run forms
   other batches, hence other samples; the records always say which.)
 
+With plan options (:class:`gotr1.eval.plans.PlanOptions`, active) each batch goes through
+:func:`gotr1.eval.plans.plan_aware_rollout` instead, with the plan judge handed in; every record
+then also holds the options (``plans``) and the row's plan (``plan``: the chain as sampled, the
+candidates' scores, the repairs), the drawn chain being the one written beside the image. The
+judge's noise, if any, comes from a stream seeded with the batch's seed.
+
 Images are written atomically (:func:`gotr1.eval.layouts.save_image_atomic`) after their chain
 and record, so an existing image always has its chain and record.
 """
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from gotr1.eval.plans import PlanOptions
     from gotr1.policy.policy import Policy
     from gotr1.policy.rollout import Rollouts, SamplingConfig
 
@@ -214,19 +221,28 @@ def rebuild_batch(record: dict[str, Any]) -> BatchSpec:
 
 
 def resample_batch(
-    policy: Policy, record: dict[str, Any], device: str | torch.device | None = None
+    policy: Policy,
+    record: dict[str, Any],
+    device: str | torch.device | None = None,
+    plan_judge: Any = None,
 ) -> Rollouts:
     """Re-run the rollout that sampled ``record``'s batch (see :func:`rebuild_batch`); the
-    record's image is row ``record["row"]`` of the returned rollouts."""
+    record's image is row ``record["row"]`` of the returned rollouts. A record with plan options
+    (``plans``) is re-run through the plan path, its candidates scored by ``plan_judge``."""
     import torch
 
+    from gotr1.eval.plans import PlanOptions, judge_noise_generator, sample_batch
     from gotr1.policy.rollout import SamplingConfig
 
     spec = rebuild_batch(record)
+    plans = PlanOptions(**record["plans"]) if "plans" in record else None
     generator = torch.Generator(device=device or policy.device).manual_seed(spec.seed)
-    return policy.rollout(
-        spec.prompts, spec.num_generations, SamplingConfig(**spec.sampling), generator
-    )
+    sampling = SamplingConfig(**spec.sampling)
+    rollouts, _ = sample_batch(
+        policy, spec.prompts, spec.num_generations, sampling, generator, plans, plan_judge,
+        judge_noise_generator(spec.seed),
+    )  # fmt: skip
+    return rollouts
 
 
 def _group_key(item: Item) -> tuple[str, int]:
@@ -327,12 +343,17 @@ def generate_items(
     progress: bool = False,
     writer: Callable[[Item, Image.Image, str, dict[str, Any]], None] = write_item,
     extra_record: dict[str, Any] | None = None,
+    plans: PlanOptions | None = None,
+    plan_judge: Any = None,
 ) -> GenerationReport:
     """Generate this process's share of ``items`` (see the module docstring); returns a report.
 
-    ``extra_record`` is merged into every image's record (e.g. the model path).
+    ``extra_record`` is merged into every image's record (e.g. the model path). ``plans``: draw
+    each image from a chosen and/or repaired plan, candidates scored by ``plan_judge``.
     """
     import torch
+
+    from gotr1.eval.plans import judge_noise_generator, sample_batch
 
     start = time.perf_counter()
     groups = shard_groups(prompt_groups(items), process_index, num_processes)
@@ -356,7 +377,9 @@ def generate_items(
         rows = [item for group in batch for item in group]
         seed = int(rows[0].seed)
         generator = torch.Generator(device=device).manual_seed(seed)
-        rollouts = policy.rollout(prompts, n, sampling, generator)
+        rollouts, plan_records = sample_batch(
+            policy, prompts, n, sampling, generator, plans, plan_judge, judge_noise_generator(seed)
+        )
         if len(rollouts) != len(rows):
             raise RuntimeError(f"rollout returned {len(rollouts)} samples for {len(rows)} images")
         indices = [batch_item_record(item) for item in rows]
@@ -373,6 +396,9 @@ def generate_items(
                 "sampling": settings,
                 **(extra_record or {}),
             }
+            if plan_records is not None:
+                record["plans"] = plans.to_dict()
+                record["plan"] = plan_records[row].to_dict()
             writer(item, rollouts.images[row], rollouts.chain_texts[row], record)
             report.truncated_chains += int(truncated)
         for group in batch:

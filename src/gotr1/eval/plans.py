@@ -4,7 +4,10 @@ GoT-R1 draws from whatever chain it sampled. Here, for each image:
 
 1. **Plan candidates.** `PlanOptions.candidates` chains are sampled (stage 1 only) and scored with
    the chain stage of the dual reward (R_sem + R_spa, through the same judge objects GRPO uses);
-   the best is kept (ties: the earliest sampled).
+   the best is kept (ties: the earliest sampled). With `PlanOptions.judge_noise` > 0 each
+   candidate's score is perturbed by Gaussian noise of that standard deviation before choosing
+   (a judge that disagrees with people, for measuring how much of the selection survives one);
+   the records keep the judge's own scores beside the noised ones.
 2. **Plan repair** (`PlanOptions.repair`): boxes are clamped to the grid and given a minimum size,
    the relations the prompt states (world prompts by the world grammar, other prompts as
    `gotr1 eval` parses T2I-CompBench's 2D-spatial ones) are made to hold by GenEval's position rule,
@@ -21,10 +24,12 @@ record (`PlanRecord`) keeps the plan as sampled beside the one drawn.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from gotr1.boxes import relative_position
@@ -61,10 +66,19 @@ class PlanOptions:
 
     candidates: int = 1
     repair: bool = False
+    judge_noise: float = 0.0
+    """Standard deviation of the Gaussian noise added to each candidate's chain-stage score
+    before the choice (0: the judge's own scores)."""
 
     def __post_init__(self) -> None:
         if self.candidates < 1:
             raise UserError(f"plan candidates must be >= 1, got {self.candidates}")
+        if not math.isfinite(self.judge_noise) or self.judge_noise < 0:
+            raise UserError(f"plan judge noise must be a finite sigma >= 0, got {self.judge_noise}")
+        if self.judge_noise > 0 and self.candidates < 2:
+            raise UserError(
+                "plan judge noise needs plan candidates > 1 (there is nothing to choose)"
+            )
 
     @property
     def active(self) -> bool:
@@ -72,24 +86,46 @@ class PlanOptions:
         return self.candidates > 1 or self.repair
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as recorded beside generated images."""
-        return asdict(self)
+        """The options as recorded beside generated images (judge_noise only when set, so the
+        records of runs without it are unchanged)."""
+        record = asdict(self)
+        if not self.judge_noise:
+            del record["judge_noise"]
+        return record
+
+
+NOISE_STREAM = 0x706C616E
+"""Mixed into the evaluation seed for the judge-noise stream, so it never repeats sampling's."""
+
+
+def judge_noise_generator(seed: int | None) -> np.random.Generator:
+    """The random stream of the plan judge's noise for an evaluation seed (unseeded for None):
+    a stream of its own, so adding noise leaves the sampled plans and images unchanged, and the
+    same seed gives the same noise on any device."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([int(seed) % 2**64, NOISE_STREAM])
 
 
 @dataclass
 class PlanRecord:
-    """What happened to one row's plan: the chain as sampled, its chain-stage score, and the
-    repairs made (empty when none was needed or asked)."""
+    """What happened to one row's plan: the chain as sampled, its chain-stage score (the judge's
+    own), the repairs made (empty when none was needed or asked) and, with judge noise, the
+    noised scores the choice was made by."""
 
     sampled_chain: str
     plan_score: float | None = None
     candidate_scores: list[float] = field(default_factory=list)
     candidate_index: int = 0
     repairs: list[str] = field(default_factory=list)
+    noised_scores: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as written beside a generated image."""
-        return asdict(self)
+        """The record as written beside a generated image (noised_scores only with noise)."""
+        record = asdict(self)
+        if not self.noised_scores:
+            del record["noised_scores"]
+        return record
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,29 +422,39 @@ def plan_aware_rollout(
     generator: torch.Generator | None,
     options: PlanOptions,
     judge: Any = None,
+    noise: np.random.Generator | None = None,
 ) -> tuple[Rollouts, list[PlanRecord]]:
     """`num_generations` images per prompt, each drawn from the best of `options.candidates`
-    sampled plans (by `judge`'s chain stage; needed when there is more than one candidate),
-    repaired when `options.repair`; rows grouped by prompt as `Policy.rollout`'s, and one
-    `PlanRecord` a row."""
+    sampled plans (by `judge`'s chain stage; needed when there is more than one candidate; with
+    `options.judge_noise`, by its scores plus Gaussian noise drawn from `noise`, see
+    `judge_noise_generator`), repaired when `options.repair`; rows grouped by prompt as
+    `Policy.rollout`'s, and one `PlanRecord` a row."""
     if options.candidates > 1 and judge is None:
         raise UserError("plan candidates need a judge to score the plans")
     k = options.candidates
     texts, truncated = sample_plans(policy, prompts, num_generations * k, sampling, generator)
     rows = [p for p in prompts for _ in range(num_generations)]
     scores: list[float] = []
+    noised: list[float] = []
     if k > 1:  # every candidate of the batch in one call to the judge
         candidates = [p for p in rows for _ in range(k)]
         scores = plan_scores(judge, candidates, [parse_chain(t) for t in texts])
+        noised = scores
+        if options.judge_noise > 0:
+            stream = noise if noise is not None else judge_noise_generator(None)
+            draws = stream.normal(0.0, options.judge_noise, len(scores))
+            noised = [s + float(d) for s, d in zip(scores, draws, strict=True)]
     chosen: list[str] = []
     records: list[PlanRecord] = []
     for row, prompt in enumerate(rows):
         record = PlanRecord(sampled_chain=texts[row * k])
         if k > 1:
-            own = scores[row * k : (row + 1) * k]
-            best = max(range(k), key=lambda i: (own[i], -i))
+            own, by = scores[row * k : (row + 1) * k], noised[row * k : (row + 1) * k]
+            best = max(range(k), key=lambda i: (by[i], -i))
             record.sampled_chain, record.plan_score = texts[row * k + best], own[best]
             record.candidate_scores, record.candidate_index = own, best
+            if options.judge_noise > 0:
+                record.noised_scores = by
         text = record.sampled_chain
         if options.repair:
             text, record.repairs = repair_chain(parse_chain(text), prompt)
@@ -418,3 +464,22 @@ def plan_aware_rollout(
     rollouts = draw_from_chains(policy, rows, chosen, sampling, generator, picked)
     rollouts.group_ids = rollouts.group_ids.div(num_generations, rounding_mode="floor")
     return rollouts, records
+
+
+def sample_batch(
+    policy: Policy,
+    prompts: Sequence[str],
+    num_generations: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    plans: PlanOptions | None = None,
+    judge: Any = None,
+    noise: np.random.Generator | None = None,
+) -> tuple[Rollouts, list[PlanRecord] | None]:
+    """A batch of samples as every generation command draws them: `Policy.rollout` when `plans`
+    is None or inactive (and no plan records), else `plan_aware_rollout` with its records."""
+    if plans is None or not plans.active:
+        return policy.rollout(prompts, num_generations, sampling, generator), None
+    return plan_aware_rollout(
+        policy, prompts, num_generations, sampling, generator, plans, judge, noise
+    )

@@ -90,8 +90,9 @@ def evaluate_world(
     """Generate ``num_generations`` images per world prompt and score them exactly.
 
     ``plans`` (`gotr1.eval.plans.PlanOptions`): draw each image from the best of several plans
-    by the world judge's chain stage and/or a repaired plan; each sample then records its plan
-    (``plan``: as sampled, its score, the repairs) and the settings the options.
+    by the world judge's chain stage (perturbed by the options' judge noise, drawn from a stream
+    seeded with ``seed``) and/or a repaired plan; each sample then records its plan (``plan``: as
+    sampled, its score, the repairs) and the settings the options.
 
     ``prompts``: world prompt texts or (text, spec) pairs; None = the 300 test-split benchmark
     prompts (:func:`gotr1.world.benchmark_prompts`). ``sampling`` defaults to the paper's
@@ -109,7 +110,7 @@ def evaluate_world(
     """
     import torch
 
-    from gotr1.eval.plans import PlanOptions, plan_aware_rollout
+    from gotr1.eval.plans import PlanOptions, judge_noise_generator, sample_batch
     from gotr1.policy.rollout import SamplingConfig
     from gotr1.rewards import DualStageReward, WorldJudge
     from gotr1.world import score_image, summarize
@@ -122,6 +123,7 @@ def evaluate_world(
     pairs = resolve_world_prompts(prompts)
     sampling = sampling or SamplingConfig()
     generator = torch.Generator(device=policy.device).manual_seed(seed)
+    noise = judge_noise_generator(seed)  # the plan judge's noise, drawn batch by batch
     reward = None
     if with_rewards:
         reward = DualStageReward(WorldJudge())
@@ -134,13 +136,9 @@ def evaluate_world(
     for first in range(0, len(pairs), prompts_per_batch):
         chunk = pairs[first : first + prompts_per_batch]
         texts = [text for text, _ in chunk]
-        records = None
-        if plans is not None and plans.active:
-            rollouts, records = plan_aware_rollout(
-                policy, texts, num_generations, sampling, generator, plans, WorldJudge()
-            )
-        else:
-            rollouts = policy.rollout(texts, num_generations, sampling, generator)
+        rollouts, records = sample_batch(
+            policy, texts, num_generations, sampling, generator, plans, WorldJudge(), noise
+        )
         rewards = (
             reward.score(rollouts.prompts, rollouts.chains, rollouts.images) if reward else None
         )
