@@ -168,3 +168,41 @@ def test_plan_cfg_weight_flag_reaches_sampling_and_the_generation_records(capsys
     code = main(["eval", "world", "--model", "M", "--plan-cfg-weight", "-1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "plan_cfg_weight must be >= 0" in err, err
+
+
+def test_plan_flags_on_every_eval_command_and_the_manifest_names_them_only_when_set(capsys):
+    from gotr1.eval.commands import _check_common, _manifest, plan_judge_name
+    from gotr1.eval.generate import plan_options
+    from gotr1.eval.plans import PlanOptions
+
+    for benchmark in ("compbench", "geneval", "world"):
+        args = parse(["eval", benchmark, "--model", "M", "--out", "O"])
+        assert plan_options(args) == PlanOptions()
+        manifest = _manifest(args, benchmark)  # a folder generated without plans still resumes
+        assert "plans" not in manifest and "plan_judge" not in manifest
+        flags = ["--plan-candidates", "3", "--repair-plans", "--plan-judge-noise", "0.2"]
+        args = parse(["eval", benchmark, "--model", "M", "--out", "O", *flags])
+        assert plan_options(args) == PlanOptions(candidates=3, repair=True, judge_noise=0.2)
+        manifest = _manifest(args, benchmark)
+        assert manifest["plans"] == {"candidates": 3, "repair": True, "judge_noise": 0.2}
+        assert manifest.get("plan_judge") == (
+            None if benchmark == "world" else "qwen:Qwen/Qwen2.5-VL-7B-Instruct"
+        )
+        for noise in ("-0.1", "nan"):
+            code = main(["eval", benchmark, "--model", "M", "--out", "O", "--plan-candidates",
+                         "2", "--plan-judge-noise", noise])  # fmt: skip
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and err.count("\n") == 0, err
+            assert "plan judge noise must be a finite sigma >= 0" in err, err
+    # The plan judge: --plan-judge, else the first scorer that is a judge, else local Qwen.
+    base = ["eval", "compbench", "--model", "M", "--out", "O", "--plan-candidates", "2"]
+    assert plan_judge_name(parse([*base, "--scorer", "owlv2", "openai", "world"])) == "openai"
+    assert plan_judge_name(parse([*base, "--scorer", "official"])) == "qwen"
+    assert plan_judge_name(parse([*base, "--scorer", "qwen", "--plan-judge", "world"])) == "world"
+    args = parse([*base, "--scorer", "openai", "--judge-model", "m7"])
+    assert _manifest(args, "compbench")["plan_judge"] == "openai:m7"
+    args = parse(["eval", "geneval", "--model", "M", "--out", "O", "--plan-judge", "world"])
+    with pytest.raises(UserError, match="--plan-judge needs --plan-candidates"):
+        _check_common(args)
+    with pytest.raises(UserError, match="needs plan candidates > 1"):
+        _check_common(parse(["eval", "world", "--model", "M", "--plan-judge-noise", "0.1"]))

@@ -240,6 +240,106 @@ def test_geneval_generates_official_layout_and_scores(tmp_path, model_dir, world
     assert summary["overall"] == pytest.approx(geneval.summarize(rows)["overall"])
 
 
+# --------------------------------------------------------------------------- plan-aware generation
+
+
+def _plan_records(out: Path, chains: str = "*/chains/*.json") -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob(chains))]
+
+
+def _check_plan_records(records: list[dict], candidates: int) -> None:
+    """Every image names the plan settings and was drawn from the plan the world judge scores
+    best of its candidates (repaired or as sampled)."""
+    from gotr1.chain import parse_chain
+    from gotr1.eval.plans import plan_scores
+    from gotr1.rewards import WorldJudge
+
+    assert records
+    for record in records:
+        assert record["plans"] == {"candidates": candidates, "repair": True}
+        assert record["plan_judge"] == "world"
+        plan = record["plan"]
+        assert len(plan["candidate_scores"]) == candidates
+        assert plan["plan_score"] == max(plan["candidate_scores"])
+        assert plan["candidate_index"] == plan["candidate_scores"].index(plan["plan_score"])
+        again = plan_scores(WorldJudge(), [record["prompt"]], [parse_chain(plan["sampled_chain"])])
+        assert again == [plan["plan_score"]]  # the recorded score is the judge's own
+        assert record["chain"] == plan["sampled_chain"] or plan["repairs"]
+
+
+def test_compbench_draws_from_the_best_repaired_plan_and_records_it(
+    tmp_path, model_dir, world_prompts
+):
+    prompts_dir = tmp_path / "prompts"
+    write_world_compbench_prompts(prompts_dir, world_prompts)
+    out = tmp_path / "cb"
+    argv = ["eval", "compbench", "--model", str(model_dir), "--out", str(out)]
+    argv += ["--prompts-dir", str(prompts_dir), "--categories", "spatial", "color"]
+    argv += ["--images-per-prompt", "2", "--limit", "2", "--scorer", "world", *FAST]
+    plan = ["--plan-candidates", "2", "--repair-plans"]
+    assert run_cli(*argv, *plan) == 0
+    records = _plan_records(out)
+    assert len(records) == 8
+    _check_plan_records(records, 2)
+    manifest = json.loads((out / "generation.json").read_text())
+    assert manifest["plans"] == {"candidates": 2, "repair": True}
+    assert manifest["plan_judge"] == "world"
+    # Resumes with the same settings; refuses to mix images drawn without plan selection.
+    assert run_cli(*argv, *plan) == 0
+    assert json.loads((out / "generation.process0.json").read_text())["generated"] == 0
+    with pytest.raises(UserError, match="plans, plan_judge differ"):
+        run_cli(*argv)
+    # A record alone re-runs its batch through the plan path.
+    record = records[5]
+    policy = load_policy(model_dir, device="cpu")
+    from gotr1.rewards import WorldJudge
+
+    rollouts = resample_batch(policy, record, plan_judge=WorldJudge())
+    assert rollouts.chain_texts[record["row"]] == record["chain"]
+    image = out / record["category"] / "samples" / record["image"]
+    np.testing.assert_array_equal(
+        np.asarray(rollouts.images[record["row"]].convert("RGB")), np.asarray(_open(image))
+    )
+
+    # A noisy plan judge: the same seed repeats exactly, and the choice moves for some image.
+    noisy = [*plan, "--plan-judge-noise", "5"]
+    for folder in ("noisy", "noisy-again"):
+        argv[argv.index("--out") + 1] = str(tmp_path / folder)
+        assert run_cli(*argv, *noisy) == 0
+    first, second = _plan_records(tmp_path / "noisy"), _plan_records(tmp_path / "noisy-again")
+    assert first == second
+    for noised, plain in zip(first, records, strict=True):
+        assert noised["plans"]["judge_noise"] == 5.0
+        assert noised["plan"]["candidate_scores"] == plain["plan"]["candidate_scores"]
+        scores = noised["plan"]["noised_scores"]
+        assert noised["plan"]["candidate_index"] == scores.index(max(scores))
+    chosen = [r["plan"]["candidate_index"] for r in first]
+    assert chosen != [r["plan"]["candidate_index"] for r in records]
+    assert json.loads((tmp_path / "noisy" / "generation.json").read_text())["plans"] == {
+        "candidates": 2,
+        "repair": True,
+        "judge_noise": 5.0,
+    }
+
+
+def test_geneval_draws_from_the_best_repaired_plan_and_records_it(
+    tmp_path, model_dir, world_prompts
+):
+    metadata_path = write_world_geneval_metadata(tmp_path / "meta.jsonl", world_prompts)
+    out = tmp_path / "ge"
+    argv = ["eval", "geneval", "--model", str(model_dir), "--out", str(out)]
+    argv += ["--metadata", str(metadata_path), "--limit", "3", "--scorer", "owlv2"]
+    argv += ["--images-per-prompt", "2", "--skip-scoring", "--plan-judge", "world", *FAST]
+    assert run_cli(*argv, "--plan-candidates", "3", "--repair-plans") == 0
+    records = _plan_records(out)
+    assert len(records) == 6 and {r["image"] for r in records} == {
+        "samples/0000.png",
+        "samples/0001.png",
+    }
+    _check_plan_records(records, 3)
+    assert json.loads((out / "generation.json").read_text())["plan_judge"] == "world"
+
+
 # --------------------------------------------------------------------------- right answers
 
 

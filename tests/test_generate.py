@@ -143,9 +143,27 @@ def test_eval_commands_register_generate_with_its_plan_flags():
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["generate", "p", "--model", "M", "--out", "O"])
     assert args.func.__name__ == "run_generate"
-    assert (args.plan_candidates, args.repair_plans) == (1, False)
+    assert (args.plan_candidates, args.repair_plans, args.plan_judge_noise) == (1, False, 0.0)
     args = parser.parse_args(["generate", "p", "--model", "M", "--out", "O", "--repair-plans"])
     assert args.repair_plans
+
+
+def test_a_noisy_plan_judge_is_recorded_and_repeats_with_the_seed(tmp_path, model_dir):
+    argv = ["generate", "a red circle left of a blue square", "--model", str(model_dir)]
+    argv += ["--num", "2", "--seed", "5", "--max-chain-tokens", "8", "--cfg-weight", "3"]
+    argv += ["--plan-candidates", "3", "--plan-judge-noise", "0.5"]
+    summaries = []
+    for name in ("a", "b"):
+        args = parse([*argv, "--out", str(tmp_path / name)])
+        assert args.func(args) == 0
+        summaries.append(json.loads((tmp_path / name / "samples.json").read_text()))
+    assert summaries[0]["samples"] == summaries[1]["samples"]
+    assert summaries[0]["plans"] == {"candidates": 3, "repair": False, "judge_noise": 0.5}
+    for record in summaries[0]["samples"]:
+        plan = record["plan"]
+        assert len(plan["noised_scores"]) == 3
+        assert plan["candidate_index"] == plan["noised_scores"].index(max(plan["noised_scores"]))
+        assert plan["plan_score"] == plan["candidate_scores"][plan["candidate_index"]]
 
 
 def test_two_condition_guidance_flag_is_recorded_and_checked(tmp_path, model_dir, capsys):

@@ -142,3 +142,53 @@ def test_an_image_is_drawn_from_the_given_plan(policy):
     assert drawn.chain_ids[0][real].tolist() == ids + [policy.special.begin_of_image]
     assert (drawn.image_logprobs < 0).all() and len(drawn.images) == 2
     assert not torch.equal(drawn.image_ids[0], drawn.image_ids[1])  # two samples, not one copy
+
+
+def _choices(records):
+    return [record.candidate_index for record in records]
+
+
+def test_judge_noise_zero_chooses_as_before_and_large_noise_reproducibly_changes_choices(policy):
+    """The noised choice uses the judge's scores plus seeded Gaussian noise; records keep the
+    judge's own scores, and the noise stream leaves the sampled plans unchanged."""
+    from gotr1.eval.plans import judge_noise_generator
+
+    sampling = SamplingConfig(max_chain_tokens=16, cfg_weight=3.0)
+    prompts = ["a red circle", "a blue square to the left of a green triangle"]
+
+    def run(options, noise_seed=0):
+        return plan_aware_rollout(
+            policy, prompts, 2, sampling, torch.Generator().manual_seed(0), options,
+            LengthJudge(), judge_noise_generator(noise_seed),
+        )  # fmt: skip
+
+    plain, plain_records = run(PlanOptions(candidates=4))
+    zero, zero_records = run(PlanOptions(candidates=4, judge_noise=0.0))
+    assert [r.to_dict() for r in zero_records] == [r.to_dict() for r in plain_records]
+    assert torch.equal(zero.image_ids, plain.image_ids)
+    assert "noised_scores" not in plain_records[0].to_dict()
+
+    noisy, noisy_records = run(PlanOptions(candidates=4, judge_noise=10.0))
+    assert _choices(noisy_records) != _choices(plain_records)  # the choice changed for a row
+    for record, before in zip(noisy_records, plain_records, strict=True):
+        assert record.candidate_scores == before.candidate_scores  # the judge's own, un-noised
+        assert len(record.noised_scores) == 4
+        assert record.candidate_index == record.noised_scores.index(max(record.noised_scores))
+        assert record.plan_score == record.candidate_scores[record.candidate_index]
+    again, again_records = run(PlanOptions(candidates=4, judge_noise=10.0))
+    assert [r.to_dict() for r in again_records] == [r.to_dict() for r in noisy_records]
+    assert torch.equal(again.image_ids, noisy.image_ids)  # the same seed repeats exactly
+    _, other_records = run(PlanOptions(candidates=4, judge_noise=10.0), noise_seed=1)
+    assert [r.noised_scores for r in other_records] != [r.noised_scores for r in noisy_records]
+
+
+def test_judge_noise_is_recorded_only_when_set_and_refused_when_meaningless():
+    assert PlanOptions(candidates=2).to_dict() == {"candidates": 2, "repair": False}
+    noisy = PlanOptions(candidates=2, judge_noise=0.15).to_dict()
+    assert noisy == {"candidates": 2, "repair": False, "judge_noise": 0.15}
+    assert PlanOptions(**noisy) == PlanOptions(candidates=2, judge_noise=0.15)
+    for sigma in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="judge noise must be a finite sigma >= 0"):
+            PlanOptions(candidates=2, judge_noise=sigma)
+    with pytest.raises(UserError, match="needs plan candidates > 1"):
+        PlanOptions(judge_noise=0.1)
