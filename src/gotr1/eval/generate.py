@@ -83,16 +83,17 @@ def add_plan_cfg_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_plan_args(parser: argparse.ArgumentParser) -> None:
-    """The plan-aware generation flags (`gotr1.eval.plans`); plans are scored by the world judge
-    (world prompts; a prompt outside the world grammar scores 0 for every plan, so the first
-    sampled is drawn)."""
+    """The plan-aware generation flags (`gotr1.eval.plans`). `gotr1 generate` and `eval world`
+    score plans with the world judge (a prompt outside the world grammar scores 0 for every plan,
+    so the first sampled is drawn); `eval compbench|geneval` with their --plan-judge."""
     parser.add_argument(
         "--plan-candidates",
         type=int,
         default=1,
         metavar="K",
         help="sample K plans per image and draw the best by the chain stage of the reward "
-        "(R_sem + R_spa, world judge); 1: draw the plan sampled (default)",
+        "(R_sem + R_spa; the world judge, or --plan-judge where offered); 1: draw the plan "
+        "sampled (default)",
     )
     parser.add_argument(
         "--repair-plans",
