@@ -188,3 +188,80 @@ def test_two_condition_guidance_flag_is_recorded_and_checked(tmp_path, model_dir
     assert main([*argv, "--plan-cfg-weight", "-2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "plan_cfg_weight must be >= 0" in err, err
+
+
+def test_plans_scored_by_an_openai_judge_draw_the_servers_best_and_record_it(
+    tmp_path, model_dir, monkeypatch
+):
+    """--plan-judge openai scores each candidate through the server at --judge-url: R_sem is a
+    score the server derives from the plan's text, R_spa its lowest, so each image is drawn from
+    the candidate the server scored highest; samples.json names the judge."""
+    import re
+
+    from gotr1.chain import parse_chain
+    from gotr1.rewards.qwen_prompts import readable_plan
+    from test_rewards_http import ChatServer
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    given: list[tuple[str, int]] = []
+
+    def respond(text, image, attempt):
+        plan = re.search(r"\nPlan: (.*)\n\nJudge whether", text)
+        if plan is None:  # the layout question: R_spa's lowest score, 0
+            return ("ok", '{"score": 1}')
+        score = sum(map(ord, plan.group(1))) % 11
+        given.append((plan.group(1), score))
+        return ("ok", f'{{"score": {score}}}')
+
+    server = ChatServer()
+    server.respond = respond
+    try:
+        out = tmp_path / "out"
+        argv = ["generate", "a red circle", "--model", str(model_dir), "--out", str(out)]
+        argv += ["--num", "3", "--seed", "5", "--max-chain-tokens", "8", "--cfg-weight", "3"]
+        argv += ["--plan-candidates", "4", "--plan-judge", "openai"]
+        argv += ["--judge-url", server.base_url, "--judge-model", "stand-in"]
+        args = parse(argv)
+        assert args.func(args) == 0
+    finally:
+        server.close()
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["plan_judge"] == "openai:stand-in"
+    assert summary["plans"] == {"candidates": 4, "repair": False}
+    assert len(given) == 3 * 4  # one R_sem request a candidate
+    scored = dict(given)
+    chosen = []
+    for record in summary["samples"]:
+        plan = record["plan"]
+        scores = plan["candidate_scores"]
+        assert plan["candidate_index"] == scores.index(max(scores))
+        own = scored[readable_plan(parse_chain(plan["sampled_chain"]))]
+        assert plan["plan_score"] == pytest.approx(own / 10) == pytest.approx(max(scores))
+        chosen.append(plan["candidate_index"])
+    every = sorted(s for record in summary["samples"] for s in record["plan"]["candidate_scores"])
+    assert every == pytest.approx(sorted(score / 10 for _, score in given))
+    assert any(index > 0 for index in chosen)  # not simply the first plan sampled
+
+
+def test_plan_judge_flags_default_to_world_and_need_candidates(tmp_path, model_dir, capsys):
+    from gotr1.cli import main
+
+    args = parse(["generate", "p", "--model", "M", "--out", "O"])
+    assert (args.plan_judge, args.judge_model, args.judge_url) == (
+        None,
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        "http://127.0.0.1:8000/v1",
+    )
+    out = tmp_path / "out"
+    argv = ["generate", "a red circle", "--model", str(model_dir), "--out", str(out)]
+    argv += ["--num", "1", "--seed", "5", "--max-chain-tokens", "8", "--plan-candidates", "2"]
+    args = parse(argv)
+    assert args.func(args) == 0
+    assert json.loads((out / "samples.json").read_text())["plan_judge"] == "world"
+    args = parse([*argv[:6], "--num", "1"])
+    assert args.func(args) == 0
+    assert "plan_judge" not in json.loads((out / "samples.json").read_text())
+    capsys.readouterr()
+    assert main([*argv[:6], "--plan-judge", "openai"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--plan-judge needs --plan-candidates K > 1" in err, err

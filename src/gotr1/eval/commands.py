@@ -39,6 +39,16 @@ from typing import TYPE_CHECKING, Any
 
 from gotr1.eval.generate import add_generate_parser, add_plan_args, add_plan_cfg_arg, plan_options
 from gotr1.eval.hf_scorers import HF_SCORERS, OFFICIAL_MODELS
+from gotr1.eval.judge_flags import (
+    PLAN_JUDGES,
+    add_judge_args,
+    build_plan_judge,
+    check_plan_judge,
+    close_judge,
+    openai_config,
+    plan_judge_label,
+    qwen_local_judge,
+)
 
 if TYPE_CHECKING:
     from gotr1.eval.evidence import EvidenceScorer
@@ -194,20 +204,12 @@ def _add_model_args(
     )
 
 
-PLAN_JUDGES = ("qwen", "openai", "world")
-"""Judges that can score plans (`--plan-judge`): local Qwen2.5-VL, an OpenAI-compatible server,
-the world's exact judge."""
+KEPT_IMAGES_HINT = "generated images are kept: rerun with --skip-generation once the judge loads"
+"""The end of a local judge's load error in `gotr1 eval`."""
 
 
 def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--plan-judge",
-        choices=PLAN_JUDGES,
-        default=None,
-        help="the judge whose chain stage scores --plan-candidates: qwen (local, --judge-model), "
-        "openai (the server at --judge-url) or world; default: the first of --scorer that is "
-        "one of these, else qwen",
-    )
+    add_judge_args(parser, "the first of --scorer that is one of these, else qwen")
     parser.add_argument(
         "--scorer",
         nargs="+",
@@ -259,37 +261,6 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
         help="IoU above which two same-name OWLv2 boxes are one object (default 0.5)",
     )
     parser.add_argument(
-        "--judge-model",
-        default="Qwen/Qwen2.5-VL-7B-Instruct",
-        help="Qwen2.5-VL folder or hub id (qwen), or the model name sent to the server (openai)",
-    )
-    parser.add_argument(
-        "--judge-url", default="http://127.0.0.1:8000/v1", help="server root (openai scorer)"
-    )
-    parser.add_argument(
-        "--judge-device", default=None, help="device of the local judge and scorer models"
-    )
-    parser.add_argument(
-        "--judge-dtype",
-        default="auto",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="dtype of the local judge (auto: its own) and scorer models (auto: float32)",
-    )
-    parser.add_argument(
-        "--judge-batch-size",
-        type=int,
-        default=16,
-        help="requests per local judge or scorer-model batch",
-    )
-    parser.add_argument(
-        "--judge-concurrency", type=int, default=8, help="requests in flight (openai scorer)"
-    )
-    parser.add_argument(
-        "--judge-local-files-only",
-        action="store_true",
-        help="never download the local judge or scorer models",
-    )
-    parser.add_argument(
         "--score-chunk", type=int, default=64, help="images scored per batched round"
     )
     parser.add_argument(
@@ -327,8 +298,8 @@ def _check_common(args: argparse.Namespace) -> None:
     if not getattr(args, "skip_generation", False) and not args.model:
         raise UserError("--model is required (unless --skip-generation)")
     plans = plan_options(args)  # a bad plan flag is refused before anything loads
-    if getattr(args, "plan_judge", None) and plans.candidates < 2:
-        raise UserError("--plan-judge needs --plan-candidates K > 1 (it scores the candidates)")
+    if hasattr(args, "plan_judge"):
+        check_plan_judge(args, plans.candidates)
     scorers = getattr(args, "scorer", None)
     if scorers is not None:
         unknown = [s for s in scorers if s not in SCORERS]
@@ -396,7 +367,7 @@ def _manifest(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
         planning["plans"] = plans.to_dict()
     judge = plan_judge_name(args)
     if judge is not None:
-        planning["plan_judge"] = judge if judge == "world" else f"{judge}:{args.judge_model}"
+        planning["plan_judge"] = plan_judge_label(judge, args)
     return {
         "benchmark": benchmark,
         "model": str(Path(args.model).expanduser().resolve())
@@ -477,38 +448,6 @@ def scorer_provides(name: str) -> frozenset[str]:
     return CLASSIC_CAPABILITIES
 
 
-def _openai_config(args: argparse.Namespace) -> Any:
-    """The OpenAI-compatible server the judge flags name (--judge-url, --judge-model)."""
-    from gotr1.rewards import OpenAIJudgeConfig
-
-    try:
-        return OpenAIJudgeConfig(
-            base_url=args.judge_url, model=args.judge_model, max_concurrency=args.judge_concurrency
-        )
-    except ValueError as error:
-        raise _user_error()(f"--judge-url/--judge-concurrency: {error}") from None
-
-
-def _qwen_local_judge(args: argparse.Namespace) -> Any:
-    """The local Qwen2.5-VL judge the judge flags describe (a one-line error if it cannot load)."""
-    from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
-
-    try:
-        config = QwenLocalConfig(
-            model=args.judge_model,
-            device=args.judge_device,
-            dtype=args.judge_dtype,
-            batch_size=args.judge_batch_size,
-            local_files_only=args.judge_local_files_only,
-        )
-        return QwenLocalJudge(config)
-    except (OSError, ValueError) as error:
-        raise _user_error()(
-            f"--judge-model {args.judge_model}: cannot load a Qwen2.5-VL judge ({error}); "
-            "generated images are kept: rerun with --skip-generation once the judge loads"
-        ) from None
-
-
 def plan_judge_name(args: argparse.Namespace) -> str | None:
     """Which judge scores the plan candidates (one of `PLAN_JUDGES`): --plan-judge, else the
     first --scorer that is a judge, else qwen; None when there is one candidate (nothing to
@@ -520,21 +459,11 @@ def plan_judge_name(args: argparse.Namespace) -> str | None:
     return next((s for s in args.scorer if s in PLAN_JUDGES), "qwen")
 
 
-def build_plan_judge(args: argparse.Namespace) -> Any:
+def eval_plan_judge(args: argparse.Namespace) -> Any:
     """The judge that scores plan candidates (`plan_judge_name`), configured by the judge flags
     as the scorers' judge is; None when no plan is scored."""
     name = plan_judge_name(args)
-    if name is None:
-        return None
-    if name == "world":
-        from gotr1.rewards import WorldJudge
-
-        return WorldJudge()
-    if name == "openai":
-        from gotr1.rewards import OpenAIJudge
-
-        return OpenAIJudge(_openai_config(args))
-    return _qwen_local_judge(args)
+    return None if name is None else build_plan_judge(name, args, KEPT_IMAGES_HINT)
 
 
 def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
@@ -559,9 +488,9 @@ def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
         return WorldEvidenceScorer()
     if name == "openai":
         return QwenEvidenceScorer(
-            LogprobOpenAIJudge(_openai_config(args)), name=f"{_slug(args.judge_model)}-http"
+            LogprobOpenAIJudge(openai_config(args)), name=f"{_slug(args.judge_model)}-http"
         )
-    judge = _qwen_local_judge(args)
+    judge = qwen_local_judge(args, KEPT_IMAGES_HINT)
     try:
         return QwenEvidenceScorer(judge)
     except ValueError as error:
@@ -601,10 +530,7 @@ def _warn_judge(record: dict[str, Any]) -> None:
 
 
 def _close(scorer: Any) -> None:
-    judge = getattr(scorer, "judge", None)
-    close = getattr(judge, "close", None)
-    if close is not None:
-        close()
+    close_judge(getattr(scorer, "judge", None))
 
 
 def _require_images(items: Sequence[Any], out: Path) -> None:
@@ -857,7 +783,7 @@ def _generate(
     extra = {"model": manifest["model"]}
     if "plan_judge" in manifest:
         extra["plan_judge"] = manifest["plan_judge"]
-    judge = build_plan_judge(args)
+    judge = eval_plan_judge(args)
     try:
         report = generate_items(
             policy,
@@ -872,9 +798,7 @@ def _generate(
             plan_judge=judge,
         )
     finally:
-        close = getattr(judge, "close", None)
-        if close is not None:
-            close()
+        close_judge(judge)
     report_path = args.out / f"generation.process{rank}.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")

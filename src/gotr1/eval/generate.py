@@ -2,11 +2,12 @@
 
     gotr1 generate --model DIR "a red circle left of a blue square" --num 4 --cfg-weight 5 --out OUT
     gotr1 generate ... --cfg-weight 3 --plan-cfg-weight 6     # two-condition guidance
+    gotr1 generate ... --plan-candidates 4 --plan-judge openai --judge-url URL --judge-model NAME
 
 For each sample ``OUT/sample_XX.png`` (the image), ``OUT/sample_XX_chain.txt`` (the chain text) and
 ``OUT/sample_XX_layout.png`` (the chain's boxes drawn on a blank canvas) are written, plus
-``OUT/samples.json`` (prompt, settings, chains, parsed objects, parse errors). The chains are
-printed. Works for world-tiny folders and real Janus-Pro / GoT-R1 checkpoints in HF format alike.
+``OUT/samples.json`` (prompt, settings, chains, parsed objects, parse errors, and with plan
+candidates the plan judge and each sample's plan record). The chains are printed. Works for world-tiny folders and real Janus-Pro / GoT-R1 checkpoints in HF format alike.
 
 Registration imports nothing heavy; the handler imports torch when it runs.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from gotr1.eval.judge_flags import add_judge_args
 
 if TYPE_CHECKING:
     from gotr1.eval.plans import PlanOptions
@@ -65,6 +68,11 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--layout-size", type=int, default=448, help="side of the drawn layout in pixels"
     )
     add_plan_args(parser)
+    add_judge_args(
+        parser,
+        "world (the world's exact judge: a real model's prompts are outside the world grammar, "
+        "so every plan scores 0 and the first is drawn; use qwen or openai there)",
+    )
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -83,9 +91,8 @@ def add_plan_cfg_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_plan_args(parser: argparse.ArgumentParser) -> None:
-    """The plan-aware generation flags (`gotr1.eval.plans`). `gotr1 generate` and `eval world`
-    score plans with the world judge (a prompt outside the world grammar scores 0 for every plan,
-    so the first sampled is drawn); `eval compbench|geneval` with their --plan-judge."""
+    """The plan-aware generation flags (`gotr1.eval.plans`). `eval world` scores plans with the
+    world judge; `gotr1 generate` and `eval compbench|geneval` with their --plan-judge."""
     parser.add_argument(
         "--plan-candidates",
         type=int,
@@ -131,10 +138,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from gotr1.chain import render_layout
     from gotr1.errors import UserError
+    from gotr1.eval.judge_flags import (
+        build_plan_judge,
+        check_plan_judge,
+        close_judge,
+        plan_judge_label,
+    )
     from gotr1.eval.plans import judge_noise_generator, sample_batch
     from gotr1.policy.policy import Policy
     from gotr1.policy.rollout import SamplingConfig
-    from gotr1.rewards import WorldJudge
 
     if not args.prompt.strip():
         raise UserError("the prompt is empty")
@@ -142,6 +154,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--num must be at least 1, got {args.num}")
     if args.layout_size < 16:
         raise UserError(f"--layout-size must be at least 16, got {args.layout_size}")
+    plans = plan_options(args)
+    check_plan_judge(args, plans.candidates)
+    judge_name = args.plan_judge or "world"
     try:
         sampling = SamplingConfig(
             text_temperature=args.temperature,
@@ -170,11 +185,14 @@ def run_generate(args: argparse.Namespace) -> int:
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
-    plans = plan_options(args)
-    rollouts, records = sample_batch(
-        policy, [args.prompt], args.num, sampling, generator, plans, WorldJudge(),
-        judge_noise_generator(args.seed),
-    )  # fmt: skip
+    judge = build_plan_judge(judge_name, args) if plans.candidates > 1 else None
+    try:
+        rollouts, records = sample_batch(
+            policy, [args.prompt], args.num, sampling, generator, plans, judge,
+            judge_noise_generator(args.seed),
+        )  # fmt: skip
+    finally:
+        close_judge(judge)
 
     out.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -211,6 +229,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "max_chain_tokens": sampling.max_chain_tokens,
         },
         "plans": plans.to_dict(),
+        **({"plan_judge": plan_judge_label(judge_name, args)} if plans.candidates > 1 else {}),
         "samples": samples,
     }
     (out / "samples.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
