@@ -69,6 +69,9 @@ def test_full_settings_score_the_whole_benchmark():
         ("grpo_update_rollouts", 0),
         ("sft_world_split", "test"),
         ("sft_chain_colors", "scene"),
+        ("eval_plan_candidates", 0),
+        ("eval_plan_judge_noise", -0.1),
+        ("eval_plan_judge_noise", float("nan")),
     ],
 )
 def test_bad_settings_name_the_field(field, value):
@@ -196,6 +199,97 @@ def test_two_condition_settings_leave_the_stage_identities_of_earlier_runs(tmp_p
         P.check_settings(DemoConfig(out=str(tmp_path), eval_plan_cfg_weight=-1.0))
     with pytest.raises(UserError, match="^demo setting sft_prompt_only_dropout must be >= 0"):
         P.check_settings(DemoConfig(out=str(tmp_path), sft_prompt_only_dropout=-0.5))
+
+
+def test_plan_settings_reach_the_evaluation_and_leave_default_identities_unchanged(
+    tmp_path, monkeypatch
+):
+    """eval_plan_candidates, eval_repair_plans and eval_plan_judge_noise: at their defaults the
+    benchmark stages' identities are the fingerprints of runs made before they existed; set,
+    they join the identities, PlanOptions of the evaluation and metrics.json's benchmark."""
+    from gotr1.demo import pipeline as P
+    from gotr1.demo.config import parse_settings
+    from gotr1.eval.plans import PlanOptions
+
+    def identities(config):
+        return [P.fingerprint(P.eval_settings(config, split)) for split in ("test", "train")]
+
+    assert identities(DemoConfig.full()) == ["7cef3924fceb34f7", "c1bb0da3921334ef"]
+    assert identities(DemoConfig.quick_settings()) == ["dd75c18d0e190a9b", "e5fa255b9b2dbb5a"]
+    defaults = parse_settings(
+        ["eval_plan_candidates=1", "eval_repair_plans=false", "eval_plan_judge_noise=0"]
+    )
+    assert identities(DemoConfig.full(**defaults)) == identities(DemoConfig.full())
+    assert P.eval_plans(DemoConfig.full()) == PlanOptions()
+    assert P.eval_plan_settings(DemoConfig.full()) == {}
+
+    overrides = parse_settings(
+        ["eval_plan_candidates=4", "eval_repair_plans=true", "eval_plan_judge_noise=0.2"]
+    )
+    assert overrides == {
+        "eval_plan_candidates": 4,
+        "eval_repair_plans": True,
+        "eval_plan_judge_noise": 0.2,
+    }
+    config = DemoConfig(out=str(tmp_path), **overrides)
+    P.check_settings(config)
+    plans = PlanOptions(candidates=4, repair=True, judge_noise=0.2)
+    assert P.eval_plans(config) == plans
+    held_out = P.eval_settings(config)
+    assert held_out == {**P.eval_settings(DemoConfig(out=str(tmp_path))), "plans": plans.to_dict()}
+    assert identities(config) != identities(DemoConfig(out=str(tmp_path)))
+    repair_only = DemoConfig(out=str(tmp_path), eval_repair_plans=True)
+    assert P.eval_settings(repair_only)["plans"] == {"candidates": 1, "repair": True}
+
+    seen = {}
+
+    def evaluate_world(policy, **kwargs):
+        seen.update(kwargs)
+        return {}
+
+    monkeypatch.setattr("gotr1.policy.policy.Policy.load", lambda folder: "policy")
+    monkeypatch.setattr(P, "evaluate_world", evaluate_world)
+    monkeypatch.setattr(P, "write_world_results", lambda result, folder: None)
+    P.evaluate_model(dataclasses.replace(config, progress=False), tmp_path / "m", tmp_path / "e")
+    assert seen["plans"] == plans
+    P.evaluate_model(DemoConfig(out=str(tmp_path), progress=False), tmp_path / "m", tmp_path / "e")
+    assert seen["plans"] == PlanOptions()
+
+    with pytest.raises(UserError, match="^demo setting eval_plan_judge_noise: plan judge noise "):
+        P.check_settings(DemoConfig(out=str(tmp_path), eval_plan_judge_noise=0.2))
+    with pytest.raises(UserError, match="^demo setting eval_plan_candidates: plan candidates "):
+        P.check_settings(DemoConfig(out=str(tmp_path), eval_plan_candidates=0))
+
+
+def test_metrics_and_report_name_plan_settings_that_are_not_default(tmp_path):
+    from gotr1.demo import pipeline as P
+
+    soft = {**dict.fromkeys(CATEGORIES, 0.5), "overall": 0.5}
+    result = {"soft": soft, "accuracy": soft, "images": {}}
+    records = {"tokenizer": {"result": {}}, "sft": {}, "grpo": {}}
+    evals = {"sft": {"result": result}, "grpo": {"result": result}}
+
+    def benchmark(**overrides):
+        config = DemoConfig(out=str(tmp_path), **overrides)
+        return P.build_metrics(config, records, evals)["benchmark"]
+
+    default = benchmark()
+    assert "plans" not in default and "plan_cfg_weight" not in default
+    assert report.plan_settings_text(default) == ""
+    planned = benchmark(eval_plan_candidates=4, eval_plan_judge_noise=0.2, eval_repair_plans=True)
+    assert planned["plans"] == {"candidates": 4, "repair": True, "judge_noise": 0.2}
+    text = report.plan_settings_text(planned)
+    assert (
+        text == "best of 4 plans by the world judge (its scores noised, sigma 0.2), repaired plans"
+    )
+    guided = benchmark(eval_plan_cfg_weight=6.0)
+    assert report.plan_settings_text(guided) == "two-condition guidance, plan weight 6.0"
+
+    metrics = _fake_run(tmp_path, "A <|obj_start|>red circle<|obj_end|>")
+    metrics["benchmark"]["plans"] = planned["plans"]
+    page = report.write_report(tmp_path, metrics).read_text()
+    assert f"the same sampling seed for both models · {text}" in page
+    assert f"seed 0, quick, {text})" in P.summary_table(metrics).splitlines()[1]
 
 
 def test_ablation_finds_the_shared_tokenizer_of_a_seeds_run(tmp_path, monkeypatch):

@@ -173,6 +173,21 @@ class DemoConfig:
         "Two-condition guidance of the evaluation: the plan's weight, cfg_weight the prompt's "
         "(SamplingConfig.plan_cfg_weight; needs sft_prompt_only_dropout > 0). None = off.",
     )
+    eval_plan_candidates: int = _f(
+        1,
+        "Plans sampled per evaluation image; the world judge's chain stage (R_sem + R_spa) "
+        "picks the one drawn (PlanOptions.candidates). 1 = draw the plan sampled.",
+    )
+    eval_repair_plans: bool = _f(
+        False,
+        "Repair each evaluation plan's geometry before drawing: boxes clamped, the prompt's "
+        "relation made to hold, overlapping objects separated (PlanOptions.repair).",
+    )
+    eval_plan_judge_noise: float = _f(
+        0.0,
+        "Gaussian noise of this standard deviation on each plan candidate's score before the "
+        "choice (PlanOptions.judge_noise; needs eval_plan_candidates > 1). 0 = the exact judge.",
+    )
     report_examples: int = _f(24, "Side-by-side examples in report.html.")
 
     @classmethod

@@ -41,7 +41,7 @@ from typing import Any
 
 from gotr1.demo.config import DemoConfig
 from gotr1.demo.diagnostics import add_diagnosis
-from gotr1.demo.report import read_eval_samples, read_jsonl, write_report
+from gotr1.demo.report import plan_settings_text, read_eval_samples, read_jsonl, write_report
 from gotr1.demo.rewards import uses_clean_factor
 from gotr1.errors import ConfigError, UserError
 from gotr1.eval.layouts import write_text_atomic
@@ -348,14 +348,20 @@ GRPO_SETTINGS = {
 def as_demo_setting(error: Exception, settings: dict[str, str]) -> Exception:
     """A stage config's error about a field taken from a demo setting, reworded to name the
     setting the user typed (``learning_rate must be > 0`` -> ``demo setting grpo_learning_rate
-    must be > 0``); other errors are returned as they are."""
+    must be > 0``; a message that does not begin with its ``field`` is prefixed: ``demo setting
+    eval_plan_candidates: plan candidates must be >= 1``); other errors are returned as they are."""
 
     message = str(error)
-    field = getattr(error, "field", None) or message.split(" ", 1)[0].rstrip(":")
-    if field not in settings or not message.startswith(field):
+    named = getattr(error, "field", None)
+    field = named or message.split(" ", 1)[0].rstrip(":")
+    if field not in settings:
         return error
     name = settings[field]
-    return ConfigError(f"demo setting {name}{message[len(field) :]}", name)
+    if message.startswith(field):
+        return ConfigError(f"demo setting {name}{message[len(field) :]}", name)
+    if named:
+        return ConfigError(f"demo setting {name}: {message}", name)
+    return error
 
 
 def _taken(config: DemoConfig, settings: dict[str, str]) -> dict[str, Any]:
@@ -532,8 +538,20 @@ def eval_settings(config: DemoConfig, split: str = "test") -> dict[str, Any]:
         settings["split"] = split
     if config.eval_images_per_prompt != 1:  # ... and the images-per-prompt setting
         settings["images_per_prompt"] = config.eval_images_per_prompt
-    if config.eval_plan_cfg_weight is not None:  # ... and two-condition guidance
+    return {**settings, **eval_plan_settings(config)}
+
+
+def eval_plan_settings(config: DemoConfig) -> dict[str, Any]:
+    """The evaluation's plan settings that differ from GoT-R1's own sampling: two-condition
+    guidance (``plan_cfg_weight``) and plan candidates, repair and judge noise (``plans``, as
+    `PlanOptions.to_dict`). Empty at the defaults, so the identities of benchmark stages run
+    before these settings existed are unchanged; metrics.json's ``benchmark`` holds them too."""
+    settings: dict[str, Any] = {}
+    if config.eval_plan_cfg_weight is not None:
         settings["plan_cfg_weight"] = config.eval_plan_cfg_weight
+    plans = eval_plans(config)
+    if plans.active:
+        settings["plans"] = plans.to_dict()
     return settings
 
 
@@ -554,6 +572,25 @@ def eval_sampling(config: DemoConfig) -> Any:
         return SamplingConfig(**_taken(config, EVAL_SAMPLING))
     except ConfigError as error:
         raise as_demo_setting(error, EVAL_SAMPLING) from None
+
+
+EVAL_PLANS = {
+    "candidates": "eval_plan_candidates",
+    "repair": "eval_repair_plans",
+    "judge_noise": "eval_plan_judge_noise",
+}
+"""PlanOptions field -> the demo setting the evaluation takes it from."""
+
+
+def eval_plans(config: DemoConfig) -> Any:
+    """The `gotr1.eval.plans.PlanOptions` of the demo's evaluations (the world judge scores the
+    candidates); its errors name the demo settings."""
+    from gotr1.eval.plans import PlanOptions
+
+    try:
+        return PlanOptions(**_taken(config, EVAL_PLANS))
+    except ConfigError as error:
+        raise as_demo_setting(error, EVAL_PLANS) from None
 
 
 def train_grpo_stage(grpo: Any, processes: int = 1) -> dict[str, Any]:
@@ -584,6 +621,7 @@ def evaluate_model(
         prompts_per_batch=config.eval_prompts_per_batch,
         with_rewards=True,
         progress=config.progress,
+        plans=eval_plans(config),
     )
     write_world_results(result, folder)
     return world_result_record(result)
@@ -626,6 +664,7 @@ def check_settings(config: DemoConfig) -> None:
     sft_config(config, Path("preset.yaml"), Path("tokenizer"), Path("sft"))
     grpo_config(config, Path("sft"), Path("grpo"))
     eval_sampling(config)
+    eval_plans(config)
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -781,6 +820,7 @@ def build_metrics(
             "sampling_seed": config.seed,
             "images": sft.get("images"),
             "note": benchmark_note,
+            **eval_plan_settings(config),
         },
         "rewards": {"sft": sft.get("rewards"), "grpo": grpo.get("rewards")},
         "seen_compositions": seen_compositions(evals),
@@ -824,10 +864,12 @@ def summary_table(metrics: dict[str, Any]) -> str:
     width = max(len(k) for k in sft) + 2
     errors = metrics.get("delta_standard_error") or {}
     images = metrics["benchmark"].get("images_per_prompt", 1)
+    planning = plan_settings_text(metrics["benchmark"])
     lines = [
         "",
         f"held-out world benchmark ({metrics['benchmark']['prompts']} prompts x {images} "
-        f"images, seed {metrics['seed']}{', quick' if metrics['quick'] else ''}): soft score "
+        f"images, seed {metrics['seed']}{', quick' if metrics['quick'] else ''}"
+        f"{', ' + planning if planning else ''}): soft score "
         "(accuracy); s.e. = standard error of the delta",
         f"{'category':<{width}}{'SFT':>16}{'GRPO':>16}{'delta':>9}{'s.e.':>8}",
     ]

@@ -457,6 +457,23 @@ def seen_reward_totals(seen: dict[str, Any]) -> tuple[float, float] | None:
     return (totals[0], totals[1]) if all(_is_number(t) for t in totals) else None
 
 
+def plan_settings_text(benchmark: dict[str, Any]) -> str:
+    """How the benchmark's images were planned and guided where that differs from GoT-R1's own
+    sampling (metrics.json's ``benchmark.plans`` and ``plan_cfg_weight``), e.g. "best of 4 plans
+    by the world judge, repaired plans"; empty when it does not."""
+    plans = benchmark.get("plans") or {}
+    parts = []
+    if plans.get("candidates", 1) > 1:
+        noise = plans.get("judge_noise")
+        noted = f" (its scores noised, sigma {noise})" if noise else ""
+        parts.append(f"best of {plans['candidates']} plans by the world judge{noted}")
+    if plans.get("repair"):
+        parts.append("repaired plans")
+    if benchmark.get("plan_cfg_weight") is not None:
+        parts.append(f"two-condition guidance, plan weight {benchmark['plan_cfg_weight']}")
+    return ", ".join(parts)
+
+
 def _seen_paragraph(seen: dict[str, Any] | None) -> str:
     """One line on the train-split (seen compositions) scores, when the run has them."""
     if not seen:
@@ -682,6 +699,7 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
         else "<p>Every GRPO sentence is one the world's chain templates can produce.</p>"
     )
     bench = metrics.get("benchmark") or {}
+    planning = plan_settings_text(bench)
     stage_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{t['seconds']:.1f}</td><td>{t['cpu_seconds']:.1f}"
         f"</td><td>{'cached' if t.get('cached') else ''}</td></tr>"
@@ -706,7 +724,8 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
 <p class="note">Seed {_fmt(metrics.get("seed"))}{" · quick mode" if metrics.get("quick") else ""}
  · {_fmt(bench.get("prompts"))} held-out prompts (test split: every prompt holds a colour–shape pair
  or a relation never seen in training), {_fmt(bench.get("images_per_prompt"))} image(s) per prompt,
- the same sampling seed for both models · judged by {html.escape(str(metrics.get("judged_by")))}.
+ the same sampling seed for both models{" · " + html.escape(planning) if planning else ""}
+ · judged by {html.escape(str(metrics.get("judged_by")))}.
  {html.escape(str(bench.get("note", "")))}</p>
 <p>Overall soft score: SFT {_fmt(metrics["sft"]["overall"])} → GRPO
  {_fmt(metrics["grpo"]["overall"])} (<b>{overall:+.3f}</b>{error_text}).</p>

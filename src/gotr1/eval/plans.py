@@ -34,7 +34,7 @@ import torch
 
 from gotr1.boxes import relative_position
 from gotr1.chain import BOX_END, BOX_START, GRID, Chain, parse_chain
-from gotr1.errors import UserError
+from gotr1.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from gotr1.policy.policy import Policy
@@ -71,13 +71,18 @@ class PlanOptions:
     before the choice (0: the judge's own scores)."""
 
     def __post_init__(self) -> None:
+        """Refuse unusable options (a `ConfigError` whose ``field`` is the option at fault)."""
         if self.candidates < 1:
-            raise UserError(f"plan candidates must be >= 1, got {self.candidates}")
+            raise ConfigError(f"plan candidates must be >= 1, got {self.candidates}", "candidates")
         if not math.isfinite(self.judge_noise) or self.judge_noise < 0:
-            raise UserError(f"plan judge noise must be a finite sigma >= 0, got {self.judge_noise}")
+            raise ConfigError(
+                f"plan judge noise must be a finite sigma >= 0, got {self.judge_noise}",
+                "judge_noise",
+            )
         if self.judge_noise > 0 and self.candidates < 2:
-            raise UserError(
-                "plan judge noise needs plan candidates > 1 (there is nothing to choose)"
+            raise ConfigError(
+                "plan judge noise needs plan candidates > 1 (there is nothing to choose)",
+                "judge_noise",
             )
 
     @property
