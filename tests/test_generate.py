@@ -203,6 +203,7 @@ def test_plans_scored_by_an_openai_judge_draw_the_servers_best_and_record_it(
     from test_rewards_http import ChatServer
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("PLAN_JUDGE_KEY", "sk-plan-judge")
     given: list[tuple[str, int]] = []
 
     def respond(text, image, attempt):
@@ -221,10 +222,15 @@ def test_plans_scored_by_an_openai_judge_draw_the_servers_best_and_record_it(
         argv += ["--num", "3", "--seed", "5", "--max-chain-tokens", "8", "--cfg-weight", "3"]
         argv += ["--plan-candidates", "4", "--plan-judge", "openai"]
         argv += ["--judge-url", server.base_url, "--judge-model", "stand-in"]
+        argv += ["--judge-api-key-env", "PLAN_JUDGE_KEY"]
         args = parse(argv)
         assert args.func(args) == 0
     finally:
         server.close()
+    # The key travels from the named variable to the server only, never into a written file.
+    assert set(server.auth_headers) == {"Bearer sk-plan-judge"}
+    written = [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    assert written and not any(b"sk-plan-judge" in data for data in written)
     summary = json.loads((out / "samples.json").read_text())
     assert summary["plan_judge"] == "openai:stand-in"
     assert summary["plans"] == {"candidates": 4, "repair": False}

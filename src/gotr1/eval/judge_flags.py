@@ -51,6 +51,11 @@ def add_judge_args(parser: argparse.ArgumentParser, plan_judge_default: str) -> 
         "--judge-concurrency", type=int, default=8, help="requests in flight (openai)"
     )
     parser.add_argument(
+        "--judge-api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the server's API key (openai; never a flag value)",
+    )
+    parser.add_argument(
         "--judge-local-files-only",
         action="store_true",
         help="never download the local judge or scorer models",
@@ -77,7 +82,10 @@ def openai_config(args: argparse.Namespace) -> Any:
 
     try:
         return OpenAIJudgeConfig(
-            base_url=args.judge_url, model=args.judge_model, max_concurrency=args.judge_concurrency
+            base_url=args.judge_url,
+            model=args.judge_model,
+            max_concurrency=args.judge_concurrency,
+            api_key_env=args.judge_api_key_env,
         )
     except ValueError as error:
         raise UserError(f"--judge-url/--judge-concurrency: {error}") from None
