@@ -33,8 +33,21 @@ import numpy as np
 import torch
 
 from gotr1.boxes import relative_position
-from gotr1.chain import BOX_END, BOX_START, GRID, Chain, parse_chain
+from gotr1.chain import BEGIN_OF_IMAGE, BOX_END, BOX_START, GRID, Chain, parse_chain
 from gotr1.errors import ConfigError, UserError
+from gotr1.eval.prompt_parsing import parse_spatial
+from gotr1.policy.rollout import (
+    Rollouts,
+    chain_text,
+    decode_images,
+    generate_image_tokens,
+    janus_parts,
+    left_pad,
+    sample_chains,
+    special_ids,
+)
+from gotr1.rewards import DualStageReward, RewardConfig
+from gotr1.world import parse_prompt
 
 if TYPE_CHECKING:
     from gotr1.policy.policy import Policy
@@ -141,9 +154,6 @@ class PlanRecord:
 def prompt_relations(prompt: str) -> list[tuple[str, str, str]]:
     """(first object, relation, second object) the prompt states, nouns as written: a world prompt
     by the world grammar, any other by T2I-CompBench's 2D-spatial parse; [] when none."""
-    from gotr1.eval.prompt_parsing import parse_spatial
-    from gotr1.world import parse_prompt
-
     try:
         spec = parse_prompt(prompt)
     except ValueError:
@@ -294,8 +304,6 @@ def repair_chain(chain: Chain, prompt: str) -> tuple[str, list[str]]:
 def plan_scores(judge: Any, prompts: Sequence[str], chains: Sequence[Chain]) -> list[float]:
     """The chain stage of the dual reward for each (prompt, chain): R_sem + R_spa by `judge`
     (a failed judgement scores 0)."""
-    from gotr1.rewards import DualStageReward, RewardConfig
-
     reward = DualStageReward(judge, RewardConfig(components=("sem", "spa"), combination="sum"))
     scored = reward.score(list(prompts), list(chains), [None] * len(prompts))
     return [float(v) if v == v else 0.0 for v in scored.total]
@@ -310,8 +318,6 @@ def sample_plans(
 ) -> tuple[list[str], list[bool]]:
     """`num_plans` chains per prompt (stage 1 only, no images), grouped by prompt: the texts and
     whether each was cut at the chain cap."""
-    from gotr1.policy.rollout import chain_text, janus_parts, left_pad, sample_chains, special_ids
-
     parts = janus_parts(policy.model)
     special = special_ids(policy.tokenizer)
     was_training = policy.model.training
@@ -351,16 +357,6 @@ def draw_from_chains(
     same unconditional row, and prompt-only row with a plan weight), as a `Rollouts` batch with one group per row; `truncated` flags the
     chains that were cut at the cap when sampled (default: none). Its chain log-probs are zero:
     the chains were given, not sampled."""
-    from gotr1.chain import BEGIN_OF_IMAGE
-    from gotr1.policy.rollout import (
-        Rollouts,
-        decode_images,
-        generate_image_tokens,
-        janus_parts,
-        left_pad,
-        special_ids,
-    )
-
     parts = janus_parts(policy.model)
     special = special_ids(policy.tokenizer)
     prompt_rows = [policy.prompt_ids(p) for p in prompts]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 _REDUCED = (torch.bfloat16, torch.float16)
@@ -49,6 +50,4 @@ def float32_cpu_sdpa(
 def use_float32_cpu_attention() -> None:
     """Route transformers' "sdpa" attention through `float32_cpu_sdpa` (idempotent; affects only
     reduced-precision attention on CPU)."""
-    from transformers import AttentionInterface
-
     AttentionInterface.register("sdpa", float32_cpu_sdpa)

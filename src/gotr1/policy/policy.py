@@ -8,6 +8,7 @@ ref = policy.reference_logprobs(rollouts)          # no grad: adapters off, or a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,8 +177,6 @@ class Policy:
         dtype: str | torch.dtype | None,
         device: str | torch.device | None,
     ) -> Policy:
-        import json
-
         problem = model_folder_problem(folder)  # a damaged adapter_config.json or weights file
         if problem:
             raise UserError(problem)

@@ -28,20 +28,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE, parse_chain
+from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE, Chain, parse_chain
 from gotr1.policy.sampling import SamplingConfig
 from gotr1.policy.tokenizer import encode_prompt
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from gotr1.chain import Chain
-
 
 # ----------------------------------------------------------------------------------------------
 # 1. The sampling settings and the batch object
@@ -845,8 +840,6 @@ def decode_images(
     batch_size: int = 16,
 ) -> list[Image.Image]:
     """Decode image codes [B, K] to PIL images with the VQ decoder (pixels un-normalised)."""
-    from PIL import Image
-
     images = []
     mean_t = torch.tensor(mean, device=image_ids.device)
     std_t = torch.tensor(std, device=image_ids.device)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from gotr1.world import BACKGROUND, random_scene, render_scene
@@ -291,8 +292,6 @@ def train_vq(
     32 px tokenizer, a pure background patch was otherwise encoded as any of ~200-400 codes,
     7-8.5 bits of noise per token the LM had to predict; with it, 8 codes and 2.4 bits).
     """
-    from tqdm.auto import tqdm
-
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

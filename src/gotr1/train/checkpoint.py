@@ -28,14 +28,17 @@ import os
 import random
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from gotr1.errors import UserError
+from gotr1.policy.io import json_file_problem, model_folder_problem, safetensors_problem
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -113,8 +116,6 @@ def checkpoint_problem(path: str | Path) -> str | None:
     safetensors under ``accelerate/`` instead where accelerate saved the state), scheduler.json
     and every ``rng-<process>.json``. Only headers and JSON are read, no tensor.
     """
-    from gotr1.policy.io import json_file_problem, model_folder_problem, safetensors_problem
-
     path = Path(path)
     problem = json_file_problem(path / STATE_FILE)
     if problem:
@@ -150,8 +151,6 @@ def checkpoint_problem(path: str | Path) -> str | None:
 
 
 def _stderr(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 
@@ -206,8 +205,6 @@ def resolve_resume(
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     """Write an optimizer's state dict as optimizer.safetensors + optimizer.json."""
-    from safetensors.torch import save_file
-
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
@@ -226,8 +223,6 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     """Restore an optimizer written by `save_optimizer`."""
-    from safetensors.torch import load_file
-
     tensors = load_file(str(folder / "optimizer.safetensors"))
     meta = json.loads((folder / "optimizer.json").read_text())
     state = {
@@ -373,8 +368,6 @@ def load_checkpoint(
 def _read_json(path: Path) -> dict[str, Any]:
     """A checkpoint's JSON object; a missing, damaged or truncated file raises `UserError`
     naming it."""
-    from gotr1.policy.io import json_file_problem
-
     problem = json_file_problem(path)
     if problem:
         raise UserError(f"cannot resume: {problem}")

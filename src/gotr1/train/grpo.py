@@ -41,6 +41,7 @@ from gotr1.rewards import (
     WorldJudge,
 )
 from gotr1.rewards.clean_image import CleanImageReward
+from gotr1.rewards.hps import HPSReward
 from gotr1.train import checkpoint as ckpt
 from gotr1.train.config import ConfigError, GRPOConfig, save_config
 from gotr1.train.data import PromptSource
@@ -213,8 +214,6 @@ def make_reward(config: GRPOConfig) -> DualStageReward:
     if config.world_clean_image:
         extra = CleanImageReward(judge)
     if "hps" in config.reward_components:
-        from gotr1.rewards.hps import HPSReward
-
         extra = HPSReward(str(config.hps_model), device=config.hps_device)
     return DualStageReward(judge, config.reward_config(), extra_reward=extra)
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import math
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env
+from transformers.utils import logging as hf_logging
 
 from gotr1.policy.attention import use_float32_cpu_attention
 from gotr1.policy.logprobs import token_logprobs
@@ -23,9 +28,6 @@ from gotr1.policy.lora import reference_mode
 from gotr1.train.config import ConfigError, TrainConfig
 from gotr1.train.losses import sft_losses
 from gotr1.train.precision import choose_mixed_precision, say_once
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
 
 
 class TrainingModule(torch.nn.Module):
@@ -59,10 +61,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     ``config.mixed_precision`` ``auto`` is resolved here for the run's device (bf16 only where it
     is native, `gotr1.train.precision`) and replaced by the choice, so the run's config.yaml and
     train_log.jsonl record what it trained in; the choice is printed once."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    from transformers.utils import logging as hf_logging
-
     check_trackers(config.report_to)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -87,9 +85,6 @@ def accelerate_device_type() -> str:
     """The device type ("cpu", "cuda", ...) the `Accelerator` of this process trains on. It sets
     up accelerate's process state as `Accelerator` does (ACCELERATE_USE_CPU: CPU processes under
     torchrun, the gloo group), so the later `Accelerator` finds the same state."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device.type
 
 
@@ -97,8 +92,6 @@ def _forget_previous_run_precision(mixed_precision: str) -> None:
     """Let one process run several trainings with different mixed precision (the demo runs SFT
     then GRPO; a notebook runs one after another): accelerate keeps the first run's precision in
     process-global state and refuses any other. The process group (PartialState) is kept."""
-    from accelerate.state import AcceleratorState
-
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -117,8 +110,6 @@ TRACKER_MODULES = {
 
 def check_trackers(trackers: list[str]) -> None:
     """Fail at start (naming report_to) when a requested tracker's package is not installed."""
-    import importlib.util
-
     for tracker in trackers:
         module = TRACKER_MODULES.get(tracker, tracker)
         if importlib.util.find_spec(module) is None:
@@ -129,8 +120,6 @@ def check_trackers(trackers: list[str]) -> None:
 
 def is_sharded(accelerator: Accelerator) -> bool:
     """Whether parameters are sharded across processes (FSDP, or DeepSpeed ZeRO-3)."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -142,8 +131,6 @@ def is_sharded(accelerator: Accelerator) -> bool:
 def uses_accelerate_state(accelerator: Accelerator) -> bool:
     """Whether optimizer states are partitioned (FSDP, DeepSpeed): checkpoint them through
     accelerate's save_state rather than optimizer.safetensors."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
@@ -166,17 +153,16 @@ def save_policy(
 def gathered_parameters(accelerator: Accelerator, wrapped: torch.nn.Module) -> Iterator[None]:
     """Full weights on every process for sampling outside the wrapped forward (ZeRO-3 / FSDP);
     a no-op otherwise (DDP, single process). Not exercised by the CPU tests."""
-    from accelerate.utils import DistributedType
-
     if not is_sharded(accelerator):
         yield
         return
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        import deepspeed
+        import deepspeed  # optional: not a dependency of gotr1
 
         with deepspeed.zero.GatheredParameters(list(wrapped.parameters())):
             yield
         return
+    # needs torch built with distributed support, which sharding implies
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     with FullyShardedDataParallel.summon_full_params(wrapped, writeback=False, recurse=True):

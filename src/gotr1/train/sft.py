@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -297,8 +298,6 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
     save(config.max_steps, metrics)
     final = out / "final"
     if accelerator.is_main_process:
-        import shutil
-
         shutil.rmtree(final, ignore_errors=True)
     save_policy(accelerator, wrapped, policy, final)
     accelerator.wait_for_everyone()
