@@ -12,7 +12,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gotr1.demo.report import chain_statistics, image_statistics, read_jsonl, seen_reward_totals
+from gotr1.policy.io import load_pretrained
+from gotr1.train.data import BadRows, SFTExample, WorldExamples, make_sft_batch
+from gotr1.train.losses import sft_losses
 from gotr1.train.runlog import LOG_FILE
 
 BOX_MARKUP = re.compile(r"<\|box_start\|>.*?<\|box_end\|>", re.DOTALL)
@@ -33,12 +38,6 @@ def plan_sensitivity(
 ) -> dict[str, float]:
     """Image-token cross-entropy (nats per token) of `model_dir` on `examples` world training
     examples with their true chains and with swapped boxes, and the difference."""
-    import torch
-
-    from gotr1.policy.io import load_pretrained
-    from gotr1.train.data import BadRows, SFTExample, WorldExamples, make_sft_batch
-    from gotr1.train.losses import sft_losses
-
     model, processor = load_pretrained(str(model_dir))
     model.eval()
     size = int(model.config.vision_config.image_size)

@@ -39,20 +39,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from transformers.utils import logging as transformers_logging
+
 from gotr1.demo.config import DemoConfig
 from gotr1.demo.diagnostics import add_diagnosis
 from gotr1.demo.report import plan_settings_text, read_eval_samples, read_jsonl, write_report
 from gotr1.demo.rewards import uses_clean_factor
 from gotr1.errors import ConfigError, UserError
 from gotr1.eval.layouts import write_text_atomic
+from gotr1.eval.plans import PlanOptions
 from gotr1.eval.world_bench import (
     evaluate_world,
     paired_delta_standard_error,
     world_result_record,
     write_world_results,
 )
+from gotr1.policy.io import load_pretrained
+from gotr1.policy.policy import Policy
+from gotr1.policy.presets import preset_from_dict
+from gotr1.policy.sampling import SamplingConfig
+from gotr1.policy.vq import VQTrainConfig, evaluate_vq
+from gotr1.train.checkpoint import latest_checkpoint
 from gotr1.train.config import GRPOConfig, SFTConfig, save_config
+from gotr1.train.grpo import train_grpo
+from gotr1.train.precision import choose_mixed_precision, say_once
 from gotr1.train.runlog import LOG_FILE
+from gotr1.train.runtime import accelerate_device_type
+from gotr1.train.sft import INIT_MARKER, train_sft, train_world_tokenizer_and_vq
 from gotr1.world import benchmark_prompts
 
 STAGE_MARKER = "demo_stage.json"
@@ -209,10 +224,6 @@ class Stages:
 
 def write_preset(config: DemoConfig, out: Path) -> Path:
     """Write the run's preset as YAML (SFT builds the new model from it); returns the path."""
-    import yaml
-
-    from gotr1.policy.presets import preset_from_dict
-
     try:
         preset_from_dict(config.preset, "demo preset")  # fail early, naming the field
     except ValueError as error:
@@ -231,8 +242,6 @@ def image_size(config: DemoConfig) -> int:
 
 def vq_config(config: DemoConfig) -> Any:
     """The image tokenizer's training settings (`gotr1.policy.vq.VQTrainConfig`, full renders)."""
-    from gotr1.policy.vq import VQTrainConfig
-
     return VQTrainConfig(
         steps=config.vq_steps,
         batch_size=config.vq_batch_size,
@@ -292,10 +301,6 @@ def train_tokenizer(config: DemoConfig, preset_path: Path, folder: Path) -> dict
     """Stage 1: a new world model — the world BPE tokenizer, fresh weights and the VQ image
     tokenizer trained on world renders — saved as ``folder/model``, with the VQ's detector
     agreement on reconstructions of held-out random scenes."""
-    from gotr1.policy.io import load_pretrained
-    from gotr1.policy.vq import evaluate_vq
-    from gotr1.train.sft import INIT_MARKER, train_world_tokenizer_and_vq
-
     model_dir = train_world_tokenizer_and_vq(
         folder / "model",
         str(preset_path),
@@ -472,14 +477,9 @@ def run_training(kind: str, train_config: Any, processes: int = 1) -> Path:
     processes (DDP over gloo) that torchrun starts; returns the final model folder. A run folder
     that already holds a checkpoint is continued from its newest one (`Stages.run` leaves one
     only for the same settings)."""
-    from gotr1.train.checkpoint import latest_checkpoint
-
     resume = latest_checkpoint(train_config.output_dir) is not None
     if processes == 1:
-        if kind == "sft":
-            from gotr1.train.sft import train_sft as train
-        else:
-            from gotr1.train.grpo import train_grpo as train
+        train = train_sft if kind == "sft" else train_grpo
         return train(train_config, resume=resume)
 
     with tempfile.TemporaryDirectory(prefix="gotr1-launch-") as scratch:
@@ -510,8 +510,6 @@ def train_sft_stage(
 def grpo_training_processes(config: DemoConfig) -> int:
     """How many processes the demo's GRPO stage trains in: `grpo_processes` on CPU; one where
     CUDA is available, since the stage then trains on the GPU in this process."""
-    import torch
-
     return 1 if torch.cuda.is_available() else config.grpo_processes
 
 
@@ -566,8 +564,6 @@ EVAL_SAMPLING = {
 def eval_sampling(config: DemoConfig) -> Any:
     """The `SamplingConfig` of the demo's evaluations (GRPO's rollout guidance, plus
     eval_plan_cfg_weight); its errors name the demo settings."""
-    from gotr1.policy.sampling import SamplingConfig
-
     try:
         return SamplingConfig(**_taken(config, EVAL_SAMPLING))
     except ConfigError as error:
@@ -585,8 +581,6 @@ EVAL_PLANS = {
 def eval_plans(config: DemoConfig) -> Any:
     """The `gotr1.eval.plans.PlanOptions` of the demo's evaluations (the world judge scores the
     candidates); its errors name the demo settings."""
-    from gotr1.eval.plans import PlanOptions
-
     try:
         return PlanOptions(**_taken(config, EVAL_PLANS))
     except ConfigError as error:
@@ -605,11 +599,7 @@ def evaluate_model(
     """Score a model folder on the benchmark prompts of `split` (test: the held-out benchmark,
     unseen compositions; train: seen ones) with the sampling of GRPO's rollouts (seed = the demo
     seed) and write the results (summary.json/md, samples.jsonl, images/) into `folder`."""
-    from gotr1.policy.policy import Policy
-
     if config.threads:
-        import torch
-
         torch.set_num_threads(config.threads)
     policy = Policy.load(model_dir)
     result = evaluate_world(
@@ -636,12 +626,8 @@ def apply_process_settings(config: DemoConfig) -> None:
     """Set this process's torch threads and, without progress bars, silence the ones
     transformers draws while loading weights."""
     if config.threads:
-        import torch
-
         torch.set_num_threads(config.threads)
     if not config.progress:
-        from transformers.utils import logging as transformers_logging
-
         transformers_logging.disable_progress_bar()
 
 
@@ -649,9 +635,6 @@ def resolve_precision(config: DemoConfig) -> tuple[DemoConfig, Any]:
     """``config`` with the mixed precision its SFT and GRPO updates train in on this device
     (``auto`` resolved, `gotr1.train.precision`), and that `PrecisionChoice`, said once: the
     stages' identities hold the choice, not ``auto``."""
-    from gotr1.train.precision import choose_mixed_precision, say_once
-    from gotr1.train.runtime import accelerate_device_type
-
     choice = choose_mixed_precision(config.mixed_precision, accelerate_device_type())
     say_once(choice)
     return dataclasses.replace(config, mixed_precision=choice.chosen), choice

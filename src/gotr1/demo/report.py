@@ -26,6 +26,19 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gotr1.chain import box_iou, parse_chain, render_layout
+from gotr1.rewards.world_judge import detection_fits_name, parse_object_name, semantic_score
+from gotr1.train.runlog import LOG_FILE
+from gotr1.world import (
+    HELD_OUT_PAIRS,
+    chains,
+    count_extra_objects,
+    detect,
+    grammar,
+    parse_prompt,
+    relation_holds,
+)
+
 REWARD_KEYS: tuple[tuple[str, str], ...] = (
     ("reward", "total (product)"),
     ("rewards/sem/mean", "R_sem"),
@@ -80,8 +93,6 @@ _OBJECT_MARKUP = r"<\|obj_start\|>[^<]*<\|obj_end\|>\s*<\|box_start\|>[^<]*<\|bo
 def template_sentence_pattern() -> re.Pattern[str]:
     """A regex matching every sentence the world's chain writer (`gotr1.world.chains`) can
     produce, with any object name and box inside the markup."""
-    from gotr1.world import chains, grammar
-
     numbers = "|".join(grammar.NUMBER_WORDS)
     phrases = "|".join(
         sorted(
@@ -144,10 +155,6 @@ def chain_statistics(
     exactly (all, held-out colour–shape pairs, seen pairs), parse errors, truncation, and
     the share of sentences outside the world's chain templates (with a few examples).
     """
-    from gotr1.chain import box_iou
-    from gotr1.rewards.world_judge import parse_object_name, semantic_score
-    from gotr1.world import HELD_OUT_PAIRS, parse_prompt, relation_holds
-
     pattern = pattern or template_sentence_pattern()
     words, chars, objects, widths, heights, areas, pair_ious = [], [], [], [], [], [], []
     relation_ok: list[float] = []
@@ -225,10 +232,6 @@ def image_statistics(samples: Sequence[dict[str, Any]], folder: Path) -> dict[st
     whether the planned objects were drawn at their planned boxes (any detection, and one of the
     planned name, at box IoU >= `AT_BOX_IOU`). Images that cannot be read are counted in
     ``unreadable``."""
-    from gotr1.chain import box_iou
-    from gotr1.rewards.world_judge import detection_fits_name, parse_object_name
-    from gotr1.world import count_extra_objects, detect, parse_prompt
-
     found, extra, at_box, named_at_box, unreadable = [], [], [], [], 0
     for sample in samples:
         try:
@@ -597,8 +600,6 @@ def draw_examples(
 ) -> Path:
     """One picture of the side by side: a row per prompt, then SFT's plan (its boxes drawn on a
     blank canvas) and image, and GRPO's plan and image for the same prompt and sampling seed."""
-    from gotr1.chain import parse_chain, render_layout
-
     cell, gap, text_height = 160, 8, 26
     columns = ("SFT plan", "SFT image", "GRPO plan", "GRPO image")
     width = len(columns) * (cell + gap) + gap
@@ -647,9 +648,6 @@ def _card(title: str, sample: dict[str, Any], image_src: str, layout_src: str) -
 def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """Write ``report.html`` (and ``report/``: curves.png, examples.png and the drawn layouts)
     for a demo run."""
-    from gotr1.chain import parse_chain, render_layout
-    from gotr1.train.runlog import LOG_FILE
-
     run = Path(run_dir)
     assets = run / "report"
     assets.mkdir(parents=True, exist_ok=True)

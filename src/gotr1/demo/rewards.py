@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gotr1.train.config import GRPOConfig
+from gotr1.train.grpo import make_reward
+
 
 def uses_clean_factor(components: Sequence[str], clean_factor: bool) -> bool:
     """Whether the clean-image factor applies: only beside R_PI, the reward it corrects."""
@@ -18,9 +21,6 @@ def make_demo_reward(components: Sequence[str], combination: str, clean_factor: 
     combined by `combination`, times (product) or plus (sums) `clean_fraction` when
     `clean_factor` and R_PI is among the components (the factor corrects R_PI's blindness to
     clutter; without R_PI it would reward drawing nothing: a blank image is perfectly clean)."""
-    from gotr1.train.config import GRPOConfig
-    from gotr1.train.grpo import make_reward
-
     return make_reward(
         GRPOConfig(
             judge="world",

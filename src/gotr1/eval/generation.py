@@ -43,6 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+from tqdm.auto import tqdm
+
+from gotr1.errors import UserError
 from gotr1.eval.layouts import (
     CompbenchItem,
     GenevalItem,
@@ -56,7 +60,6 @@ from gotr1.eval.layouts import (
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from gotr1.eval.plans import PlanOptions
     from gotr1.policy.policy import Policy
@@ -118,7 +121,6 @@ def load_policy(
     """
     import torch
 
-    from gotr1.errors import UserError
     from gotr1.policy.policy import Policy
 
     resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -319,8 +321,6 @@ def write_item(
 
 def _maybe_grid(group: Sequence[Item]) -> None:
     """GenEval's optional grid.png once every image of a prompt exists."""
-    from PIL import Image as PILImage
-
     first = group[0]
     if not isinstance(first, GenevalItem):
         return
@@ -328,7 +328,7 @@ def _maybe_grid(group: Sequence[Item]) -> None:
     if all(p.is_file() for p in paths):
         images = []
         for p in paths:
-            with PILImage.open(p) as opened:
+            with Image.open(p) as opened:
                 images.append(opened.convert("RGB"))
         write_geneval_grid(first.image_path.parents[2], first.prompt_index, images)
 
@@ -365,8 +365,6 @@ def generate_items(
     )
     bar = None
     if progress and pending:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=pending, desc=f"generate[{process_index}]", unit="img")
     settings = sampling_record(sampling)
     device = policy.device

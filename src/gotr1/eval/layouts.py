@@ -33,12 +33,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from PIL import Image
 
 from gotr1.eval.geneval import validate_metadata
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 __all__ = [
     "COMPBENCH_PROMPT_FILES",
@@ -441,12 +440,10 @@ def write_geneval_grid(
     out: str | os.PathLike[str], prompt_index: int, images: Sequence[Image.Image], padding: int = 2
 ) -> Path:
     """The optional ``grid.png``: the prompt's images in one row with a 2-px border."""
-    from PIL import Image as PILImage
-
     if not images:
         raise ValueError("write_geneval_grid: no images")
     w, h = images[0].size
-    grid = PILImage.new(
+    grid = Image.new(
         "RGB", (len(images) * (w + padding) + padding, h + 2 * padding), color=(0, 0, 0)
     )
     for i, img in enumerate(images):

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = [
     "DEFAULT_JUDGE_MODELS",
     "held_out",
@@ -77,8 +79,6 @@ def training_judge(model: str | Path | None) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:
     """A run config as a dict, None when unreadable (a stray config.yaml is not an error)."""
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):

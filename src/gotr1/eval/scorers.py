@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from gotr1.chain import box_iou
 from gotr1.eval.evidence import (
     CLASSIC_CAPABILITIES,
     Detection,
@@ -58,7 +59,11 @@ from gotr1.eval.evidence import (
     pixels_to_grid,
 )
 from gotr1.rewards.openai_http import OpenAIJudge, choice_text
+from gotr1.rewards.qwen_local import QwenLocalJudge
 from gotr1.rewards.vlm import ChatRequest, Reply, VLMJudge
+from gotr1.rewards.world_judge import parse_object_name
+from gotr1.world import BACKGROUND, ObjectSpec, PromptSpec, detect, parse_prompt, score_detections
+from gotr1.world.grammar import NUMBER_WORDS, SHAPES
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -266,8 +271,6 @@ class WorldEvidenceScorer:
 
     def detections(self, image: Image.Image) -> list[Any]:
         """The world detector's detections of ``image`` (0–1000 grid), cached per image object."""
-        from gotr1.world import detect
-
         hit = self._cache.get(id(image))
         if hit is not None and hit[0] is image:
             return hit[1]
@@ -280,8 +283,6 @@ class WorldEvidenceScorer:
     def detect(self, image: Image.Image, names: Sequence[str]) -> list[Detection]:
         """Every detected world shape matching each asked name ("circle", "red circle"), boxes in
         pixels of ``image``, labelled with the name as asked, scored by the detector's confidence."""
-        from gotr1.rewards.world_judge import parse_object_name
-
         self.stats["detect"] += 1
         width, height = image.size
         found = self.detections(image)
@@ -299,10 +300,6 @@ class WorldEvidenceScorer:
 
     def _question_spec(self, question: str) -> Any | None:
         """The world prompt spec a question asks about, or None when it names no world object."""
-        from gotr1.rewards.world_judge import parse_object_name
-        from gotr1.world import ObjectSpec, PromptSpec, parse_prompt
-        from gotr1.world.grammar import NUMBER_WORDS, SHAPES
-
         text = " ".join(question.lower().strip().rstrip("?.! ").split())
         for phrase, world_phrase in _WORLD_RELATION_ALIASES:
             text = text.replace(phrase, world_phrase)
@@ -331,8 +328,6 @@ class WorldEvidenceScorer:
         """The fraction of the question's requirements the detections meet (objects present,
         colours, exact counts, the relation; other objects in the image do not count against it);
         0 for a question naming no world object."""
-        from gotr1.world import score_detections
-
         self.stats["yes_prob"] += 1
         spec = self._question_spec(question)
         if spec is None:
@@ -343,9 +338,6 @@ class WorldEvidenceScorer:
     def colour(self, image: Image.Image, box: PixelBox, candidates: Sequence[str]) -> str:
         """The colour of the detection overlapping ``box`` most, else the candidate nearest to
         the box's mean foreground pixel colour."""
-        from gotr1.chain import box_iou
-        from gotr1.world import BACKGROUND
-
         self.stats["colour"] += 1
         width, height = image.size
         grid_box = pixels_to_grid(box, width, height)
@@ -486,8 +478,6 @@ class QwenEvidenceScorer:
     ) -> None:
         """Wrap a judge: :class:`gotr1.rewards.QwenLocalJudge` (yes/no from first-token logits),
         :class:`LogprobOpenAIJudge` (from returned logprobs), or any other VLMJudge (text only)."""
-        from gotr1.rewards.qwen_local import QwenLocalJudge
-
         if not 0.0 <= detection_score <= 1.0:
             raise ValueError(f"detection_score must be in [0, 1], got {detection_score}")
         self.judge = judge

@@ -29,6 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
+from gotr1.eval.geneval import validate_metadata
+from gotr1.eval.layouts import write_jsonl, write_summary
+from gotr1.rewards import DualStageReward, WorldJudge
+from gotr1.world import benchmark_prompts, format_prompt, parse_prompt, score_image, summarize
+
 if TYPE_CHECKING:
     from gotr1.eval.plans import PlanOptions
     from gotr1.policy.policy import Policy
@@ -59,8 +66,6 @@ def resolve_world_prompts(
     """(text, spec) pairs: the given prompts (texts parsed with the world grammar), or the
     benchmark's ``num_prompts`` prompts of ``split``. A text outside the grammar raises
     ValueError naming it."""
-    from gotr1.world import benchmark_prompts, parse_prompt
-
     if prompts is None:
         return benchmark_prompts(split=split, n=num_prompts, seed=prompt_seed)
     resolved = []
@@ -112,8 +117,6 @@ def evaluate_world(
 
     from gotr1.eval.plans import PlanOptions, judge_noise_generator, sample_batch
     from gotr1.policy.rollout import SamplingConfig
-    from gotr1.rewards import DualStageReward, WorldJudge
-    from gotr1.world import score_image, summarize
 
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}")
@@ -129,8 +132,6 @@ def evaluate_world(
         reward = DualStageReward(WorldJudge())
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(pairs) * num_generations, desc="world bench", unit="img")
     samples: list[dict[str, Any]] = []
     for first in range(0, len(pairs), prompts_per_batch):
@@ -310,8 +311,6 @@ def world_summary_markdown(result: dict[str, Any], title: str = "World benchmark
 def write_world_results(result: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """Write an :func:`evaluate_world` result: ``summary.json``, ``summary.md``,
     ``samples.jsonl`` (one line per image, without pixels) and ``images/PPPP_KK.png``."""
-    from gotr1.eval.layouts import write_jsonl, write_summary
-
     folder = Path(out)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -359,8 +358,6 @@ def world_compbench_prompts(
 ) -> dict[str, list[str]]:
     """World prompts as T2I-CompBench prompt lists by category (relations in the official
     vocabulary: "on the left of", "on the top of", ...); duplicates dropped."""
-    from gotr1.world import format_prompt
-
     out: dict[str, list[str]] = {}
     for _, spec in resolve_world_prompts(prompts):
         if spec.relation is not None:
@@ -407,8 +404,6 @@ def world_geneval_metadata(
     "A left of B" the target B comes first and A carries ``"position": ["left of", 0]``, as in
     GenEval's own metadata.
     """
-    from gotr1.eval.geneval import validate_metadata
-
     records = []
     for text, spec in resolve_world_prompts(prompts):
         if spec.category == "single_object":

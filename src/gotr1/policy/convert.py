@@ -28,13 +28,25 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import (
+    AutoTokenizer,
+    JanusConfig,
+    JanusForConditionalGeneration,
+    JanusVisionConfig,
+    JanusVQVAEConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
 
 from gotr1.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-    from transformers import JanusConfig
+from gotr1.policy.io import add_markup_tokens, save_pretrained
+from gotr1.policy.tokenizer import BEGIN_OF_IMAGE, END_OF_IMAGE, IMAGE_TOKEN, build_processor
 
 # Architectures the DeepSeek config names instead of describing (its code holds the sizes).
 SIGLIP_TOWERS: dict[str, dict[str, Any]] = {
@@ -226,8 +238,6 @@ def to_original_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
     The inverse of `convert_state_dict` (minus the dropped ``attn_pool``/``codebook_used``).
     """
-    import torch
-
     original: dict[str, torch.Tensor] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in hf.items():
@@ -270,8 +280,6 @@ def janus_config_from_original(config: dict[str, Any], source: str = "config.jso
     above; a config may also spell them out (SigLIP ``width/layers/heads/mlp_ratio/patch_size``,
     LlamaGen ``ch/ch_mult/z_channels/num_res_blocks``), as tiny test checkpoints do.
     """
-    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
-
     language = _section(config, "language_config", source)
     vision = _section(config, "vision_config", source)
     aligner = _section(config, "aligner_config", source)
@@ -464,9 +472,6 @@ def _shard_paths(folder: Path, index_name: str, pattern: str) -> list[Path]:
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one safetensors file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as error:
@@ -477,8 +482,6 @@ def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one ``pytorch_model*.bin`` file, read as transformers reads them:
     ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only and
     refuses every other object; anything but a flat mapping of names to tensors is refused too."""
-    import torch
-
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure to read is the same answer here
@@ -532,10 +535,6 @@ def read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def _source_processor(src: Path, config: JanusConfig):
     """The HF JanusProcessor for a DeepSeek checkpoint folder's tokenizer and preprocessor config."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from gotr1.policy.tokenizer import BEGIN_OF_IMAGE, END_OF_IMAGE, IMAGE_TOKEN, build_processor
-
     # DeepSeek's tokenizer.json is a byte-level BPE although its config names LlamaTokenizerFast;
     # read the serialized tokenizer as it is rather than rebuilding it as that class.
     loader = PreTrainedTokenizerFast if (src / "tokenizer.json").is_file() else AutoTokenizer
@@ -583,12 +582,6 @@ def convert_checkpoint(
     ``"mean"`` resets them to the mean embedding (a base Janus-Pro). `dtype` casts floating
     weights (default: keep the checkpoint's). Returns `dst`.
     """
-    import torch
-    from accelerate import init_empty_weights
-    from transformers import JanusForConditionalGeneration
-
-    from gotr1.policy.io import add_markup_tokens, save_pretrained
-
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_dir():
         raise UserError(f"{src}: no such checkpoint folder")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gotr1.errors import ConfigError
+from gotr1.numeric import finite_message
 
 
 @dataclass
@@ -57,8 +58,6 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         """Refuse a bad value with a one-line `ConfigError` that names the field."""
-        from gotr1.numeric import finite_message
-
         message = finite_message(self)  # first: NaN passes every range check below
         if message:
             raise ConfigError(message, message.split()[0])

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gotr1.world import detect, parse_prompt
 from gotr1.world.bench import clean_fraction, count_extra_objects
 
 __all__ = ["CleanImageReward", "clean_fraction", "count_extra_objects"]
@@ -29,8 +30,6 @@ class CleanImageReward:
         self.judge = judge
 
     def __call__(self, prompts: Sequence[str], images: Sequence[Any]) -> list[float]:
-        from gotr1.world import detect, parse_prompt
-
         scores = []
         for prompt, image in zip(prompts, images, strict=True):
             try:

@@ -19,8 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import CLIPModel
+
 from gotr1.errors import UserError
-from gotr1.rewards.clip_model import ClipEmbedder
+from gotr1.rewards.clip_model import ClipEmbedder, load_pretrained, load_tokenizer
 
 __all__ = ["HPSReward", "convert_open_clip_checkpoint", "open_clip_to_transformers"]
 
@@ -131,11 +134,6 @@ def convert_open_clip_checkpoint(
     only, no code) from its ``state_dict`` (a ``module.`` prefix is dropped); every weight of the
     model must be set by it. The folder is written with safetensors.
     """
-    import torch
-    from transformers import CLIPModel
-
-    from gotr1.rewards.clip_model import load_pretrained, load_tokenizer
-
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"--checkpoint {path}: no such file")

@@ -19,13 +19,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from PIL import Image
+
+from gotr1.chain import BEGIN_OF_IMAGE
 from gotr1.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-    from PIL import Image
+from gotr1.policy.rollout import prompt_only_ids, unconditional_ids
+from gotr1.policy.tokenizer import encode_prompt
+from gotr1.policy.vq import encode_images
+from gotr1.world import CATEGORIES, sample_examples, sample_prompt
 
 WORLD_CHUNK = 256
 """World examples/prompts are generated in chunks of this many (one RNG stream per chunk)."""
@@ -71,7 +75,6 @@ class SFTExample:
         """The target image as RGB (reads `image_path` when no image is held)."""
         if self.image is not None:
             return self.image.convert("RGB")
-        from PIL import Image
 
         with Image.open(self.image_path) as opened:
             return opened.convert("RGB")
@@ -100,8 +103,6 @@ class WorldExamples:
         return sys.maxsize
 
     def __getitem__(self, index: int) -> SFTExample:
-        from gotr1.world import sample_examples
-
         chunk, offset = divmod(index, WORLD_CHUNK)
         if self._chunk is None or self._chunk[0] != chunk:
             examples = sample_examples(
@@ -271,8 +272,6 @@ class SFTBatch:
 def chain_token_ids(tokenizer: Any, chain: str) -> list[int]:
     """Token ids of a chain as the model writes it after ``Assistant:`` (a leading space), then
     ``<begin_of_image>``."""
-    from gotr1.chain import BEGIN_OF_IMAGE
-
     ids = list(tokenizer(" " + chain.strip(), add_special_tokens=False)["input_ids"])
     return ids + [tokenizer.convert_tokens_to_ids(BEGIN_OF_IMAGE)]
 
@@ -298,14 +297,12 @@ def prompt_only_dropped(seed: int, index: int, cfg_dropout: float, probability: 
 
 def square_image(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square and resize to `size` (no-op for images already that size)."""
-    from PIL import Image as PILImage
-
     if image.size == (size, size):
         return image
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), PILImage.BICUBIC)
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
 
 
 def make_sft_batch(
@@ -325,12 +322,6 @@ def make_sft_batch(
     Rows whose image cannot be read or whose chain is too long are reported and left out; returns
     None when no row is left.
     """
-    import torch
-
-    from gotr1.policy.rollout import prompt_only_ids, unconditional_ids
-    from gotr1.policy.tokenizer import encode_prompt
-    from gotr1.policy.vq import encode_images
-
     rows, images = [], []
     for index, example in examples:
         chain = chain_token_ids(tokenizer, example.chain)
@@ -426,8 +417,6 @@ class PromptSource:
         return self.items[order[offset]]
 
     def _world(self, index: int) -> str:
-        from gotr1.world import CATEGORIES, sample_prompt
-
         chunk, offset = divmod(index, WORLD_CHUNK)
         if self._chunk is None or self._chunk[0] != chunk:
             rng = random.Random(f"gotr1-grpo-prompts-{self.split}-{self.seed}-{chunk}")

@@ -21,6 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
+from gotr1.chain import parse_chain, render_layout
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from PIL import Image
@@ -97,8 +101,6 @@ def dump_samples(
     layout_size: int = 256,
 ) -> Path:
     """Write prompts, chains, drawn layouts and images of a few samples under samples/step-<step>/."""
-    from gotr1.chain import parse_chain, render_layout
-
     folder = Path(output_dir) / "samples" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "samples.jsonl").open("w") as handle:
@@ -126,8 +128,6 @@ def progress_bar(
     accelerator: Accelerator, total: int, initial: int, enabled: bool, desc: str
 ) -> Any:
     """A tqdm bar on the main process (a stand-in that does nothing elsewhere)."""
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total,
         initial=initial,
