@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from gotr1 import __version__
 from gotr1.errors import UserError
 
 # Each module here defines `register(subparsers)`, adding its subcommands with a `func` default
@@ -28,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gotr1",
         description="Reasoning-driven image generation (GoT-R1): SFT, GRPO, judges, benchmarks.",
     )
-    from gotr1 import __version__
 
     parser.add_argument("--version", action="version", version=f"gotr1 {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

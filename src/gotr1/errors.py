@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 
 class UserError(Exception):
     """A problem with the user's input (file, flag, config) that deserves a one-line message, not a traceback."""
@@ -35,8 +37,6 @@ def refuse_set(config: object, names: tuple[str, ...], reason: str) -> None:
     Defaults pass, so a config that leaves such a field alone (or spells out its default) stays
     valid in every mode.
     """
-    import dataclasses
-
     for spec in dataclasses.fields(config):  # type: ignore[arg-type]
         if spec.name not in names:
             continue

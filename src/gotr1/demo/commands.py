@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gotr1.demo.config import DemoConfig
+from gotr1.demo.config import DemoConfig, parse_settings
+from gotr1.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,8 +91,6 @@ def _add_threads_and_set(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo_config(args: argparse.Namespace, **overrides: object) -> DemoConfig:
-    from gotr1.demo.config import DemoConfig, parse_settings
-
     values: dict[str, object] = dict(
         out=str(args.out), seed=args.seed, threads=args.threads, progress=not args.no_progress
     )
@@ -106,8 +103,6 @@ def _demo_config(args: argparse.Namespace, **overrides: object) -> DemoConfig:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Handler of `gotr1 demo`."""
-    from gotr1.errors import UserError
-
     if args.seeds is None:
         from gotr1.demo.pipeline import run_demo
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from gotr1.errors import UserError
 from gotr1.numeric import finite_message
+from gotr1.train.config import coerce
 
 DEMO_PRESET: dict[str, Any] = {
     "name": "world-demo",
@@ -283,10 +285,6 @@ SET_RESERVED = ("out", "seed", "quick", "threads", "progress", "preset")
 def parse_settings(assignments: list[str]) -> dict[str, Any]:
     """``["grpo_steps=24", "reward_components=sem,pi"]`` -> typed DemoConfig overrides; raises
     `gotr1.errors.UserError` naming the bad assignment (unknown field, wrong type)."""
-    import typing
-
-    from gotr1.train.config import coerce
-
     hints = typing.get_type_hints(DemoConfig)
     settable = sorted(f.name for f in dataclasses.fields(DemoConfig) if f.name not in SET_RESERVED)
     values: dict[str, Any] = {}

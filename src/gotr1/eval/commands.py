@@ -34,11 +34,30 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from PIL import Image
+
+from gotr1.errors import UserError
+from gotr1.eval import hf_scorers
+from gotr1.eval.compbench import (
+    CATEGORIES,
+    CATEGORY_METRIC,
+    category_mean,
+    complex_kind,
+    missing_capabilities,
+    score_image,
+)
+from gotr1.eval.compbench import summary_markdown as compbench_summary_markdown
+from gotr1.eval.compbench import summary_record as compbench_summary_record
+from gotr1.eval.evidence import CLASSIC_CAPABILITIES, EvidenceScorer, capabilities
 from gotr1.eval.generate import add_generate_parser, add_plan_args, add_plan_cfg_arg, plan_options
-from gotr1.eval.hf_scorers import HF_SCORERS, OFFICIAL_MODELS
+from gotr1.eval.geneval import evaluate_image, summarize
+from gotr1.eval.geneval import summary_markdown as geneval_summary_markdown
+from gotr1.eval.geneval import summary_record as geneval_summary_record
+from gotr1.eval.hf_scorers import HF_SCORERS, OFFICIAL_MODELS, HFScorerOptions, closeness
 from gotr1.eval.judge_flags import (
     PLAN_JUDGES,
     add_judge_args,
@@ -49,10 +68,28 @@ from gotr1.eval.judge_flags import (
     plan_judge_label,
     qwen_local_judge,
 )
-
-if TYPE_CHECKING:
-    from gotr1.eval.evidence import EvidenceScorer
-    from gotr1.eval.layouts import CompbenchItem, GenevalItem
+from gotr1.eval.layouts import (
+    COMPBENCH_PROMPT_FILES,
+    CompbenchItem,
+    GenevalItem,
+    compbench_items,
+    compbench_result_dir,
+    geneval_items,
+    load_compbench_prompts,
+    load_complex_splits,
+    load_geneval_metadata,
+    write_compbench_results,
+    write_jsonl,
+    write_summary,
+)
+from gotr1.eval.scorers import (
+    LogprobOpenAIJudge,
+    QwenEvidenceScorer,
+    WorldEvidenceScorer,
+    run_batched,
+)
+from gotr1.world import CATEGORIES as WORLD_CATEGORIES
+from gotr1.world import benchmark_prompts
 
 SCORERS: tuple[str, ...] = ("official", "clip", "blip-vqa", "owlv2", "qwen", "openai", "world")
 """Evidence scorers: the benchmarks' models through transformers (official = the closest per
@@ -279,14 +316,7 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _user_error() -> type[Exception]:
-    from gotr1.errors import UserError
-
-    return UserError
-
-
 def _check_common(args: argparse.Namespace) -> None:
-    UserError = _user_error()
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     if args.images_per_prompt < 1:
@@ -328,7 +358,7 @@ def _sampling(args: argparse.Namespace) -> Any:
             compile_decode=args.compile_decode,
         )
     except ValueError as error:
-        raise _user_error()(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 def _processes(args: argparse.Namespace) -> tuple[int, int, str | None, Callable[[], None]]:
@@ -337,7 +367,6 @@ def _processes(args: argparse.Namespace) -> tuple[int, int, str | None, Callable
     sizes = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
     if max(int(os.environ.get(name, "1") or 1) for name in sizes) <= 1:
         return 0, 1, args.device, lambda: None
-    from datetime import timedelta
 
     from accelerate import PartialState
 
@@ -394,11 +423,11 @@ def _check_manifest(out: Path, manifest: dict[str, Any], force: bool, write: boo
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise _user_error()(f"{path}: unreadable ({error}); remove it or use --force") from None
+            raise UserError(f"{path}: unreadable ({error}); remove it or use --force") from None
         keys = list(manifest) + [k for k in previous if k not in manifest]
         differs = [k for k in keys if previous.get(k) != manifest.get(k)]
         if differs and not force:
-            raise _user_error()(
+            raise UserError(
                 f"{out} holds images generated with other settings ({', '.join(differs)} differ, "
                 f"see {path}); use another --out, or --force to add to it anyway"
             )
@@ -415,8 +444,6 @@ def _progress() -> bool:
 
 def hf_options(args: argparse.Namespace) -> Any:
     """The :class:`gotr1.eval.hf_scorers.HFScorerOptions` the scorer flags describe."""
-    from gotr1.eval.hf_scorers import HFScorerOptions
-
     return HFScorerOptions(
         clip_model=args.clip_model,
         blip_model=args.blip_model,
@@ -434,9 +461,6 @@ def hf_options(args: argparse.Namespace) -> Any:
 
 def scorer_provides(name: str) -> frozenset[str]:
     """What the scorer a ``--scorer`` name builds answers, known before it loads anything."""
-    from gotr1.eval import hf_scorers
-    from gotr1.eval.evidence import CLASSIC_CAPABILITIES
-
     classes = {
         "clip": hf_scorers.ClipScoreScorer,
         "blip-vqa": hf_scorers.BlipVqaScorer,
@@ -469,12 +493,8 @@ def eval_plan_judge(args: argparse.Namespace) -> Any:
 def build_scorer(name: str, args: argparse.Namespace) -> EvidenceScorer:
     """The evidence scorer ``name`` (official, clip, blip-vqa, owlv2, qwen, openai, world)
     configured from the scorer and judge flags."""
-    UserError = _user_error()
-    from gotr1.eval.scorers import LogprobOpenAIJudge, QwenEvidenceScorer, WorldEvidenceScorer
 
     if name in HF_SCORERS:
-        from gotr1.eval import hf_scorers
-
         options = hf_options(args)
         benchmark = "geneval" if getattr(args, "eval_command", "") == "geneval" else "compbench"
         if name == "clip":
@@ -536,15 +556,13 @@ def _close(scorer: Any) -> None:
 def _require_images(items: Sequence[Any], out: Path) -> None:
     """Refuse to score when none of the expected images exists (nothing generated yet)."""
     if not any(Path(item.image_path).is_file() for item in items):
-        raise _user_error()(
+        raise UserError(
             f"{out}: none of the {len(items)} expected images exists; generate them first "
             "(drop --skip-generation)"
         )
 
 
 def _open_rgb(path: Path) -> Any:
-    from PIL import Image
-
     with Image.open(path) as image:
         return image.convert("RGB")
 
@@ -557,10 +575,6 @@ def compbench_prompts(
 ) -> dict[str, list[str]]:
     """Prompts per category: the shipped val files (or ``prompts_dir/<category>_val.txt``),
     the first ``limit`` of each. Unknown categories and missing files raise UserError."""
-    from gotr1.eval.compbench import CATEGORIES
-    from gotr1.eval.layouts import COMPBENCH_PROMPT_FILES, load_compbench_prompts
-
-    UserError = _user_error()
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
         raise UserError(
@@ -584,8 +598,6 @@ def compbench_prompts(
 
 
 def _complex_splits(prompts_dir: Path | None) -> tuple[list[str], list[str]]:
-    from gotr1.eval.layouts import load_complex_splits
-
     spatial, action = load_complex_splits()
     if prompts_dir is not None:
         for name, target in (
@@ -608,10 +620,6 @@ def score_compbench_category(
     """Score one category's generated images with the official rule over ``scorer``'s evidence
     and write the official result files under ``result_dir``. Images not on disk are counted as
     missing and left out. Returns {"score", "images", "missing"}."""
-    from gotr1.eval.compbench import CATEGORY_METRIC, category_mean, complex_kind, score_image
-    from gotr1.eval.layouts import write_compbench_results
-    from gotr1.eval.scorers import run_batched
-
     if not items:
         return {"score": 0.0, "images": 0, "missing": 0}
     category = items[0].category
@@ -658,18 +666,8 @@ def score_compbench_category(
 
 def run_compbench(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval compbench``."""
-    from gotr1.eval.compbench import (
-        CATEGORIES,
-        missing_capabilities,
-        summary_markdown,
-        summary_record,
-    )
-    from gotr1.eval.evidence import capabilities
-    from gotr1.eval.hf_scorers import closeness
-    from gotr1.eval.layouts import compbench_items, compbench_result_dir, write_summary
     from gotr1.eval.provenance import provenance_record
 
-    UserError = _user_error()
     _check_common(args)
     prompts = compbench_prompts(args.categories or list(CATEGORIES), args.prompts_dir, args.limit)
     try:
@@ -723,7 +721,7 @@ def run_compbench(args: argparse.Namespace) -> int:
         finally:
             _close(scorer)
         scores = {c: r["score"] for c, r in per_category.items()}
-        record = summary_record(
+        record = compbench_summary_record(
             scores,
             scorer.name,
             {c: r["images"] for c, r in per_category.items()},
@@ -751,7 +749,7 @@ def run_compbench(args: argparse.Namespace) -> int:
                 "scoring_seconds": time.perf_counter() - start,
             }
         )
-        markdown = summary_markdown(record) + provenance_markdown(record)
+        markdown = compbench_summary_markdown(record) + provenance_markdown(record)
         paths = write_summary(args.out, record, markdown, f"summary.judged-by-{_slug(scorer.name)}")
         _warn_judge(record)
         print(markdown)
@@ -816,9 +814,6 @@ def score_geneval_items(
 ) -> tuple[list[dict[str, Any]], int]:
     """GenEval results rows (official results.jsonl format) of the generated images, scored with
     GenEval's rules over ``scorer``'s evidence; and how many images were missing."""
-    from gotr1.eval.geneval import evaluate_image
-    from gotr1.eval.scorers import run_batched
-
     present = [item for item in items if Path(item.image_path).is_file()]
     rows: list[dict[str, Any]] = []
     for start in range(0, len(present), chunk):
@@ -836,12 +831,8 @@ def score_geneval_items(
 
 def run_geneval(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval geneval``."""
-    from gotr1.eval.geneval import summarize, summary_markdown, summary_record
-    from gotr1.eval.hf_scorers import closeness
-    from gotr1.eval.layouts import geneval_items, load_geneval_metadata, write_jsonl, write_summary
     from gotr1.eval.provenance import provenance_record
 
-    UserError = _user_error()
     _check_common(args)
     if args.metadata is not None and not args.metadata.is_file():
         raise UserError(f"--metadata {args.metadata}: no such file")
@@ -876,7 +867,7 @@ def run_geneval(args: argparse.Namespace) -> int:
         slug = _slug(scorer.name)
         results_path = write_jsonl(args.out / f"judged-by-{slug}" / "results.jsonl", rows)
         models = dict(getattr(scorer, "models", {}) or {})
-        record = summary_record(
+        record = geneval_summary_record(
             summarize(rows), scorer.name, closeness(scorer, "geneval") if models else None
         )
         record.update(
@@ -894,7 +885,7 @@ def run_geneval(args: argparse.Namespace) -> int:
                 "scoring_seconds": time.perf_counter() - start,
             }
         )
-        markdown = summary_markdown(record) + provenance_markdown(record)
+        markdown = geneval_summary_markdown(record) + provenance_markdown(record)
         paths = write_summary(args.out, record, markdown, f"summary.judged-by-{slug}")
         _warn_judge(record)
         print(markdown)
@@ -911,18 +902,16 @@ def run_world(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval world``."""
     from gotr1.eval.generation import load_policy
     from gotr1.eval.world_bench import evaluate_world, world_summary_markdown, write_world_results
-    from gotr1.world import CATEGORIES, benchmark_prompts
 
-    UserError = _user_error()
     _check_common(args)
     if args.num_prompts < 1:
         raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
-    categories = args.categories or list(CATEGORIES)
-    unknown = [c for c in categories if c not in CATEGORIES]
+    categories = args.categories or list(WORLD_CATEGORIES)
+    unknown = [c for c in categories if c not in WORLD_CATEGORIES]
     if unknown:
         raise UserError(
             f"unknown world categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
-            f"choose from {', '.join(CATEGORIES)}"
+            f"choose from {', '.join(WORLD_CATEGORIES)}"
         )
     prompts = benchmark_prompts(args.split, args.num_prompts, args.prompt_seed)
     chosen: list[Any] = []

@@ -15,10 +15,18 @@ Registration imports nothing heavy; the handler imports torch when it runs.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gotr1.eval.judge_flags import add_judge_args
+from gotr1.errors import UserError
+from gotr1.eval.judge_flags import (
+    add_judge_args,
+    build_plan_judge,
+    check_plan_judge,
+    close_judge,
+    plan_judge_label,
+)
 
 if TYPE_CHECKING:
     from gotr1.eval.plans import PlanOptions
@@ -132,18 +140,9 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 generate``; returns the exit code."""
-    import json
-
     import torch
 
     from gotr1.chain import render_layout
-    from gotr1.errors import UserError
-    from gotr1.eval.judge_flags import (
-        build_plan_judge,
-        check_plan_judge,
-        close_judge,
-        plan_judge_label,
-    )
     from gotr1.eval.plans import judge_noise_generator, sample_batch
     from gotr1.policy.policy import Policy
     from gotr1.policy.rollout import SamplingConfig

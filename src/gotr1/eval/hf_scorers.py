@@ -50,9 +50,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from gotr1.errors import UserError
 from gotr1.eval.evidence import Detection, PixelBox
@@ -64,9 +65,6 @@ from gotr1.rewards.clip_model import (
     load_tokenizer,
     resolve_device,
 )
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 __all__ = [
     "BLIP_IMAGE_SIZE",
@@ -287,13 +285,11 @@ def blip_question(question: str, max_words: int = 50) -> str:
 
 def blip_pixels(images: Sequence[Image.Image], size: int = BLIP_IMAGE_SIZE) -> np.ndarray:
     """BLIP-VQA's test transform: RGB, ``Resize((size, size), BICUBIC)``, /255, CLIP mean/std."""
-    from PIL import Image as PILImage
-
     mean = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)[:, None, None]
     std = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)[:, None, None]
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, image in enumerate(images):
-        resized = image.convert("RGB").resize((size, size), PILImage.Resampling.BICUBIC)
+        resized = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         out[i] = (np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0 - mean) / std
     return out
 
@@ -405,8 +401,6 @@ def owlv2_pixels(images: Sequence[Image.Image], size: int) -> np.ndarray:
     transformers' own OWLv2 image processors need scipy or torchvision; this is the same
     transform without them (its anti-aliasing filter applies only when shrinking an image
     larger than ``size``, here replaced by PIL's bilinear filter)."""
-    from PIL import Image as PILImage
-
     mean = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
     std = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
@@ -417,8 +411,8 @@ def owlv2_pixels(images: Sequence[Image.Image], size: int) -> np.ndarray:
         padded = np.full((side, side, 3), 0.5, dtype=np.float32)
         padded[:height, :width] = array
         for c in range(3):
-            channel = PILImage.fromarray(padded[:, :, c], mode="F")
-            resized = np.asarray(channel.resize((size, size), PILImage.Resampling.BILINEAR))
+            channel = Image.fromarray(padded[:, :, c], mode="F")
+            resized = np.asarray(channel.resize((size, size), Image.Resampling.BILINEAR))
             out[i, c] = (resized - mean[c]) / std[c]
     return out
 

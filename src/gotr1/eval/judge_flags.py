@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gotr1.errors import UserError
+
 PLAN_JUDGES = ("qwen", "openai", "world")
 """Judges that can score plans (`--plan-judge`): local Qwen2.5-VL, an OpenAI-compatible server,
 the world's exact judge."""
@@ -65,8 +67,6 @@ def add_judge_args(parser: argparse.ArgumentParser, plan_judge_default: str) -> 
 def check_plan_judge(args: argparse.Namespace, candidates: int) -> None:
     """Refuse ``--plan-judge`` when there is one plan candidate (nothing to score)."""
     if args.plan_judge and candidates < 2:
-        from gotr1.errors import UserError
-
         raise UserError("--plan-judge needs --plan-candidates K > 1 (it scores the candidates)")
 
 
@@ -77,7 +77,6 @@ def plan_judge_label(name: str, args: argparse.Namespace) -> str:
 
 def openai_config(args: argparse.Namespace) -> Any:
     """The OpenAI-compatible server the judge flags name (--judge-url, --judge-model)."""
-    from gotr1.errors import UserError
     from gotr1.rewards import OpenAIJudgeConfig
 
     try:
@@ -94,7 +93,6 @@ def openai_config(args: argparse.Namespace) -> Any:
 def qwen_local_judge(args: argparse.Namespace, hint: str = "") -> Any:
     """The local Qwen2.5-VL judge the judge flags describe (a one-line error, ending with
     ``hint`` when given, if it cannot load)."""
-    from gotr1.errors import UserError
     from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
 
     try:

@@ -6,6 +6,12 @@ Registration imports nothing heavy; each handler imports torch/transformers when
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from gotr1.errors import UserError
+from gotr1.policy.presets import get_preset, janus_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,8 +73,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def register_train_vq(subparsers: argparse._SubParsersAction) -> None:
     """``gotr1 train-vq --out DIR``: train the world image tokenizer (a JanusVQVAE)."""
-    from pathlib import Path
-
     parser = subparsers.add_parser(
         "train-vq",
         help="train the world image tokenizer (a tiny JanusVQVAE) on world renders",
@@ -111,14 +115,9 @@ def register_train_vq(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train_vq(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 train-vq``."""
-    import json
-    from dataclasses import replace
-
     import torch
     from transformers.models.janus.modeling_janus import JanusVQVAE
 
-    from gotr1.errors import UserError
-    from gotr1.policy.presets import get_preset, janus_config
     from gotr1.policy.vq import VQTrainConfig, evaluate_vq, save_report, train_vq
 
     try:

@@ -15,11 +15,13 @@ handled here: new rows are set in the input embeddings and, when untied, in ``lm
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gotr1.chain import BEGIN_OF_IMAGE, END_OF_IMAGE
 from gotr1.errors import UserError
+from gotr1.policy.presets import PresetConfig, build_model, get_preset
 from gotr1.policy.tokenizer import (
     CHAT_TEMPLATE,
     GOT_R1_MARKUP_ORDER,
@@ -34,8 +36,6 @@ from gotr1.policy.tokenizer import (
 if TYPE_CHECKING:
     import torch
     from transformers import JanusForConditionalGeneration, JanusProcessor, PreTrainedTokenizerBase
-
-    from gotr1.policy.presets import PresetConfig
 
 MARKUP_INIT_CHOICES = ("mean", "keep")
 
@@ -146,8 +146,6 @@ def add_markup_tokens(
     ``gotr1 convert --markup-init mean``). Says in one line on stderr what it added. Returns the
     ids of the tokens added (empty when nothing was missing).
     """
-    import sys
-
     if init not in MARKUP_INIT_CHOICES:
         raise ValueError(f"init must be one of {MARKUP_INIT_CHOICES}, got {init!r}")
     known = len(tokenizer)  # the mean is over rows of tokens the tokenizer had before
@@ -201,8 +199,6 @@ def new_policy(
     the tokenizer (or to `vocab_size`, e.g. the preset's 102,400 rows of Janus-Pro, which exceed
     its tokenizer too) and its special-token ids are set from it.
     """
-    from gotr1.policy.presets import build_model, get_preset
-
     preset = get_preset(preset)
     if processor is None:
         tokenizer = train_world_tokenizer(**preset.world_tokenizer)

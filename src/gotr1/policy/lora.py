@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gotr1.errors import UserError
+
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
@@ -116,8 +118,6 @@ def check_base_holds_vocabulary(model: JanusForConditionalGeneration) -> None:
     fewer rows than the model the adapter was trained on (IndexError, or different logits), so
     the adapter would not be self-contained. Raises `gotr1.errors.UserError` saying what to do.
     """
-    from gotr1.errors import UserError
-
     base = str(getattr(model, "name_or_path", "") or "")
     if not base:
         return  # a model built in memory: its adapter names no base to disagree with
@@ -171,8 +171,6 @@ def load_adapter(
 ) -> PeftModel:
     """Attach a saved PEFT adapter folder to a base model (trainable if asked)."""
     from peft import PeftModel
-
-    from gotr1.errors import UserError
 
     path = Path(path)
     if not (path / "adapter_config.json").is_file():

@@ -220,7 +220,7 @@ def preset_from_dict(data: dict[str, Any], source: str = "preset") -> PresetConf
 
 def load_preset_yaml(path: str | Path) -> PresetConfig:
     """Read a preset from a YAML file such as configs/world-tiny.yaml."""
-    import yaml
+    import yaml  # not loaded by `gotr1 --help`, which imports this module
 
     path = Path(path)
     try:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from gotr1.chain import BEGIN_OF_IMAGE, BOX_END, BOX_START, END_OF_IMAGE, OBJ_END, OBJ_START
+from gotr1.world import sample_examples
 
 if TYPE_CHECKING:
     from transformers import JanusProcessor, PreTrainedTokenizerBase
@@ -110,8 +111,6 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 def world_corpus(num_examples: int = 3000, seed: int = 0) -> list[str]:
     """Texts the world tokenizer is trained on: prompt turns and chains of train-split examples."""
-    from gotr1.world import sample_examples
-
     texts: list[str] = []
     for example in sample_examples(num_examples, seed=seed, split="train"):
         texts.append(build_prompt_text(example.prompt))

@@ -21,14 +21,12 @@ loaded is a :class:`gotr1.errors.UserError` naming the flag or field that chose 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from gotr1.errors import UserError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -103,8 +101,6 @@ def clip_pixels(
     std: Sequence[float] = OPENAI_CLIP_STD,
 ) -> np.ndarray:
     """OpenAI CLIP's test transform of ``images``: float32 array [N, 3, size, size]."""
-    from PIL import Image as PILImage
-
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     mean_a = np.asarray(mean, dtype=np.float32)[:, None, None]
     std_a = np.asarray(std, dtype=np.float32)[:, None, None]
@@ -114,7 +110,7 @@ def clip_pixels(
         new_long = int(size * long / short)
         new_size = (size, new_long) if width <= height else (new_long, size)
         if new_size != (width, height):
-            image = image.resize(new_size, PILImage.Resampling.BICUBIC)
+            image = image.resize(new_size, Image.Resampling.BICUBIC)
         width, height = image.size
         top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
         image = image.crop((left, top, left + size, top + size)).convert("RGB")

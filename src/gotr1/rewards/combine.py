@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from gotr1.chain import parse_chain, render_layout
 from gotr1.errors import ConfigError, refuse_set
+from gotr1.numeric import finite_message
 from gotr1.rewards.protocol import COMPONENTS, Box, Judge, match_boxes
 
 COMBINATIONS: tuple[str, ...] = ("product", "sum", "weighted_sum")
@@ -79,8 +81,6 @@ class RewardConfig:
     def __post_init__(self) -> None:
         """Refuse a bad value with a one-line `ConfigError` that begins with the field's name
         (the one owner of these checks: GRPOConfig's reward fields are judged here too)."""
-        from gotr1.numeric import finite_message
-
         message = finite_message(self)
         if message:
             raise ConfigError(message, message.split()[0])
@@ -339,8 +339,6 @@ def _number(value: Any) -> float:
 def _as_chain(chain: Any) -> Any:
     """A parsed chain from a Chain-like object or chain text."""
     if isinstance(chain, str):
-        from gotr1.chain import parse_chain
-
         return parse_chain(chain)
     return chain
 
@@ -402,8 +400,6 @@ class DualStageReward:
             if config.spatial_input == "canvas" and getattr(
                 self.judge, "reads_layout_images", True
             ):
-                from gotr1.chain import render_layout
-
                 start = time.perf_counter()
                 layout_images = [render_layout(c, config.layout_size) for c in chains]
                 timings["layout_render"] = time.perf_counter() - start

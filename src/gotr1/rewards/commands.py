@@ -8,6 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
+from gotr1.chain import parse_chain
+from gotr1.errors import UserError
+from gotr1.rewards import (
+    DualStageReward,
+    OpenAIJudge,
+    OpenAIJudgeConfig,
+    QwenLocalConfig,
+    QwenLocalJudge,
+    RewardConfig,
+    WorldJudge,
+)
+
 JUDGES = ("world", "qwen", "openai")
 COMPONENT_NAMES = ("sem", "spa", "ri", "pi")
 
@@ -107,10 +121,6 @@ def run_convert_hps(args: argparse.Namespace) -> int:
 
 
 def _read_inputs(args: argparse.Namespace) -> tuple[str, Any]:
-    from PIL import Image, UnidentifiedImageError
-
-    from gotr1.errors import UserError
-
     if args.chain == "-":
         chain_text = sys.stdin.read()
     else:
@@ -133,9 +143,6 @@ def _read_inputs(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 def _reward_config(args: argparse.Namespace) -> Any:
-    from gotr1.errors import UserError
-    from gotr1.rewards import RewardConfig
-
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     weights = dict.fromkeys(COMPONENT_NAMES, 1.0)
     if args.weights:
@@ -159,16 +166,10 @@ def _reward_config(args: argparse.Namespace) -> Any:
 
 
 def _judge(args: argparse.Namespace) -> Any:
-    from gotr1.errors import UserError
-
     try:
         if args.judge == "world":
-            from gotr1.rewards import WorldJudge
-
             return WorldJudge()
         if args.judge == "qwen":
-            from gotr1.rewards import QwenLocalConfig, QwenLocalJudge
-
             config = QwenLocalConfig(
                 model=args.model or QwenLocalConfig.model,
                 device=args.device,
@@ -183,7 +184,6 @@ def _judge(args: argparse.Namespace) -> Any:
                 raise UserError(
                     f"--model: cannot load a Qwen2.5-VL checkpoint from {config.model!r} ({error})"
                 ) from error
-        from gotr1.rewards import OpenAIJudge, OpenAIJudgeConfig
 
         return OpenAIJudge(
             OpenAIJudgeConfig(
@@ -203,9 +203,6 @@ def _judge(args: argparse.Namespace) -> Any:
 
 def run_score(args: argparse.Namespace) -> int:
     """Handler of `gotr1 score`: judge one sample and print a JSON report on stdout."""
-    from gotr1.chain import parse_chain
-    from gotr1.rewards import DualStageReward
-
     chain_text, image = _read_inputs(args)
     config = _reward_config(args)
     judge = _judge(args)

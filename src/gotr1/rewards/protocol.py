@@ -33,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from gotr1.chain import box_iou as chain_box_iou
+
 Box = tuple[int, int, int, int]
 """(x1, y1, x2, y2) on the 0–1000 grid of an image."""
 
@@ -121,8 +123,6 @@ class Judge(Protocol):
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes (delegates to gotr1.chain)."""
-    from gotr1.chain import box_iou as chain_box_iou
-
     return chain_box_iou(a, b)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gotr1.numeric import finite_message
 from gotr1.rewards import qwen_prompts as qp
 from gotr1.rewards.protocol import Box, GroundResult, JudgeScores
 
@@ -77,8 +78,6 @@ class VLMJudgeConfig:
     )
 
     def __post_init__(self) -> None:
-        from gotr1.numeric import finite_message
-
         message = finite_message(self)  # of subclasses' fields too (timeouts, backoff)
         if message:
             raise ValueError(message)

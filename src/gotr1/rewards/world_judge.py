@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+import gotr1.world as world
+from gotr1.chain import box_iou
 from gotr1.rewards.protocol import Box, GroundResult, JudgeScores
 
 COLLISION_IOU = 0.5
@@ -44,8 +46,6 @@ COLLISION_IOU = 0.5
 
 
 def _world() -> Any:
-    import gotr1.world as world
-
     return world
 
 
@@ -124,7 +124,6 @@ def semantic_score(spec: Any, names: Sequence[str]) -> float:
 def layout_score(spec: Any, names: Sequence[str], boxes: Sequence[Box]) -> float:
     """R_spa of one chain's planned layout against a prompt spec (see the module docstring)."""
     world = _world()
-    from gotr1.chain import box_iou
 
     drawn = [i for i, box in enumerate(boxes) if _has_area(box)]
     parsed = [parse_object_name(names[i]) for i in drawn]

@@ -11,6 +11,7 @@ Importing this package does not import torch; the functions below load it when c
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from gotr1.train.config import ConfigError, GRPOConfig, SFTConfig, load_config
@@ -31,7 +32,5 @@ __all__ = ["ConfigError", "GRPOConfig", "SFTConfig", "load_config", *sorted(_LAZ
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'gotr1.train' has no attribute {name!r}")

@@ -11,11 +11,14 @@ underscores are interchangeable. Registration imports nothing heavy.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import typing
+from pathlib import Path
 from typing import Any
 
-from gotr1.train.config import GRPOConfig, SFTConfig, TrainConfig, field_help
+from gotr1.errors import UserError
+from gotr1.train.config import GRPOConfig, SFTConfig, TrainConfig, field_help, load_config
 
 _RESERVED = {"config", "resume", "command", "func"}
 
@@ -128,8 +131,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, str]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Load the YAML config (if any), apply the overrides, validate (errors name the field)."""
-    from gotr1.train.config import load_config
-
     return load_config(args.config_class, args.config, overrides_from_args(args))
 
 
@@ -164,10 +165,6 @@ def run_grpo(args: argparse.Namespace) -> int:
 
 def run_grpo_signal(args: argparse.Namespace) -> int:
     """Handler of `gotr1 grpo-signal`."""
-    import json
-    from pathlib import Path
-
-    from gotr1.errors import UserError
     from gotr1.train.signal import measure_gradient_signal
 
     if args.batches < 2:

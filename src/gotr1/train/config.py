@@ -6,7 +6,9 @@ read from a flat YAML mapping (``field: value``) and any field can be overridden
 (``--field value``; dashes and underscores are interchangeable). Bad values fail at start with a
 `ConfigError` that names the field.
 
-This module imports nothing heavy (the `gotr1` command builds its parsers from it).
+This module imports nothing heavy (the `gotr1` command builds its parsers from it): yaml, and the
+policy, rewards and world packages (which load PIL and numpy), are imported by the functions that
+use them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gotr1.errors import ConfigError, refuse_set  # ConfigError is importable from here too
+from gotr1.numeric import finite_message
 
 if TYPE_CHECKING:
     from gotr1.policy.sampling import SamplingConfig
@@ -125,8 +128,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values; raise `ConfigError` naming the field. Called at construction."""
-        from gotr1.numeric import finite_message
-
         message = finite_message(self)  # first: NaN passes every range check below
         if message:
             raise ConfigError(message)

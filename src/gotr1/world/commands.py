@@ -6,7 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from gotr1.errors import UserError
 from gotr1.world.chains import CHAIN_COLORS
+from gotr1.world.detector_check import detector_accuracy
+from gotr1.world.preview import write_preview
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,9 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _preview(args: argparse.Namespace) -> int:
     """Handler of `gotr1 world preview`."""
-    from gotr1.errors import UserError
-    from gotr1.world.preview import write_preview
-
     if args.per_category < 1 or args.size < 16:
         raise UserError("--per-category must be >= 1 and --size >= 16")
     page = write_preview(
@@ -64,9 +64,6 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _detector_check(args: argparse.Namespace) -> int:
     """Handler of `gotr1 world detector-check`."""
-    from gotr1.errors import UserError
-    from gotr1.world.detector_check import detector_accuracy
-
     if args.scenes < 1 or args.size < 16 or args.blur < 0 or args.noise < 0:
         raise UserError("--scenes must be >= 1, --size >= 16, --blur and --noise >= 0")
     report = detector_accuracy(args.scenes, args.seed, args.blur, args.noise, args.size)
