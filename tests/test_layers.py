@@ -2,12 +2,16 @@
 
 Layers, bottom up: the package root (its version), errors, numeric, boxes, chain; world; policy and rewards; eval and train; demo;
 cli. The ``commands`` module of each package (its CLI handlers) is left out of the layer rule.
-Imports inside functions count as much as those at the top of a module.
+Imports inside functions count as much as those at the top of a module. The `gotr1` command starts
+light: importing the CLI loads none of torch, transformers or numpy, and building its parser (what
+`gotr1 --help` does) loads neither torch nor transformers.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gotr1"
@@ -98,3 +102,21 @@ def test_no_import_cycles_between_modules():
         if target != source and reaches(target, source)
     )
     assert cycles == []
+
+
+def modules_loaded_by(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of `names` are in sys.modules after running `code` in a fresh interpreter."""
+    script = f"import sys\n{code}\nprint(' '.join(n for n in {names!r} if n in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout.split()
+
+
+def test_importing_the_cli_loads_no_heavy_library():
+    assert modules_loaded_by("import gotr1.cli", ("torch", "transformers", "numpy")) == []
+
+
+def test_building_the_cli_parser_loads_neither_torch_nor_transformers():
+    code = "import gotr1.cli\ngotr1.cli.build_parser()"
+    assert modules_loaded_by(code, ("torch", "transformers")) == []
