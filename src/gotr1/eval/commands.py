@@ -666,7 +666,7 @@ def score_compbench_category(
 
 def run_compbench(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval compbench``."""
-    from gotr1.eval.provenance import provenance_record
+    from gotr1.eval.provenance import provenance_record  # loads yaml
 
     _check_common(args)
     prompts = compbench_prompts(args.categories or list(CATEGORIES), args.prompts_dir, args.limit)
@@ -831,7 +831,7 @@ def score_geneval_items(
 
 def run_geneval(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 eval geneval``."""
-    from gotr1.eval.provenance import provenance_record
+    from gotr1.eval.provenance import provenance_record  # loads yaml
 
     _check_common(args)
     if args.metadata is not None and not args.metadata.is_file():

@@ -31,6 +31,9 @@ judge's noise, if any, comes from a stream seeded with the batch's seed.
 
 Images are written atomically (:func:`gotr1.eval.layouts.save_image_atomic`) after their chain
 and record, so an existing image always has its chain and record.
+
+Importing this module does not import torch; the functions that load or run a policy import it,
+and the policy, when called.
 """
 
 from __future__ import annotations

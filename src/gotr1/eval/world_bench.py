@@ -18,6 +18,9 @@ images; ``gotr1 eval world`` is that, from a model folder.
 :func:`world_compbench_prompts` and :func:`world_geneval_metadata` phrase world prompts as
 T2I-CompBench prompt lists and GenEval metadata, so the official protocols (and their rules,
 judged by :class:`gotr1.eval.scorers.WorldEvidenceScorer`) can run end to end on a world model.
+
+Importing this module does not import torch; `evaluate_world` imports it, and the policy's
+sampler, when called.
 """
 
 from __future__ import annotations
