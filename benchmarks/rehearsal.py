@@ -349,6 +349,20 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _settings_argv(argv: list[str]) -> list[str]:
+    """The command line without the folders of one machine (--work, --out) and --keep."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--work", "--out"):
+            skip = True
+        elif not arg.startswith(("--work=", "--out=")) and arg != "--keep":
+            kept.append(arg)
+    return kept
+
+
 def sft_weight_dtype(trainable: int, frozen: int, memory_gib: float) -> tuple[str, str]:
     """float32 weights when full fine-tuning's state fits the memory with a quarter to spare,
     else bf16 weights and optimizer state (every trained parameter still trained)."""
@@ -439,7 +453,7 @@ def main() -> None:
                 "sees non-zero advantages"
             ),
         },
-        "command": "python benchmarks/rehearsal.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/rehearsal.py", *_settings_argv(sys.argv[1:])]),
         "stages": {},
     }
 

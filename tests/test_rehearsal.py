@@ -37,6 +37,8 @@ def test_rehearsal_runs_every_stage_and_records_time_and_memory(tmp_path):
         assert stage["exit_code"] == 0 and stage["seconds"] > 0, name
         assert 0.1 < stage["max_rss_gib"] < 8, name  # the stage's own process, not the parent's
     assert record["machine"]["cores"] == os.cpu_count()
+    assert "--preset world-tiny" in record["command"]  # the settings, not this machine's folders
+    assert str(tmp_path) not in record["command"] and "--keep" not in record["command"]
 
     # GRPO: one step, a checkpoint, then --resume to the second; the stand-in judge's varied
     # answers give the update non-zero advantages; each step logs its phases' peak memory.
