@@ -12,13 +12,14 @@ what gotr1's step holds (gotr1.policy.rollout, gotr1.policy.logprobs, gotr1.trai
   moments, 16 bytes a parameter;
 - rollout: the static KV cache of stage 2, the conditional rows over prompt + chain cap + image
   tokens and the unconditional rows over the image tokens after one shared prefix, plus one
-  decode step's logits;
+  decode step's logits (with two-condition guidance, `plan_cfg_weight`, the prompt-only rows'
+  cache as well: as large as the conditional rows');
 - update: with gradient checkpointing every layer's input of the micro-batch's sequences (twice
-  the rows with guided image log-probs: the unconditional rows run too), plus one layer's
-  activations and their gradients while it is recomputed (10 hidden-wide and 4
-  intermediate-wide tensors per token, the Llama layer's saved tensors), plus the heads' chunked
-  logits (at most 2^24 floats a chunk, three copies); without checkpointing every layer's
-  activations are held.
+  the rows with guided image log-probs, as the unconditional rows run too; three times with
+  two-condition guidance), plus one layer's activations and their gradients while it is
+  recomputed (10 hidden-wide and 4 intermediate-wide tensors per token, the Llama layer's saved
+  tensors), plus the heads' chunked logits (at most 2^24 floats a chunk, three copies); without
+  checkpointing every layer's activations are held.
 
 Peak = weights + LoRA state + the larger of rollout and update (the KV cache is freed before the
 update), + the process baseline on CPU (interpreter and libraries). `--measured` reads the
@@ -49,6 +50,7 @@ class StepShape:
     chain_tokens: int  # the chain cap
     prompt_tokens: int = 48  # chat template + caption
     guided: bool = True  # guided image log-probs: unconditional rows in the update too
+    plan_guidance: bool = False  # plan_cfg_weight set: a prompt-only row set as well
     checkpointing: bool = True
     weight_bytes: int = 2  # bf16
     activation_bytes: int = 2  # bf16 (autocast or bf16 weights)
@@ -93,8 +95,10 @@ def predict(sizes: dict[str, Any], shape: StepShape, baseline_gib: float = 0.0) 
     lora = 16 * lora_parameters(sizes, shape.lora_r) if shape.lora_r else 0
     kv_per_token = L * 2 * sizes["kv_width"] * shape.weight_bytes
     cache_tokens = n * length + n * k + (shape.prompt_tokens + shape.chain_tokens)
+    if shape.plan_guidance:  # prompt-only rows share no prefix: a cache as large as the rows'
+        cache_tokens += n * length
     rollout = kv_per_token * cache_tokens + 2 * n * sizes["vocab"] * 4
-    sequences = shape.micro_batch_rows * (2 if shape.guided else 1)
+    sequences = shape.micro_batch_rows * (1 + shape.guided + (shape.guided and shape.plan_guidance))
     token_rows = sequences * length
     layer = token_rows * (LAYER_HIDDEN_TENSORS * h + LAYER_INTERMEDIATE_TENSORS * i)
     layer *= shape.activation_bytes
@@ -143,6 +147,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=48)
     parser.add_argument("--lora-r", type=int, default=32)
     parser.add_argument("--conditional", action="store_true", help="conditional image log-probs")
+    parser.add_argument(
+        "--plan-guidance", action="store_true", help="two-condition guidance (plan_cfg_weight)"
+    )
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument(
         "--cpu", action="store_true", help="add the CPU process baseline (--baseline-gib)"
@@ -157,6 +164,7 @@ def main() -> None:
         chain_tokens=args.chain_tokens,
         prompt_tokens=args.prompt_tokens,
         guided=not args.conditional,
+        plan_guidance=args.plan_guidance,
         checkpointing=not args.no_checkpointing,
         lora_r=args.lora_r,
     )
