@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,16 @@ from gotr1.rewards.qwen_prompts import qwen_resized_size
 
 SECRET = "sk-test-d0-not-leak-7f3a9c"
 KEY_ENV = "GOTR1_TEST_JUDGE_KEY"
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A loopback server that stays silent when a client hangs up before its answer is written
+    (a judge that timed out and retried): socketserver would print the traceback to stderr, where
+    it lands in whichever test is capturing stderr at the time."""
+
+    def handle_error(self, request, client_address):  # noqa: ANN001 - socketserver's signature
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 class ChatServer:
@@ -148,7 +159,7 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
