@@ -150,7 +150,8 @@ def test_manifest_guards_resume(tmp_path):
 
 
 def test_plan_cfg_weight_flag_reaches_sampling_and_the_generation_records(capsys):
-    from gotr1.eval.commands import _manifest, _sampling
+    from gotr1.eval.commands import _manifest
+    from gotr1.eval.generate import sampling_config
     from gotr1.eval.generation import sampling_record
     from gotr1.policy.sampling import SamplingConfig
 
@@ -160,7 +161,7 @@ def test_plan_cfg_weight_flag_reaches_sampling_and_the_generation_records(capsys
         # A folder generated before the setting existed keeps its manifest (resume still works).
         assert "plan_cfg_weight" not in _manifest(args, benchmark)["sampling"]
         args = parse(["eval", benchmark, "--model", "M", "--out", "O", "--plan-cfg-weight", "7"])
-        sampling = _sampling(args)
+        sampling = sampling_config(args)
         assert (sampling.cfg_weight, sampling.plan_cfg_weight) == (5.0, 7.0)
         assert _manifest(args, benchmark)["sampling"]["plan_cfg_weight"] == 7.0
         record = sampling_record(sampling)  # beside every image; rebuilds its batch's sampling

@@ -53,7 +53,13 @@ from gotr1.eval.compbench import (
 from gotr1.eval.compbench import summary_markdown as compbench_summary_markdown
 from gotr1.eval.compbench import summary_record as compbench_summary_record
 from gotr1.eval.evidence import CLASSIC_CAPABILITIES, EvidenceScorer, capabilities
-from gotr1.eval.generate import add_generate_parser, add_plan_args, add_plan_cfg_arg, plan_options
+from gotr1.eval.generate import (
+    add_generate_parser,
+    add_plan_args,
+    add_plan_cfg_arg,
+    plan_options,
+    sampling_config,
+)
 from gotr1.eval.geneval import evaluate_image, summarize
 from gotr1.eval.geneval import summary_markdown as geneval_summary_markdown
 from gotr1.eval.geneval import summary_record as geneval_summary_record
@@ -341,24 +347,6 @@ def _check_common(args: argparse.Namespace) -> None:
             raise UserError(f"--score-chunk must be at least 1, got {args.score_chunk}")
         if set(scorers) & set(HF_SCORERS):
             hf_options(args)  # checks the OWLv2 thresholds before anything is generated
-
-
-def _sampling(args: argparse.Namespace) -> Any:
-    from gotr1.policy.rollout import SamplingConfig
-
-    try:
-        return SamplingConfig(
-            text_temperature=args.temperature,
-            image_temperature=args.image_temperature,
-            top_p=args.top_p,
-            cfg_weight=args.cfg_weight,
-            plan_cfg_weight=args.plan_cfg_weight,
-            max_chain_tokens=args.max_chain_tokens,
-            max_batch_rows=args.max_batch_rows,
-            compile_decode=args.compile_decode,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from None
 
 
 def _processes(args: argparse.Namespace) -> tuple[int, int, str | None, Callable[[], None]]:
@@ -774,7 +762,7 @@ def _generate(
     """Load the policy and generate this process's share of ``items``."""
     from gotr1.eval.generation import generate_items, load_policy
 
-    sampling = _sampling(args)
+    sampling = sampling_config(args)
     policy = load_policy(args.model, device=device, dtype=args.dtype)
     manifest = _manifest(args, benchmark)
     _check_manifest(args.out, manifest, args.force, write=rank == 0)
@@ -922,7 +910,7 @@ def run_world(args: argparse.Namespace) -> int:
             chosen.append((text, spec))
     if not chosen:
         raise UserError("no prompts left after --categories/--limit/--num-prompts")
-    sampling = _sampling(args)
+    sampling = sampling_config(args)
     policy = load_policy(args.model, device=args.device, dtype=args.dtype)
     result = evaluate_world(
         policy,

@@ -30,6 +30,7 @@ from gotr1.eval.judge_flags import (
 
 if TYPE_CHECKING:
     from gotr1.eval.plans import PlanOptions
+    from gotr1.policy.sampling import SamplingConfig
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -138,6 +139,26 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
     )
 
 
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The `SamplingConfig` of the sampling flags of `generate` and `eval` (a one-line error for a
+    bad value); flags a command lacks (--max-batch-rows, --compile-decode) keep their defaults."""
+    from gotr1.policy.sampling import SamplingConfig
+
+    try:
+        return SamplingConfig(
+            text_temperature=args.temperature,
+            image_temperature=args.image_temperature,
+            top_p=args.top_p,
+            cfg_weight=args.cfg_weight,
+            plan_cfg_weight=args.plan_cfg_weight,
+            max_chain_tokens=args.max_chain_tokens,
+            max_batch_rows=getattr(args, "max_batch_rows", None),
+            compile_decode=getattr(args, "compile_decode", False),
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """Handler of ``gotr1 generate``; returns the exit code."""
     import torch
@@ -145,7 +166,6 @@ def run_generate(args: argparse.Namespace) -> int:
     from gotr1.chain import render_layout
     from gotr1.eval.plans import judge_noise_generator, sample_batch
     from gotr1.policy.policy import Policy
-    from gotr1.policy.rollout import SamplingConfig
 
     if not args.prompt.strip():
         raise UserError("the prompt is empty")
@@ -156,17 +176,7 @@ def run_generate(args: argparse.Namespace) -> int:
     plans = plan_options(args)
     check_plan_judge(args, plans.candidates)
     judge_name = args.plan_judge or "world"
-    try:
-        sampling = SamplingConfig(
-            text_temperature=args.temperature,
-            image_temperature=args.image_temperature,
-            top_p=args.top_p,
-            cfg_weight=args.cfg_weight,
-            plan_cfg_weight=args.plan_cfg_weight,
-            max_chain_tokens=args.max_chain_tokens,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    sampling = sampling_config(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
