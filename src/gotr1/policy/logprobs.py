@@ -57,6 +57,20 @@ class TokenLogprobs:
     image_entropy: torch.Tensor | None = None  # [B, K]
 
 
+def head_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """`head(hidden)` for hidden states [..., D], computed on one 2-D [positions, D] matrix.
+
+    A head's linear layers fold a contiguous [b, t, D] input into one matrix product, but not a
+    strided slice of one (a chunk of positions, the chain's columns): PyTorch then multiplies
+    batch by batch against the weight expanded over the b rows, and on CPU in bf16 that expansion
+    is copied, b copies of the weight per call (1.56 GiB for Janus-Pro-1B's 102,400 x 2048 text
+    head at 4 rows, in the forward, the recomputation and the backward alike; measured with
+    `benchmarks/grpo_memory_probe.py`). Reshaping copies the hidden states instead (b x t x D).
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return head(flat).view(*hidden.shape[:-1], -1)
+
+
 def _head_logprobs(
     head: torch.nn.Module,
     hidden: torch.Tensor,
@@ -70,9 +84,9 @@ def _head_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of `targets` [b, t] under head(hidden [b, t, D]), mixed by `guided_logits` with
     the unconditional and prompt-only branches given (none: the head's own logits)."""
-    logits = head(hidden).float()
-    uncond = None if uncond_hidden is None else head(uncond_hidden).float()
-    prompt_only = None if prompt_hidden is None else head(prompt_hidden).float()
+    logits = head_logits(head, hidden).float()
+    uncond = None if uncond_hidden is None else head_logits(head, uncond_hidden).float()
+    prompt_only = None if prompt_hidden is None else head_logits(head, prompt_hidden).float()
     logits = guided_logits(logits, uncond, prompt_only, cfg_weight, plan_cfg_weight)
     logp = torch.log_softmax(logits / temperature, dim=-1)
     token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
@@ -95,7 +109,7 @@ def chunked_head_logprobs(
     """`_head_logprobs` over chunks of positions, each checkpointed when gradients are on."""
     rows, length = targets.shape
     with torch.no_grad():
-        vocab = head(hidden[:1, :1]).shape[-1] if length else 1
+        vocab = head_logits(head, hidden[:1, :1]).shape[-1] if length else 1
     chunk = max(1, logits_chunk_elements // max(1, rows * vocab))
     recompute = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in head.parameters())

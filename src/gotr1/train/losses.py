@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from gotr1.policy.logprobs import teacher_forced_hidden
+from gotr1.policy.logprobs import head_logits, teacher_forced_hidden
 from gotr1.policy.rollout import janus_parts
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def sft_losses(
     )
 
     # Image: the hidden state at <begin_of_image> predicts code 0, at code k-1 predicts code k.
-    image_logits = parts.image_head(hidden[:, length - 1 :]).float()
+    image_logits = head_logits(parts.image_head, hidden[:, length - 1 :]).float()
     image_loss = F.cross_entropy(image_logits.flatten(0, 1), image_ids.flatten())
 
     loss = chain_weight * chain_loss + image_weight * image_loss
