@@ -1,7 +1,12 @@
-"""PeakMemory: the peak of a stretch of work, reset between stretches."""
+"""PeakMemory: the peak of a stretch of work, reset between stretches; glibc's heap retention."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from gotr1.train.memory import PeakMemory
@@ -21,3 +26,36 @@ def test_cpu_peak_sees_a_large_tensor_and_forgets_it_after_reset():
         assert memory.kind == "process peak RSS"
     else:
         assert memory.kind == "process peak RSS since start"
+
+
+_HEAP_CHECK = """
+import ctypes, sys
+import torch
+from gotr1.train.memory import limit_heap_retention
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in "abcdefghij"]  # hblkhd e, fordblks i
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if not limit_heap_retention():
+    sys.exit(3)
+size = max(2**21, libc.mallinfo2().i + 2**20)  # larger than all the free heap: a new block
+before = libc.mallinfo2().e
+block = torch.ones(size // 4)
+during = libc.mallinfo2().e
+del block
+after = libc.mallinfo2().e
+sys.exit(0 if during - before >= size and after - before < size else 1)
+"""
+
+
+def test_limit_heap_retention_maps_mid_sized_blocks_on_their_own_pages():
+    """After it, a new block of a few MiB (below glibc's raised threshold, so carved from the
+    heap before) is a mapping of its own, and its pages go back when it is freed. A fresh
+    process, so that no free heap space left by other tests can serve the block."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    done = subprocess.run([sys.executable, "-c", _HEAP_CHECK], env=env, timeout=120)
+    if done.returncode == 3:
+        pytest.skip("not glibc")
+    assert done.returncode == 0

@@ -45,7 +45,7 @@ from gotr1.rewards.hps import HPSReward
 from gotr1.train import checkpoint as ckpt
 from gotr1.train.config import ConfigError, GRPOConfig, save_config
 from gotr1.train.data import PromptSource
-from gotr1.train.memory import PeakMemory
+from gotr1.train.memory import PeakMemory, limit_heap_retention
 from gotr1.train.runlog import RunLog, dump_samples, progress_bar
 from gotr1.train.runtime import (
     TrainingModule,
@@ -294,6 +294,8 @@ def train_grpo(
 
     config.check_files()
     accelerator = make_accelerator(config)
+    if accelerator.device.type == "cpu":
+        limit_heap_retention()  # CPU rollouts otherwise leave GiBs of freed heap resident
     processes = accelerator.num_processes
     if config.num_prompts % processes:
         raise ConfigError(

@@ -4,10 +4,15 @@ Training logs it per GRPO phase (``memory/rollout_peak_gib``, ``memory/update_pe
 that a run shows what its settings cost before it runs out of memory, and benchmarks read the same
 numbers. On Linux the CPU peak is the process's VmHWM, reset at the start of each stretch through
 ``/proc/self/clear_refs``; where that cannot be reset, the peak since the process started.
+
+`limit_heap_retention` keeps glibc from holding freed memory: GRPO on CPU calls it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import re
 import resource
 import sys
@@ -18,6 +23,9 @@ import torch
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.M)
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+HEAP_MMAP_THRESHOLD = 128 * 1024
+"""Blocks from this size on get their own pages from the kernel, and give them back when freed."""
 
 
 class PeakMemory:
@@ -64,3 +72,28 @@ def _reset_cpu_peak() -> bool:
     except OSError:
         return False
     return True
+
+
+def limit_heap_retention(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
+    """Make glibc map every allocation of `threshold` bytes or more on its own pages (returned to
+    the kernel when freed) instead of carving it from its heap; True where that took effect.
+
+    glibc starts at this threshold but raises it, up to 32 MiB, each time a mapped block is freed,
+    so a CPU rollout's per-step temporaries (a few MiB each, a little larger at every decoding
+    step) came from the heap, and small long-lived tensors made between them kept the freed
+    space from being reused: at 1 and 2 of Janus-Pro-1B's layers the heap held 5-8 GiB free but
+    resident after a rollout (`benchmarks/grpo_memory_probe.py`, mallinfo2), 0.02 GiB with the
+    threshold fixed, at the same speed. Setting it fixes it (glibc then stops adjusting it). A
+    threshold set in the environment (MALLOC_MMAP_THRESHOLD_) is kept; other C libraries are left
+    alone (False).
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
