@@ -7,7 +7,9 @@
 Random weights, no download. The step is the real one: `Policy.rollout` (chain, then CFG image
 tokens), the world judge adapted to any image size (its scores are meaningless on random images,
 its cost is real), group-normalised advantages, guided teacher-forced log-probs with gradients,
-`grpo_loss`, backward. Prints a JSON record and writes it under benchmarks/results/.
+`grpo_loss`, backward. On CPU glibc's heap retention is limited as `gotr1 grpo` limits it
+(`gotr1.train.memory.limit_heap_retention`). Prints a JSON record and writes it under
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gotr1.policy.presets import get_preset
 from gotr1.policy.rollout import SamplingConfig
 from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge
 from gotr1.train.grpo import group_advantages, grpo_loss, loss_normaliser
-from gotr1.train.memory import PeakMemory
+from gotr1.train.memory import PeakMemory, limit_heap_retention
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.world import benchmark_prompts
 
@@ -70,6 +72,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    if device.type == "cpu":
+        limit_heap_retention()  # as `gotr1 grpo` does on CPU
 
     preset = get_preset(args.preset)
     if args.layers:
