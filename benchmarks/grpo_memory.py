@@ -40,7 +40,8 @@ With `--cpu`, the parts only a CPU run has (each measured at Janus-Pro-1B width,
   the layer they attend, keys and values of every row over its slots, one layer at a time;
 - the process baseline (interpreter and libraries, `--baseline-gib`) for absolute peaks.
 glibc's retention of freed heap (5-8 GiB at 1 and 2 layers of 1B before it was limited) is not
-modelled: `gotr1 grpo` on CPU limits it (`gotr1.train.memory.limit_heap_retention`).
+modelled: `gotr1 grpo` on CPU limits it for models of 100M parameters or more
+(`gotr1.train.memory.limit_heap_retention_for`).
 
 Peak = weights + LoRA state + the larger of rollout and update (the KV cache is freed before the
 update) + on CPU the kernels and the baseline. `--measured` reads the phase peaks GRPO logged

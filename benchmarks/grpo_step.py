@@ -8,7 +8,7 @@ Random weights, no download. The step is the real one: `Policy.rollout` (chain, 
 tokens), the world judge adapted to any image size (its scores are meaningless on random images,
 its cost is real), group-normalised advantages, guided teacher-forced log-probs with gradients,
 `grpo_loss`, backward. On CPU glibc's heap retention is limited as `gotr1 grpo` limits it
-(`gotr1.train.memory.limit_heap_retention`). Prints a JSON record and writes it under
+(`gotr1.train.memory.limit_heap_retention_for`). Prints a JSON record and writes it under
 benchmarks/results/.
 """
 
@@ -31,7 +31,7 @@ from gotr1.policy.presets import get_preset
 from gotr1.policy.rollout import SamplingConfig
 from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge
 from gotr1.train.grpo import group_advantages, grpo_loss, loss_normaliser
-from gotr1.train.memory import PeakMemory, limit_heap_retention
+from gotr1.train.memory import PeakMemory, limit_heap_retention_for
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.world import benchmark_prompts
 
@@ -72,8 +72,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    if device.type == "cpu":
-        limit_heap_retention()  # as `gotr1 grpo` does on CPU
 
     preset = get_preset(args.preset)
     if args.layers:
@@ -81,6 +79,7 @@ def main() -> None:
     # The preset's own vocabulary (Janus-Pro: 102,400 rows, more than any tokenizer here).
     model, processor = new_policy(preset, device=device, vocab_size=preset.text["vocab_size"])
     model = model.to(device=device, dtype=dtype)
+    limit_heap_retention_for(model, device.type)  # as `gotr1 grpo` does
     if args.lora:
         model = apply_lora(model, r=32, alpha=32)
     if args.gradient_checkpointing:

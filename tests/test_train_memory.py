@@ -59,3 +59,19 @@ def test_limit_heap_retention_maps_mid_sized_blocks_on_their_own_pages():
     if done.returncode == 3:
         pytest.skip("not glibc")
     assert done.returncode == 0
+
+
+def test_heap_retention_is_limited_only_for_large_models_on_cpu(monkeypatch):
+    """GRPO's rule: on CPU, from HEAP_LIMIT_MIN_PARAMETERS on (Janus-Pro scale); a small model
+    (where the fixed threshold is slower) and any GPU run keep glibc's default."""
+    from gotr1.train import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "limit_heap_retention", lambda: calls.append(1) or True)
+    small = torch.nn.Linear(8, 8)
+    large = torch.nn.Linear(10_000, 10_000, device="meta")  # 100,010,000 parameters, no memory
+    assert memory.limit_heap_retention_for(small, "cpu") is False
+    assert memory.limit_heap_retention_for(large, "cuda") is False
+    assert calls == []
+    assert memory.limit_heap_retention_for(large, "cpu") is True
+    assert calls == [1]

@@ -45,7 +45,7 @@ from gotr1.rewards.hps import HPSReward
 from gotr1.train import checkpoint as ckpt
 from gotr1.train.config import ConfigError, GRPOConfig, save_config
 from gotr1.train.data import PromptSource
-from gotr1.train.memory import PeakMemory, limit_heap_retention
+from gotr1.train.memory import PeakMemory, limit_heap_retention_for
 from gotr1.train.runlog import RunLog, dump_samples, progress_bar
 from gotr1.train.runtime import (
     TrainingModule,
@@ -294,8 +294,6 @@ def train_grpo(
 
     config.check_files()
     accelerator = make_accelerator(config)
-    if accelerator.device.type == "cpu":
-        limit_heap_retention()  # CPU rollouts otherwise leave GiBs of freed heap resident
     processes = accelerator.num_processes
     if config.num_prompts % processes:
         raise ConfigError(
@@ -312,6 +310,8 @@ def train_grpo(
     resume_from = ckpt.prepare_output_dir(accelerator, config, resume)
 
     policy = build_policy(config, resume_from)
+    # large CPU rollouts otherwise leave GiBs of freed heap resident
+    limit_heap_retention_for(policy.model, accelerator.device.type)
     optimizer = make_optimizer(policy.model, config)
     scheduler = make_scheduler(optimizer, config, config.max_steps * config.num_iterations)
     wrapped, optimizer = accelerator.prepare(TrainingModule(policy.model), optimizer)
