@@ -17,7 +17,6 @@ raised.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from demo_inputs import demo_inputs
+from demo_inputs import demo_inputs, write_result
 from gotr1.policy.attention import use_float32_cpu_attention
 from gotr1.train.data import BadRows, WorldExamples, make_sft_batch
 from gotr1.train.losses import sft_losses
@@ -139,10 +138,7 @@ def main() -> None:
     model.model.language_model = eager_lm
     record["work"] = results
     record["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"compile-levers-{inputs.name}-{choice.chosen}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, f"compile-levers-{inputs.name}-{choice.chosen}", record)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ of world examples, and sampled GRPO rollouts, so every benchmark times the same 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,12 @@ def demo_inputs(
     with torch.no_grad():
         rollouts = policy.rollout(prompt_list, num_generations, sampling, generator)
     return DemoInputs(name, policy, batch, prompt_list, sampling, rollouts)
+
+
+def write_result(folder: Path, name: str, record: dict[str, Any]) -> Path:
+    """Write a benchmark's JSON record as ``<folder>/<name>.json``, say where, return the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

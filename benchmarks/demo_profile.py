@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from demo_inputs import demo_inputs
+from demo_inputs import demo_inputs, write_result
 from gotr1.policy.attention import use_float32_cpu_attention
 from gotr1.train.losses import sft_losses
 from gotr1.train.precision import choose_mixed_precision
@@ -119,10 +119,7 @@ def main() -> None:
         print(f"{name}: {found['seconds']:.3f} s, {found['calls']} operator calls")
         for op in found["top"]:
             print(f"  {op['share']:6.1%}  {op['self_ms']:9.1f} ms  {op['calls']:6d}x  {op['op']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"demo-profile-{inputs.name}-{choice.chosen}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, f"demo-profile-{inputs.name}-{choice.chosen}", record)
 
 
 if __name__ == "__main__":
