@@ -24,7 +24,6 @@ import ctypes
 import dataclasses
 import functools
 import json
-import os
 import threading
 import time
 from collections import defaultdict
@@ -42,12 +41,11 @@ from gotr1.policy.policy import Policy
 from gotr1.policy.presets import get_preset
 from gotr1.policy.rollout import SamplingConfig
 from gotr1.train.grpo import grpo_loss, loss_normaliser
-from gotr1.train.memory import limit_heap_retention
+from gotr1.train.memory import limit_heap_retention_for, resident_gib
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.world import benchmark_prompts
 
 GIB = 2**30
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -82,17 +80,12 @@ def malloc_gib() -> dict[str, float]:
     }
 
 
-def rss_gib() -> float:
-    """Resident memory of this process now."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / GIB
-
-
 class RssTracker:
     """Resident memory sampled every `interval` s; `span(name)` records entry and peak per stage."""
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
-        self.peak = rss_gib()
+        self.peak = resident_gib()
         self.stages: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -100,16 +93,16 @@ class RssTracker:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_gib())
+            self.peak = max(self.peak, resident_gib())
 
     @contextlib.contextmanager
     def span(self, name: str, base: float):
         outer = self.peak
-        self.peak = entry = rss_gib()
+        self.peak = entry = resident_gib()
         try:
             yield
         finally:
-            peak = max(self.peak, rss_gib())
+            peak = max(self.peak, resident_gib())
             record = self.stages.setdefault(name, {"calls": 0, "entry": 0.0, "peak": 0.0})
             record["calls"] += 1
             record["entry"] = max(record["entry"], round(entry - base, 3))
@@ -237,14 +230,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not args.glibc_default:
-        limit_heap_retention()  # as `gotr1 grpo` does on CPU
     if args.float32_attention:
         use_float32_cpu_attention()
 
     preset = get_preset(args.preset)
     preset = dataclasses.replace(preset, text=dict(preset.text, num_hidden_layers=args.layers))
     model, processor = new_policy(preset, vocab_size=preset.text["vocab_size"])
+    if not args.glibc_default:
+        limit_heap_retention_for(model, "cpu")  # as `gotr1 grpo` does, after loading its model
     if not args.float32_weights:
         model = model.to(dtype=torch.bfloat16)
     model = apply_lora(model, r=32, alpha=32)
@@ -255,7 +248,7 @@ def main() -> None:
     sampling = SamplingConfig(cfg_weight=5.0, max_chain_tokens=args.max_chain_tokens)
 
     tracker = RssTracker()
-    base = [rss_gib()]
+    base = [resident_gib()]
     for name in ("sample_chains", "sample_image_tokens", "unconditional_rows", "decode_images"):
         wrap(rollout_module, name, tracker, base)
     for name in ("teacher_forced_hidden", "chunked_head_logprobs"):
@@ -292,7 +285,7 @@ def main() -> None:
         del prof
 
     if "update" in phases:
-        base[0] = rss_gib()
+        base[0] = resident_gib()
         record["before_update_gib"] = round(base[0], 3)
         start = time.perf_counter()
         model.train()

@@ -31,7 +31,7 @@ from gotr1.policy.presets import get_preset
 from gotr1.policy.rollout import SamplingConfig
 from gotr1.rewards import DualStageReward, RewardConfig, WorldJudge
 from gotr1.train.grpo import group_advantages, grpo_loss, loss_normaliser
-from gotr1.train.memory import PeakMemory, limit_heap_retention_for
+from gotr1.train.memory import PeakMemory, limit_heap_retention_for, resident_gib
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.world import benchmark_prompts
 
@@ -40,7 +40,7 @@ def _in_use_gib(device: torch.device) -> float:
     """Memory in use now: CUDA's allocated bytes on GPU, the process's resident memory on CPU."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**30
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return resident_gib()
 
 
 def _sync(device: torch.device) -> None:

@@ -75,3 +75,13 @@ def test_heap_retention_is_limited_only_for_large_models_on_cpu(monkeypatch):
     assert calls == []
     assert memory.limit_heap_retention_for(large, "cpu") is True
     assert calls == [1]
+
+
+def test_resident_memory_counts_a_touched_tensor():
+    """resident_gib reads what the process holds now: a tensor of 256 MiB, written, adds it."""
+    from gotr1.train.memory import resident_gib
+
+    before = resident_gib()
+    block = torch.ones(64 * 2**20)  # 256 MiB, every page written
+    assert resident_gib() - before > 0.2
+    del block

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 _STATUS = Path("/proc/self/status")
+_STATM = Path("/proc/self/statm")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.M)
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -70,6 +71,12 @@ class PeakMemory:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
             return peak / (2**30 if sys.platform == "darwin" else 2**20)
         return float("nan")  # other accelerators: not measured
+
+
+def resident_gib() -> float:
+    """This process's resident memory now, in GiB (Linux: /proc/self/statm); benchmarks sample it
+    to see what a stretch of work holds beside its peak."""
+    return int(_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def _reset_cpu_peak() -> bool:
