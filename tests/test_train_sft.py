@@ -16,7 +16,7 @@ from gotr1.policy.rollout import Rollouts, SamplingConfig, left_pad
 from gotr1.policy.tokenizer import encode_prompt
 from gotr1.train.config import SFTConfig
 from gotr1.train.data import BadRows, WorldExamples, chain_token_ids, make_sft_batch
-from gotr1.train.losses import sft_losses
+from gotr1.train.losses import sft_group_losses, sft_losses
 from gotr1.train.runlog import read_log
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.train.sft import train_sft
@@ -118,6 +118,47 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
         assert torch.allclose(dict(model.named_parameters())[name].grad, grad, atol=1e-6), name
 
 
+def test_length_groups_give_the_whole_batchs_loss_and_gradient(tiny_folder):
+    model, processor = load_pretrained(tiny_folder)
+    source = WorldExamples(seed=5)
+    batch = make_sft_batch(
+        [(i, source[i]) for i in range(7)], processor.tokenizer, model.model.vqmodel, 64, 0.3, 0,
+        600, BadRows(),
+    )  # fmt: skip
+    model.train()
+    whole = sft_losses(model, batch)
+    whole["loss"].backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    parts = batch.length_groups(3)
+    lengths = [part.text_mask.sum(1) for part in parts]
+    assert [len(part) for part in parts] == [3, 2, 2]
+    assert sorted(p for part in parts for p in part.prompts) == sorted(batch.prompts)
+    assert all(a.max() <= b.min() for a, b in zip(lengths, lengths[1:], strict=False))
+    assert all(
+        part.text_ids.shape[1] == int(n.max()) for part, n in zip(parts, lengths, strict=True)
+    )
+    assert sum(part.text_ids.numel() for part in parts) < batch.text_ids.numel()  # less padding
+
+    model.zero_grad()
+    calls = []
+
+    def step(part, totals, last):
+        calls.append(last)
+        losses = sft_losses(model, part, token_totals=totals)
+        losses["loss"].backward()
+        return losses
+
+    sums = sft_group_losses(batch, 3, step)
+    assert calls == [False, False, True]
+    for key in ("loss", "chain_loss", "image_loss", "chain_tokens", "image_tokens"):
+        assert sums[key] == pytest.approx(float(whole[key].detach()), rel=1e-5), key
+    for name, grad in plain.items():
+        got = dict(model.named_parameters())[name].grad
+        assert torch.allclose(got, grad, rtol=1e-4, atol=1e-6), name
+    assert batch.length_groups(1) == [batch] and len(batch.length_groups(50)) == len(batch)
+
+
 def test_prompt_only_dropout_trains_and_logs_its_share(tiny_folder, tmp_path):
     plain = tmp_path / "plain"
     train_sft(quick_config(tiny_folder, plain, max_steps=1, save_steps=100))
@@ -145,6 +186,18 @@ def test_sft_loss_falls_and_resume_is_exact(tiny_folder, tmp_path):
     assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)  # VQ stays frozen
     head = "model.generation_head.vision_head.weight"
     assert not torch.equal(trained[head], start[head])
+
+    # The same run in length groups: the same gradients, so the same weights to float tolerance.
+    grouped = train_sft(
+        quick_config(
+            tiny_folder, tmp_path / "grouped", max_steps=12, batch_size=6, learning_rate=5e-3,
+            save_steps=100, length_groups=3,
+        )
+    )  # fmt: skip
+    grouped_losses = [row["loss"] for row in read_log(tmp_path / "grouped")]
+    assert grouped_losses == pytest.approx(losses, rel=1e-3)
+    other = load_file(str(grouped / "model.safetensors"))
+    assert all(torch.allclose(other[k], trained[k], atol=1e-3) for k in trained)
 
     # Interrupted after step 2 and resumed == uninterrupted (weights, optimizer, data position).
     whole = tmp_path / "whole"

@@ -101,6 +101,11 @@ class DemoConfig:
     sft_batch_size: int = _f(32, "SFT examples per step.")
     sft_learning_rate: float = _f(3e-3, "SFT peak learning rate (cosine).")
     sft_warmup_steps: int = _f(20, "SFT warm-up steps.")
+    sft_length_groups: int = _f(
+        2,
+        "Passes an SFT batch runs in, rows grouped by length (SFTConfig.length_groups): the same "
+        "gradient with half the padding, 1.14x (float32) to 1.22x (bf16) faster a step.",
+    )
     sft_world_split: str = _f(
         "train",
         "World split of the SFT corpus: train, or sft (train without the RL-only compositions, "

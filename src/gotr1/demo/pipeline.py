@@ -263,6 +263,7 @@ LATER_DEFAULTS = (
     ("world_chain_colors", "prompt"),
     ("prompt_only_dropout", 0.0),
     ("plan_cfg_weight", None),
+    ("length_groups", 1),
 )
 """Training-config fields added after demo runs existed, at the value those runs used: left out
 of a stage's identity, so adding a field does not retrain finished stages (a run that sets
@@ -320,6 +321,7 @@ SFT_SETTINGS = {
     "batch_size": "sft_batch_size",
     "learning_rate": "sft_learning_rate",
     "warmup_steps": "sft_warmup_steps",
+    "length_groups": "sft_length_groups",
     "save_steps": "sft_save_steps",
     "world_split": "sft_world_split",
     "world_chain_colors": "sft_chain_colors",

@@ -231,6 +231,12 @@ class SFTConfig(TrainConfig):
         "prompt-only branch. 0 = off.",
     )
     max_chain_tokens: int = _field(600, "Longest chain (tokens, with <begin_of_image>) kept.")
+    length_groups: int = _field(
+        1,
+        "Each micro-batch runs as this many forward and backward passes over rows of similar "
+        "length, each trimmed to its own longest row: the same gradient with less padding "
+        "(benchmarks/sft_length_groups.py). 1 = one pass.",
+    )
     freeze: list[str] = _field(
         ["vqmodel", "vision_model", "aligner"],
         "Janus submodules (model.<name>) kept frozen; the VQ and the understanding tower by default.",
@@ -241,7 +247,9 @@ class SFTConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         self.sample_sampling()  # SamplingConfig owns the checks of the sample dumps' fields
-        _positive(self, "batch_size", "max_chain_tokens", "vq_steps", "vq_batch_size")
+        _positive(
+            self, "batch_size", "max_chain_tokens", "vq_steps", "vq_batch_size", "length_groups"
+        )
         _positive(self, "vq_learning_rate")
         _non_negative(self, "chain_loss_weight", "image_loss_weight")
         _choice(self, "on_bad_row", BAD_ROW_POLICIES)

@@ -268,6 +268,40 @@ class SFTBatch:
             None if self.prompt_only is None else self.prompt_only.to(device),
         )
 
+    def length_groups(self, groups: int) -> list[SFTBatch]:
+        """The rows split into at most `groups` batches of similar text length, each trimmed to
+        its own longest row: the same examples with less padding.
+
+        Rows are ordered by their real (unmasked) text length and cut into contiguous groups of
+        near-equal size; a group keeps only the right-hand columns its rows use. Positions come
+        from the mask and padding is masked, so every row computes what it computed in the whole
+        batch. ``groups`` 1 (or a batch of one row) returns ``[self]``.
+        """
+        rows = len(self)
+        groups = max(1, min(int(groups), rows))
+        if groups == 1:
+            return [self]
+        lengths = self.text_mask.sum(dim=1)
+        order = torch.sort(lengths, stable=True).indices
+        out = []
+        for part in torch.tensor_split(order, groups):
+            keep = int(lengths[part].max())
+            columns = slice(self.text_ids.shape[1] - keep, None)
+            picked = part.tolist()
+            out.append(
+                SFTBatch(
+                    self.text_ids[part, columns],
+                    self.text_mask[part, columns],
+                    self.labels[part, columns],
+                    self.image_ids[part],
+                    self.unconditional[part],
+                    [self.prompts[i] for i in picked],
+                    [self.chains[i] for i in picked],
+                    None if self.prompt_only is None else self.prompt_only[part],
+                )
+            )
+        return out
+
 
 def chain_token_ids(tokenizer: Any, chain: str) -> list[int]:
     """Token ids of a chain as the model writes it after ``Assistant:`` (a leading space), then

@@ -24,10 +24,12 @@ import dataclasses
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from gotr1.errors import UserError
 from gotr1.policy.io import configure_special_tokens, load_pretrained, new_policy
@@ -37,7 +39,8 @@ from gotr1.policy.presets import PRESETS, build_model, get_preset
 from gotr1.policy.vq import VQTrainConfig, train_vq
 from gotr1.train import checkpoint as ckpt
 from gotr1.train.config import SFTConfig, save_config
-from gotr1.train.data import BadRows, make_sft_batch, sft_source, slice_for_process
+from gotr1.train.data import BadRows, SFTBatch, make_sft_batch, sft_source, slice_for_process
+from gotr1.train.losses import sft_group_losses
 from gotr1.train.runlog import RunLog, dump_samples, progress_bar
 from gotr1.train.runtime import (
     TrainingModule,
@@ -220,6 +223,25 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
             uses_accelerate_state(accelerator),
         )
 
+    # DeepSpeed steps its optimizer inside every backward: one pass a micro-batch there.
+    length_groups = 1 if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    length_groups = length_groups or config.length_groups
+
+    def group_step(
+        part: SFTBatch, token_totals: tuple[float, float], last: bool
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward of one length group; only the last one synchronises gradients."""
+        with nullcontext() if last else accelerator.no_sync(wrapped):
+            losses = wrapped(
+                "sft",
+                part,
+                chain_weight=config.chain_loss_weight,
+                image_weight=config.image_loss_weight,
+                token_totals=token_totals,
+            )
+            accelerator.backward(losses["loss"])
+        return losses
+
     metrics: dict[str, float] = {}
     for step in range(start_step, config.max_steps):
         started = time.perf_counter()
@@ -248,19 +270,13 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
                 raise UserError(f"every row of the batch at data position {position} was bad")
             batch = batch.to(accelerator.device)
             with accelerator.accumulate(wrapped):
-                losses = wrapped(
-                    "sft",
-                    batch,
-                    chain_weight=config.chain_loss_weight,
-                    image_weight=config.image_loss_weight,
-                )
-                accelerator.backward(losses["loss"])
+                losses = sft_group_losses(batch, length_groups, group_step)
                 if accelerator.sync_gradients:
                     grad_norm = clip_gradients(accelerator, wrapped, config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             for key in ("loss", "chain_loss", "image_loss"):
-                sums[key] += float(losses[key].detach()) / config.gradient_accumulation_steps
+                sums[key] += losses[key] / config.gradient_accumulation_steps
             sums["unconditional"] += float(batch.unconditional.float().mean()) / (
                 config.gradient_accumulation_steps
             )
@@ -268,7 +284,7 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
                 sums["prompt_only"] += float(batch.prompt_only.float().mean()) / (
                     config.gradient_accumulation_steps
                 )
-            tokens += float(losses["chain_tokens"] + losses["image_tokens"])
+            tokens += losses["chain_tokens"] + losses["image_tokens"]
         learning_rate = scheduler.get_last_lr()[0]
         scheduler.step()
         done = step + 1
