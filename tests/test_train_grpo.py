@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -191,6 +192,23 @@ def test_gradient_accumulation_takes_the_gradient_of_one_pass(tiny_folder, tmp_p
     assert one["grad_norm"] > 0
     assert four["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
     assert four["entropy"] == pytest.approx(one["entropy"], rel=1e-5)
+
+
+def test_update_passes_hold_rows_of_similar_length():
+    """The update's passes partition the rows, each pass taking rows of like chain length (then
+    prompt length), so a pass's trimmed width is its own rows' longest."""
+    chain = torch.tensor([9, 3, 7, 3, 12, 5, 3, 8])
+    prompt = torch.tensor([4, 6, 4, 2, 5, 5, 2, 3])
+    masks = SimpleNamespace(
+        chain_mask=(torch.arange(12)[None] < chain[:, None]).long(),
+        prompt_mask=(torch.arange(6)[None] >= 6 - prompt[:, None]).long(),
+    )
+    passes = grpo.update_passes(masks, 3)
+    assert sorted(torch.cat(passes).tolist()) == list(range(8))
+    assert [p.tolist() for p in passes] == [[3, 6, 1], [5, 2, 7], [0, 4]]
+    widths = [int(chain[p].max() + prompt[p].max()) for p in passes]
+    sequential = [int(chain[p].max() + prompt[p].max()) for p in torch.arange(8).tensor_split(3)]
+    assert sum(widths) < sum(sequential)
 
 
 def test_reference_and_old_passes_only_when_needed(tiny_folder, tmp_path, monkeypatch):

@@ -235,7 +235,7 @@ class SFTConfig(TrainConfig):
         1,
         "Each micro-batch runs as this many forward and backward passes over rows of similar "
         "length, each trimmed to its own longest row: the same gradient with less padding "
-        "(benchmarks/sft_length_groups.py). 1 = one pass.",
+        "(benchmarks/length_groups.py). 1 = one pass.",
     )
     freeze: list[str] = _field(
         ["vqmodel", "vision_model", "aligner"],
