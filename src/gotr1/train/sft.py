@@ -224,8 +224,8 @@ def train_sft(config: SFTConfig, resume: bool | str | Path = False) -> Path:
         )
 
     # DeepSpeed steps its optimizer inside every backward: one pass a micro-batch there.
-    length_groups = 1 if accelerator.distributed_type == DistributedType.DEEPSPEED else None
-    length_groups = length_groups or config.length_groups
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    length_groups = 1 if deepspeed else config.length_groups
 
     def group_step(
         part: SFTBatch, token_totals: tuple[float, float], last: bool
