@@ -16,54 +16,37 @@ raised.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
-from demo_inputs import demo_inputs, write_result
-from gotr1.policy.attention import use_float32_cpu_attention
-from gotr1.train.data import BadRows, WorldExamples, make_sft_batch
+from demo_inputs import (
+    cpu_parser,
+    cpu_precision,
+    demo_inputs,
+    run_record,
+    world_sft_batches,
+    write_result,
+)
 from gotr1.train.losses import sft_losses
-from gotr1.train.precision import choose_mixed_precision
 
 
 def main() -> None:
     """Time eager against compiled side by side and report medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = cpu_parser(__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=6, help="distinct SFT batches")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds over the batches")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    use_float32_cpu_attention()
-    choice = choose_mixed_precision(args.precision, "cpu")
+    choice = cpu_precision(args.precision, args.threads)
     autocast = choice.chosen == "bf16"
     inputs = demo_inputs(None, sft_rows=32, prompts=4, num_generations=8)
     policy, rollouts = inputs.policy, inputs.rollouts
     model = policy.model.train()
-    image_size = model.config.vision_config.image_size
-    examples = WorldExamples(seed=1, image_size=image_size)
-    batches = [
-        make_sft_batch(
-            [(i, examples[i]) for i in range(32 * k, 32 * k + 32)],
-            policy.tokenizer,
-            model.model.vqmodel.eval(),
-            image_size,
-            cfg_dropout=0.1,
-            seed=0,
-            max_chain_tokens=256,
-            bad_rows=BadRows(),
-        )
-        for k in range(args.batches)
-    ]
+    batches = world_sft_batches(policy, args.batches, max_chain_tokens=256)
 
     def timed(loss_of: Callable[[], torch.Tensor]) -> tuple[float, float]:
         with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
@@ -88,12 +71,7 @@ def main() -> None:
     eager_lm = model.model.language_model
     compiled_lm = torch.compile(eager_lm, dynamic=True)
     record: dict[str, object] = {
-        "model": inputs.name,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": os.cpu_count(),
-        "mixed_precision": choice.to_dict(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **run_record(inputs.name, choice),
         "sft_batch_widths": [int(b.text_ids.shape[1]) for b in batches],
     }
     results: dict[str, object] = {}

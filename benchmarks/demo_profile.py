@@ -15,7 +15,6 @@ from measurements.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -26,10 +25,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from demo_inputs import demo_inputs, write_result
-from gotr1.policy.attention import use_float32_cpu_attention
+from demo_inputs import cpu_parser, cpu_precision, demo_inputs, run_record, write_result
 from gotr1.train.losses import sft_losses
-from gotr1.train.precision import choose_mixed_precision
 
 
 def profiled(work: Callable[[], None], top: int) -> dict:
@@ -60,16 +57,11 @@ def profiled(work: Callable[[], None], top: int) -> dict:
 
 def main() -> None:
     """Profile the demo's three kinds of work and report where the time goes."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cpu_parser(__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, help="a finished demo run folder")
-    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    use_float32_cpu_attention()
-    choice = choose_mixed_precision(args.precision, "cpu")
+    choice = cpu_precision(args.precision, args.threads)
     autocast = choice.chosen == "bf16"
     model_dir = args.demo / "sft" / "final" if args.demo else None
     # the demo's GRPO shapes per process and update pass: 4 prompts x 8 samples = 32 rollouts
@@ -103,11 +95,7 @@ def main() -> None:
         "rollout": profiled(rollout, args.top),
     }
     record = {
-        "model": inputs.name,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mixed_precision": choice.to_dict(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **run_record(inputs.name, choice),
         "rows": {"sft": len(inputs.sft_batch), "grpo": len(rollouts)},
         "work": work,
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),

@@ -21,7 +21,6 @@ CPU's capability, the precision and the threads.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -32,12 +31,17 @@ from typing import Any
 
 import torch
 
-from demo_inputs import demo_inputs, write_result
-from gotr1.policy.attention import use_float32_cpu_attention
-from gotr1.train.data import BadRows, SFTBatch, WorldExamples, make_sft_batch
+from demo_inputs import (
+    cpu_parser,
+    cpu_precision,
+    demo_inputs,
+    run_record,
+    world_sft_batches,
+    write_result,
+)
+from gotr1.train.data import SFTBatch
 from gotr1.train.grpo import update_passes
 from gotr1.train.losses import sft_group_losses, sft_losses
-from gotr1.train.precision import choose_mixed_precision
 
 Work = Callable[[], float]
 """One variant's work on one input: forward and backward, returns the loss."""
@@ -122,20 +126,15 @@ def report(kind: str, results: dict[str, dict[str, float]]) -> None:
 
 def main() -> None:
     """Time each variant side by side and report medians and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cpu_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a trained demo model folder")
-    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--batches", type=int, default=6, help="distinct SFT batches of 32")
     parser.add_argument("--prompts", type=int, default=16, help="GRPO prompts (x 8 samples)")
     parser.add_argument("--pass-rows", type=int, default=32, help="rollouts a GRPO update pass")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    use_float32_cpu_attention()
-    choice = choose_mixed_precision(args.precision, "cpu")
+    choice = cpu_precision(args.precision, args.threads)
     autocast = choice.chosen == "bf16"
 
     def precision() -> Any:
@@ -146,22 +145,7 @@ def main() -> None:
     )
     policy, rollouts = inputs.policy, inputs.rollouts
     model = policy.model.train()
-    image_size = model.config.vision_config.image_size
-    examples = WorldExamples(seed=1, image_size=image_size)
-    batches = []
-    for k in range(args.batches):
-        batch = make_sft_batch(
-            [(i, examples[i]) for i in range(32 * k, 32 * k + 32)],
-            policy.tokenizer,
-            model.model.vqmodel.eval(),
-            image_size,
-            cfg_dropout=0.1,
-            seed=0,
-            max_chain_tokens=600,
-            bad_rows=BadRows(),
-        )
-        assert batch is not None
-        batches.append(batch)
+    batches = world_sft_batches(policy, args.batches)
 
     def sft_work(batch: SFTBatch, groups: int) -> Work:
         def step(part: SFTBatch, totals: tuple[float, float], last: bool) -> dict:
@@ -211,12 +195,7 @@ def main() -> None:
     report("GRPO update, passes in", update)
 
     record = {
-        "model": inputs.name,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": os.cpu_count(),
-        "mixed_precision": choice.to_dict(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **run_record(inputs.name, choice),
         "sft": {"batch_rows": 32, "widths": [int(b.text_ids.shape[1]) for b in batches]},
         "sft_groups": sft,
         "grpo": {

@@ -100,16 +100,26 @@ def test_sft_loss_is_the_teacher_forced_likelihood(tiny_folder):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
-    model, processor = load_pretrained(tiny_folder)
-    source = WorldExamples(seed=3)
+def tiny_model_and_batch(folder, rows: int, seed: int, cfg_dropout: float):
+    """The tiny model in training mode and an SFT batch of `rows` world examples."""
+    model, processor = load_pretrained(folder)
+    source = WorldExamples(seed=seed)
     batch = make_sft_batch(
-        [(i, source[i]) for i in range(3)], processor.tokenizer, model.model.vqmodel, 64, 0.0, 0,
-        600, BadRows(),
+        [(i, source[i]) for i in range(rows)], processor.tokenizer, model.model.vqmodel, 64,
+        cfg_dropout, 0, 600, BadRows(),
     )  # fmt: skip
-    model.train()
+    return model.train(), batch
+
+
+def gradients(model) -> dict[str, torch.Tensor]:
+    """A copy of every parameter's gradient, by name."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
+    model, batch = tiny_model_and_batch(tiny_folder, rows=3, seed=3, cfg_dropout=0.0)
     sft_losses(model, batch)["loss"].backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    plain = gradients(model)
     model.zero_grad()
     enable_gradient_checkpointing(model)
     assert model.model.language_model.gradient_checkpointing
@@ -119,16 +129,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
 
 
 def test_length_groups_give_the_whole_batchs_loss_and_gradient(tiny_folder):
-    model, processor = load_pretrained(tiny_folder)
-    source = WorldExamples(seed=5)
-    batch = make_sft_batch(
-        [(i, source[i]) for i in range(7)], processor.tokenizer, model.model.vqmodel, 64, 0.3, 0,
-        600, BadRows(),
-    )  # fmt: skip
-    model.train()
+    model, batch = tiny_model_and_batch(tiny_folder, rows=7, seed=5, cfg_dropout=0.3)
     whole = sft_losses(model, batch)
     whole["loss"].backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    plain = gradients(model)
 
     parts = batch.length_groups(3)
     lengths = [part.text_mask.sum(1) for part in parts]
