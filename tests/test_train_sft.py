@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from gotr1.train.runlog import read_log
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.train.sft import train_sft
 from test_train_data import write_dataset
-from test_train_helpers import TINY, make_tiny_model
+from test_train_helpers import REPO, TINY, make_tiny_model, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +314,61 @@ def test_sft_on_got_jsonl_with_bad_rows(tiny_folder, tmp_path):
                 on_bad_row="error",
             )  # fmt: skip
         )
+
+
+SFT_LAUNCH_SCRIPT = """
+import json, sys
+import torch
+from gotr1.train.config import SFTConfig
+from gotr1.train.sft import train_sft
+torch.set_num_threads(1)
+for values in json.loads(sys.argv[1]):
+    train_sft(SFTConfig(**values))
+"""
+
+
+@pytest.mark.slow
+def test_length_groups_in_two_processes_train_what_one_group_trains(tiny_folder, tmp_path):
+    """Under DDP only a batch's last length group synchronises gradients, and it carries the
+    earlier groups' gradients with it: two processes train the same weights in 3 groups as in 1
+    (a group left out of the all-reduce would leave rank 0 with its own gradient alone)."""
+    script = tmp_path / "launch_sft.py"
+    script.write_text(SFT_LAUNCH_SCRIPT)
+    runs = [
+        dict(
+            model=str(tiny_folder),
+            output_dir=str(tmp_path / f"groups-{groups}"),
+            max_steps=3,
+            batch_size=6,
+            learning_rate=5e-3,
+            warmup_steps=1,
+            save_steps=100,
+            sample_steps=0,
+            progress=False,
+            logging_steps=1,
+            cfg_dropout=0.3,
+            length_groups=groups,
+        )  # fmt: skip
+        for groups in (1, 3)
+    ]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(script), json.dumps(runs),
+    ]  # fmt: skip
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    one, three = (
+        load_file(str(tmp_path / f"groups-{g}" / "final" / "model.safetensors")) for g in (1, 3)
+    )
+    start = load_file(str(tiny_folder / "model.safetensors"))
+    head = "model.generation_head.vision_head.weight"
+    assert not torch.equal(one[head], start[head])  # it trained
+    # Float noise moves a weight by up to about 6e-5 (Adam divides small gradients' noise by their
+    # own size); only the first group synchronised instead of the last moved one by 2.5e-2.
+    assert all(torch.allclose(three[k], one[k], atol=1e-3) for k in one)
+    assert [r["loss"] for r in read_log(tmp_path / "groups-3")] == pytest.approx(
+        [r["loss"] for r in read_log(tmp_path / "groups-1")], rel=1e-4
+    )
