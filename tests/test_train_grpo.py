@@ -25,7 +25,13 @@ from gotr1.train.config import GRPOConfig
 from gotr1.train.data import PromptSource
 from gotr1.train.runlog import read_log
 from gotr1.train.runtime import TrainingModule
-from test_train_helpers import REPO, code_reward, make_tiny_model, subprocess_env
+from test_train_helpers import (
+    REPO,
+    code_reward,
+    launch_two_cpu_processes,
+    make_tiny_model,
+    subprocess_env,
+)
 
 TRL_METRICS = {
     "reward",
@@ -454,16 +460,7 @@ def test_two_processes_under_accelerate_launch(tiny_folder, tmp_path):
         learning_rate=1e-2, beta=0.05, save_steps=10, scale_rewards="batch", loss_type="dapo",
         progress=False,
     )  # fmt: skip
-    # accelerate's multi-CPU launch: the torchrun launcher plus ACCELERATE_USE_CPU (gloo).
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(script), json.dumps(values), str(tmp_path),
-    ]  # fmt: skip
-    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    launch_two_cpu_processes(script, json.dumps(values), str(tmp_path))
     records = {rank: json.loads((tmp_path / f"records-{rank}.json").read_text()) for rank in (0, 1)}
     source = PromptSource("world", seed=0)
     for step in range(3):

@@ -82,6 +82,24 @@ def subprocess_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
+def launch_two_cpu_processes(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `script` in two gloo processes with accelerate's multi-CPU launch (the torchrun
+    launcher plus ACCELERATE_USE_CPU); raise with its output when it fails."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(script), *args,
+    ]  # fmt: skip
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(
+            f"launch failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
 def run_python(code: str, timeout: float = 300, threads: int = 1) -> subprocess.CompletedProcess:
     """Run Python code in a fresh interpreter; raise with its output when it fails."""
     result = subprocess.run(

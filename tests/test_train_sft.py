@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,7 +21,7 @@ from gotr1.train.runlog import read_log
 from gotr1.train.runtime import enable_gradient_checkpointing
 from gotr1.train.sft import train_sft
 from test_train_data import write_dataset
-from test_train_helpers import REPO, TINY, make_tiny_model, subprocess_env
+from test_train_helpers import TINY, launch_two_cpu_processes, make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -351,15 +349,7 @@ def test_length_groups_in_two_processes_train_what_one_group_trains(tiny_folder,
         )  # fmt: skip
         for groups in (1, 3)
     ]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(script), json.dumps(runs),
-    ]  # fmt: skip
-    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launch_two_cpu_processes(script, json.dumps(runs))
     one, three = (
         load_file(str(tmp_path / f"groups-{g}" / "final" / "model.safetensors")) for g in (1, 3)
     )
