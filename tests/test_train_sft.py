@@ -333,22 +333,12 @@ def test_length_groups_in_two_processes_train_what_one_group_trains(tiny_folder,
     script = tmp_path / "launch_sft.py"
     script.write_text(SFT_LAUNCH_SCRIPT)
     runs = [
-        dict(
-            model=str(tiny_folder),
-            output_dir=str(tmp_path / f"groups-{groups}"),
-            max_steps=3,
-            batch_size=6,
-            learning_rate=5e-3,
-            warmup_steps=1,
-            save_steps=100,
-            sample_steps=0,
-            progress=False,
-            logging_steps=1,
-            cfg_dropout=0.3,
-            length_groups=groups,
-        )  # fmt: skip
+        quick_config(
+            tiny_folder, tmp_path / f"groups-{groups}", max_steps=3, batch_size=6,
+            learning_rate=5e-3, save_steps=100, cfg_dropout=0.3, length_groups=groups,
+        ).to_dict()
         for groups in (1, 3)
-    ]
+    ]  # fmt: skip
     launch_two_cpu_processes(script, json.dumps(runs))
     one, three = (
         load_file(str(tmp_path / f"groups-{g}" / "final" / "model.safetensors")) for g in (1, 3)
